@@ -1,1 +1,1 @@
-"""The Q4 orchestrator Lambda and the job contract it shares with the Fargate task (stdlib + Powertools only)."""
+"""The Q4 orchestrator Lambda and the job contract it shares with the task (stdlib + Powertools only)."""

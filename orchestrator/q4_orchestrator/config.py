@@ -1,0 +1,70 @@
+"""The orchestrator's configuration: environment variables set by Terraform (docs/design.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class ConfigurationError(RuntimeError):
+    """A required environment variable of the Lambda is missing or invalid."""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class OrchestratorConfig:
+    archive_bucket: str
+    artifacts_bucket: str
+    done_queue_url: str
+    cluster: str
+    task_definition: str
+    container_name: str
+    subnets: tuple[str, ...]
+    security_groups: tuple[str, ...]
+    assign_public_ip: str
+    max_attempts: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OrchestratorConfig:
+        env = os.environ if environ is None else environ
+
+        def required(name: str) -> str:
+            value = env.get(name, "").strip()
+            if not value:
+                raise ConfigurationError(
+                    f"{name} is not set; the orchestrator's Terraform configuration must set it."
+                )
+            return value
+
+        assign = env.get("Q4_ASSIGN_PUBLIC_IP", "DISABLED").strip().upper() or "DISABLED"
+        if assign not in ("ENABLED", "DISABLED"):
+            raise ConfigurationError(f"Q4_ASSIGN_PUBLIC_IP is {assign!r}; set it to ENABLED or DISABLED.")
+        try:
+            max_attempts = int(env.get("Q4_MAX_ATTEMPTS", "") or DEFAULT_MAX_ATTEMPTS)
+        except ValueError:
+            raise ConfigurationError("Q4_MAX_ATTEMPTS is not an integer; set it to 1 or more.") from None
+        if max_attempts < 1:
+            raise ConfigurationError("Q4_MAX_ATTEMPTS is below 1; set it to 1 or more.")
+        return cls(
+            archive_bucket=required("Q4_ARCHIVE_BUCKET"),
+            artifacts_bucket=required("Q4_ARTIFACTS_BUCKET"),
+            done_queue_url=required("Q4_DONE_QUEUE_URL"),
+            cluster=required("Q4_CLUSTER"),
+            task_definition=required("Q4_TASK_DEFINITION"),
+            container_name=env.get("Q4_CONTAINER_NAME", "").strip() or "q4",
+            subnets=_split(required("Q4_SUBNETS")),
+            security_groups=_split(env.get("Q4_SECURITY_GROUPS", "")),
+            assign_public_ip=assign,
+            max_attempts=max_attempts,
+        )
+
+    @property
+    def cluster_name(self) -> str:
+        """The cluster's short name (``Q4_CLUSTER`` may be a name or an ARN)."""
+        return self.cluster.rsplit("/", 1)[-1]

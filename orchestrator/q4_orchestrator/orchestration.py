@@ -1,0 +1,337 @@
+"""What the orchestrator does: accept work messages and launch tasks; recover crashed tasks.
+
+Outcomes are returned as short words (``launched``, ``rejected``, ``duplicate``, ``in_flight``,
+``relaunched``, ``failed``, ``resent``, ``stale``, ``ignored``, ``reported``) so callers and logs
+can tell what happened. A transient launch problem raises :class:`LaunchError`: the SQS batch
+handler reports the message as a batch item failure so SQS delivers it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from q4_orchestrator import contract
+from q4_orchestrator.config import OrchestratorConfig
+from q4_orchestrator.contract import Job, Rejection
+from q4_orchestrator.runs import RunStore, is_not_found
+
+TERMINAL_EXIT_CODES = (0, 2)
+
+
+class LaunchError(RuntimeError):
+    """RunTask did not start a task (failures entry, throttling, API error): retry later."""
+
+
+class Orchestrator:
+    """The orchestrator's decisions over real S3, SQS and ECS clients."""
+
+    def __init__(
+        self, config: OrchestratorConfig, *, s3: Any, sqs: Any, ecs: Any, logger: logging.Logger | Any
+    ) -> None:
+        self.config = config
+        self.s3 = s3
+        self.sqs = sqs
+        self.ecs = ecs
+        self.logger = logger
+        self.store = RunStore(s3, config.artifacts_bucket)
+
+    # ------------------------------------------------------------ work messages
+
+    def accept(self, body: str) -> str:
+        """Validate a work message, write job.json once and launch attempt 1 (or report why not)."""
+        try:
+            job = contract.parse_message_body(body)
+            contract.check_overrides_size(job, self.config.container_name)
+        except Rejection as rejection:
+            return self._reject(rejection)
+        run_id = job.run_id
+
+        manifest = self.store.manifest(run_id)
+        error = None if manifest is not None else self.store.error(run_id)
+        if manifest is not None or error is not None:
+            if not self._same_job(run_id, job):
+                return self._reject(self._conflict(run_id))
+            if manifest is not None:
+                self._send(contract.succeeded_done(manifest, self.config.artifacts_bucket, duplicate=True))
+            else:
+                assert error is not None
+                self._send(
+                    contract.failed_done(error, self.config.artifacts_bucket, mode=job.mode, duplicate=True)
+                )
+            self.logger.info(
+                "Run already ended; sent a duplicate done message.",
+                extra={"run_id": run_id, "outcome": "duplicate"},
+            )
+            return "duplicate"
+
+        existing = self.store.job(run_id)
+        if existing is None:
+            try:
+                self._check_inputs(job)
+            except Rejection as rejection:
+                return self._reject(rejection)
+            if not self.store.put_json_once(contract.job_key(run_id), job.to_dict()):
+                existing = self.store.job(run_id)
+        if existing is not None and not _same(existing, job):
+            return self._reject(self._conflict(run_id))
+
+        if self.store.attempts(run_id):
+            self.logger.info(
+                "Run already launched; not launching it again.",
+                extra={"run_id": run_id, "outcome": "in_flight"},
+            )
+            return "in_flight"
+        task_arn = self.launch(job, 1)
+        self.logger.info(
+            "Launched the task.",
+            extra={"run_id": run_id, "attempt": 1, "task_arn": task_arn, "outcome": "launched"},
+        )
+        return "launched"
+
+    def _reject(self, rejection: Rejection) -> str:
+        self._send(contract.rejected_done(rejection, self.config.artifacts_bucket))
+        self.logger.warning(
+            "Rejected a work message.",
+            extra={
+                "run_id": rejection.run_id,
+                "code": rejection.code,
+                "reason": rejection.message,
+                "outcome": "rejected",
+            },
+        )
+        return "rejected"
+
+    @staticmethod
+    def _conflict(run_id: str) -> Rejection:
+        return Rejection(
+            "run_conflict",
+            f"Run {run_id!r} was already accepted with a different job; submit this job under a new run id.",
+            run_id,
+        )
+
+    def _same_job(self, run_id: str, job: Job) -> bool:
+        existing = self.store.job(run_id)
+        return existing is None or _same(existing, job)
+
+    def _check_inputs(self, job: Job) -> None:
+        """Reject at once when the input object (or every input under the prefix) is missing."""
+        bucket = self.config.archive_bucket
+        if job.input_key is not None:
+            try:
+                self.s3.head_object(Bucket=bucket, Key=job.input_key)
+            except ClientError as exc:
+                if is_not_found(exc):
+                    raise Rejection(
+                        "input_not_found",
+                        f"No input object s3://{bucket}/{job.input_key}; "
+                        "upload it before sending the work message.",
+                        job.run_id,
+                    ) from None
+                raise
+            return
+        assert job.input_prefix is not None
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=job.input_prefix):
+            if any(contract.is_input_object(item["Key"]) for item in page.get("Contents", [])):
+                return
+        raise Rejection(
+            "input_not_found",
+            f"No .csv or .parquet object under s3://{bucket}/"
+            f"{job.input_prefix}; upload the inputs before sending the work message.",
+            job.run_id,
+        )
+
+    # ------------------------------------------------------------ launching
+
+    def launch(self, job: Job, attempt: int) -> str:
+        """Start attempt ``attempt`` of a run unless its launch record exists; returns the task ARN."""
+        record = self.store.attempt_record(job.run_id, attempt)
+        if record is not None:
+            return str(record.get("task_arn"))
+        network: dict[str, Any] = {
+            "subnets": list(self.config.subnets),
+            "assignPublicIp": self.config.assign_public_ip,
+        }
+        if self.config.security_groups:
+            network["securityGroups"] = list(self.config.security_groups)
+        try:
+            response = self.ecs.run_task(
+                cluster=self.config.cluster,
+                taskDefinition=self.config.task_definition,
+                launchType="FARGATE",
+                count=1,
+                startedBy=contract.started_by(job.run_id),
+                clientToken=contract.client_token(job.run_id, attempt),
+                networkConfiguration={"awsvpcConfiguration": network},
+                overrides=contract.container_overrides(job, attempt, self.config.container_name),
+            )
+        except ClientError as exc:
+            raise LaunchError(f"RunTask for run {job.run_id!r} attempt {attempt} failed: {exc}") from exc
+        tasks = response.get("tasks") or []
+        failures = response.get("failures") or []
+        if failures or not tasks:
+            raise LaunchError(
+                f"RunTask for run {job.run_id!r} attempt {attempt} started no task: "
+                f"{json.dumps(failures, default=str)}"
+            )
+        task_arn = str(tasks[0]["taskArn"])
+        self.store.put_json_once(
+            contract.attempt_key(job.run_id, attempt),
+            {
+                "run_id": job.run_id,
+                "attempt": attempt,
+                "task_arn": task_arn,
+                "client_token": contract.client_token(job.run_id, attempt),
+                "launched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+        return task_arn
+
+    # ------------------------------------------------------------ crash recovery
+
+    def task_stopped(self, detail: Mapping[str, Any]) -> str:
+        """Handle an ECS Task State Change: relaunch a crashed attempt, or report the run failed."""
+        if detail.get("lastStatus") != "STOPPED":
+            return "ignored"
+        cluster_arn = str(detail.get("clusterArn", ""))
+        if cluster_arn and cluster_arn.rsplit("/", 1)[-1] != self.config.cluster_name:
+            return "ignored"
+        container = next(
+            (c for c in detail.get("containers", []) if c.get("name") == self.config.container_name), None
+        )
+        env = _override_env(detail, self.config.container_name)
+        run_id = env.get(contract.ENV_RUN_ID)
+        if container is None or not run_id:
+            return "ignored"
+        attempt = contract.attempt_from_env(env)
+        exit_code = container.get("exitCode")
+        context = {
+            "run_id": run_id,
+            "attempt": attempt,
+            "task_arn": detail.get("taskArn"),
+            "exit_code": exit_code,
+            "stopped_reason": detail.get("stoppedReason"),
+        }
+        if exit_code in TERMINAL_EXIT_CODES:
+            self.logger.info(
+                "Task ended; its done message is already sent.", extra={**context, "outcome": "reported"}
+            )
+            return "reported"
+
+        latest = max(self.store.attempts(run_id), default=0)
+        if latest > attempt:
+            self.logger.info(
+                "Stale stop event of an older attempt; ignored.",
+                extra={**context, "latest_attempt": latest, "outcome": "stale"},
+            )
+            return "stale"
+
+        manifest = self.store.manifest(run_id)
+        error = None if manifest is not None else self.store.error(run_id)
+        if manifest is not None or error is not None:
+            return self._notify_once(run_id, manifest, error, context)
+
+        job_doc = self.store.job(run_id)
+        try:
+            job = contract.parse_job(job_doc) if job_doc is not None else Job.from_env(env)
+        except Rejection:
+            self.logger.error("Cannot rebuild the job of a crashed task; ignored.", extra=context)
+            return "ignored"
+
+        if attempt < self.config.max_attempts:
+            task_arn = self.launch(job, attempt + 1)
+            self.logger.warning(
+                "Task crashed; relaunched it.",
+                extra={**context, "new_task_arn": task_arn, "outcome": "relaunched"},
+            )
+            return "relaunched"
+
+        reason = _stop_reason(detail, container)
+        error_doc = contract.error_document(
+            run_id=run_id,
+            code="task_crashed",
+            mode=job.mode,
+            attempts=attempt,
+            message=f"The task crashed on all {attempt} attempts (last stop reason: {reason}); check the "
+            "task logs, then resubmit under a new run id.",
+            details={
+                "stopped_reason": detail.get("stoppedReason"),
+                "stop_code": detail.get("stopCode"),
+                "exit_code": exit_code,
+                "container_reason": container.get("reason"),
+                "task_arn": detail.get("taskArn"),
+            },
+            retryable=True,
+        )
+        if not self.store.put_json_once(contract.error_key(run_id), error_doc):
+            error_doc = self.store.error(run_id) or error_doc
+        self.logger.error(
+            "Task crashed on its last attempt; the run failed.", extra={**context, "outcome": "failed"}
+        )
+        self._notify_once(run_id, None, error_doc, context)
+        return "failed"
+
+    def _notify_once(
+        self,
+        run_id: str,
+        manifest: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+        context: Mapping[str, Any],
+    ) -> str:
+        """Send the run's terminal done message unless the orchestrator already sent it."""
+        if self.store.exists(contract.notice_key(run_id)):
+            self.logger.info(
+                "Done message already sent; duplicate stop event ignored.",
+                extra={**context, "outcome": "stale"},
+            )
+            return "stale"
+        bucket = self.config.artifacts_bucket
+        message = (
+            contract.succeeded_done(manifest, bucket)
+            if manifest is not None
+            else contract.failed_done(error or {"run_id": run_id}, bucket)
+        )
+        self._send(message)
+        self.store.put_json_once(contract.notice_key(run_id), message)
+        self.logger.info("Sent the run's done message after a crash.", extra={**context, "outcome": "resent"})
+        return "resent"
+
+    # ------------------------------------------------------------ done queue
+
+    def _send(self, message: Mapping[str, Any]) -> None:
+        self.sqs.send_message(
+            QueueUrl=self.config.done_queue_url, MessageBody=json.dumps(message, sort_keys=True)
+        )
+
+
+def _same(doc: Mapping[str, Any], job: Job) -> bool:
+    try:
+        return contract.parse_job(doc) == job
+    except Rejection:
+        return False
+
+
+def _override_env(detail: Mapping[str, Any], container_name: str) -> dict[str, str]:
+    for override in (detail.get("overrides") or {}).get("containerOverrides", []):
+        if override.get("name") == container_name:
+            return {
+                str(item.get("name")): str(item.get("value", "")) for item in override.get("environment", [])
+            }
+    return {}
+
+
+def _stop_reason(detail: Mapping[str, Any], container: Mapping[str, Any]) -> str:
+    parts = [str(detail.get(name)) for name in ("stopCode", "stoppedReason") if detail.get(name)]
+    if container.get("reason"):
+        parts.append(str(container["reason"]))
+    if container.get("exitCode") is None:
+        parts.append("no exit code")
+    else:
+        parts.append(f"exit code {container['exitCode']}")
+    return "; ".join(parts)
