@@ -50,17 +50,25 @@ class Emulator:
                 self.process.wait()
 
 
-def start(port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None,
-          timeout: float = 30.0) -> Emulator:
-    """Start ``moto_server`` on ``host:port`` (a free port when None) and wait until it answers."""
+def start(
+    port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None, timeout: float = 30.0
+) -> Emulator:
+    """Start moto server on ``host:port`` (a free port when None) and wait until it answers.
+
+    The server runs through :mod:`q4.local.moto_launcher`, which switches off moto's own
+    SQS -> Lambda poller (the local runtime polls the work queue instead).
+    """
     port = port or free_port(host)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
     env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": REGION}
     # Keep the emulator from trying to reach Docker for Lambda invocations.
     env.setdefault("MOTO_DOCKER_NETWORK_MODE", "host")
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [sys.executable, "-m", "q4.local.moto_launcher", "-H", host, "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     endpoint = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout

@@ -1,0 +1,181 @@
+"""Invoke a deployed Lambda function locally, as the Lambda Python runtime would.
+
+Everything comes from the deployment: handler, environment, timeout and memory from
+``GetFunction``; the code from the zip Terraform uploaded, checked against the function's
+``CodeSha256``. Each invocation is a fresh ``python -S`` subprocess (a cold start) with only the
+unpacked zip and the runtime's own packages (boto3 and its dependencies, from this interpreter)
+on ``sys.path`` — never the q4 package — so a zip that is not self-contained fails here as on AWS.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from q4.errors import Q4Error
+
+# What the AWS Lambda Python runtime puts on the path besides the function's code.
+RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3")
+_BOOTSTRAP = Path(__file__).with_name("lambda_bootstrap.py")
+
+
+class LambdaCodeError(Q4Error):
+    """The deployed function's code cannot be found or does not match what was deployed."""
+
+
+@dataclass(frozen=True)
+class DeployedFunction:
+    """A function's configuration as deployed, plus where its unpacked code lives."""
+
+    name: str
+    arn: str
+    handler: str
+    environment: dict[str, str]
+    timeout_s: int
+    memory_mb: int
+    code_dir: Path
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """The outcome of one invocation: the handler's return value, or a function error."""
+
+    ok: bool
+    result: Any
+    error: str | None
+    duration_s: float
+
+
+def code_sha256(zip_path: Path) -> str:
+    """Lambda's ``CodeSha256``: base64 of the SHA-256 of the zip's bytes."""
+    return base64.b64encode(hashlib.sha256(zip_path.read_bytes()).digest()).decode()
+
+
+def load_function(lambda_client: Any, name: str, zip_path: Path, cache_dir: Path) -> DeployedFunction:
+    """Read ``name``'s deployed configuration and unpack its code (once per code hash) under ``cache_dir``."""
+    config = lambda_client.get_function(FunctionName=name)["Configuration"]
+    deployed_sha = config.get("CodeSha256", "")
+    if not zip_path.is_file():
+        raise LambdaCodeError(
+            "lambda_code_missing",
+            f"The code zip of function {name} ({zip_path}) is gone; run `q4 local down` "
+            "and `q4 local up` again.",
+        )
+    if code_sha256(zip_path) != deployed_sha:
+        raise LambdaCodeError(
+            "lambda_code_mismatch",
+            f"{zip_path} is not the code deployed to function {name} (CodeSha256 differs); "
+            "run `q4 local down` and `q4 local up` to redeploy.",
+        )
+    code_dir = cache_dir / hashlib.sha256(deployed_sha.encode()).hexdigest()[:16]
+    if not code_dir.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        unpacking = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".unpacking-"))
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(unpacking)
+        unpacking.replace(code_dir)
+    return DeployedFunction(
+        name=config["FunctionName"],
+        arn=config["FunctionArn"],
+        handler=config["Handler"],
+        environment=dict(config.get("Environment", {}).get("Variables", {})),
+        timeout_s=int(config.get("Timeout", 3)),
+        memory_mb=int(config.get("MemorySize", 128)),
+        code_dir=code_dir,
+    )
+
+
+def runtime_packages_dir(cache_dir: Path) -> Path:
+    """A directory holding links to this interpreter's boto3 and its dependencies (the runtime's packages)."""
+    target = cache_dir / "runtime-packages"
+    target.mkdir(parents=True, exist_ok=True)
+    for package in RUNTIME_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            continue
+        origin = Path(spec.origin)
+        source = origin.parent if origin.name == "__init__.py" else origin
+        link = target / source.name
+        if not link.exists():
+            link.symlink_to(source, target_is_directory=source.is_dir())
+    return target
+
+
+def invoke(
+    function: DeployedFunction,
+    event: dict[str, Any],
+    aws_env: dict[str, str],
+    *,
+    runtime_dir: Path,
+    log_path: Path,
+) -> Invocation:
+    """Run the handler on ``event`` in a fresh subprocess; its output is appended to ``log_path``."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "TZ": "UTC",
+        **function.environment,
+        **aws_env,
+        "AWS_LAMBDA_FUNCTION_NAME": function.name,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
+        "LAMBDA_TASK_ROOT": str(function.code_dir),
+        "_HANDLER": function.handler,
+        "Q4_LOCAL_FUNCTION_ARN": function.arn,
+        "Q4_LOCAL_FUNCTION_TIMEOUT": str(function.timeout_s),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="q4-invoke-") as scratch:
+        event_file = Path(scratch) / "event.json"
+        result_file = Path(scratch) / "result.json"
+        event_file.write_text(json.dumps(event))
+        command = [
+            sys.executable,
+            "-S",
+            str(_BOOTSTRAP),
+            str(function.code_dir),
+            str(runtime_dir),
+            function.handler,
+            str(event_file),
+            str(result_file),
+        ]
+        with open(log_path, "ab") as log:
+            try:
+                subprocess.run(
+                    command,
+                    env=env,
+                    cwd=scratch,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=function.timeout_s,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                return Invocation(
+                    False,
+                    None,
+                    f"Task timed out after {function.timeout_s} seconds",
+                    time.monotonic() - started,
+                )
+        duration = time.monotonic() - started
+        if not result_file.exists():
+            return Invocation(False, None, "Runtime exited without a result", duration)
+        outcome = json.loads(result_file.read_text())
+    if outcome["ok"]:
+        return Invocation(True, outcome["result"], None, duration)
+    return Invocation(False, None, f"{outcome['errorType']}: {outcome['errorMessage']}", duration)

@@ -1,0 +1,276 @@
+"""The local runtime against resources created directly in the moto server (no terraform).
+
+A toy function (its own zip, boto3 from the runtime) launches a task per work message and
+reports each STOPPED event to an "events" queue; the task definition's command is a small
+Python program whose exit code comes from the container overrides.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from q4.local import lambda_host
+from q4.local.runtime import LocalRuntime, RuntimeConfig
+
+HANDLER = """
+import json, os
+import boto3
+
+def handler(event, context):
+    if "Records" in event:
+        failures = []
+        ecs = boto3.client("ecs")
+        for record in event["Records"]:
+            body = json.loads(record["body"])
+            if body.get("fail"):
+                failures.append({"itemIdentifier": record["messageId"]})
+                continue
+            ecs.run_task(
+                cluster=os.environ["CLUSTER"], taskDefinition=os.environ["TASK_DEFINITION"],
+                launchType="FARGATE", startedBy="toy",
+                networkConfiguration={"awsvpcConfiguration": {
+                    "subnets": os.environ["SUBNETS"].split(","),
+                    "securityGroups": os.environ["SECURITY_GROUPS"].split(","), "assignPublicIp": "ENABLED"}},
+                overrides={"containerOverrides": [{"name": "app", "environment": [
+                    {"name": "EXIT", "value": str(body["exit"])}]}]},
+            )
+        return {"batchItemFailures": failures}
+    boto3.client("sqs").send_message(QueueUrl=os.environ["EVENTS_QUEUE"], MessageBody=json.dumps(event))
+    return {"ok": True, "has_q4": _has_q4()}
+
+def _has_q4():
+    try:
+        import q4  # noqa: F401 - the q4 package must not be on the Lambda path
+    except ImportError:
+        return False
+    return True
+"""
+
+TASK_PROGRAM = (
+    "import os, pathlib, sys; "
+    "pathlib.Path(os.environ['Q4_SCRATCH_DIR'], 'seen.txt').write_text(os.environ['Q4_TASK_ARN'] + ' ' + "
+    "os.environ['STATIC'] + ' ' + os.getcwd()); "
+    "sys.exit(int(os.environ['EXIT']))"
+)
+
+
+def _zip(tmp_path: Path) -> Path:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("toy.py", HANDLER)
+    path = tmp_path / "toy.zip"
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+@pytest.fixture
+def toy_deployment(aws_env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    """Queues (work + DLQ with maxReceiveCount 2, events), a function with an SQS mapping, a cluster,
+    a task definition and an EventBridge rule for its STOPPED tasks."""
+    suffix = str(time.monotonic_ns())
+    sqs, lam, ecs, events, iam, ec2 = (
+        boto3.client(s) for s in ("sqs", "lambda", "ecs", "events", "iam", "ec2")
+    )
+    dlq = sqs.create_queue(QueueName=f"toy-dlq-{suffix}")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    work = sqs.create_queue(
+        QueueName=f"toy-work-{suffix}",
+        Attributes={
+            "VisibilityTimeout": "1",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}),
+        },
+    )["QueueUrl"]
+    work_arn = sqs.get_queue_attributes(QueueUrl=work, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events_queue = sqs.create_queue(QueueName=f"toy-events-{suffix}")["QueueUrl"]
+    cluster_arn = ecs.create_cluster(clusterName=f"toy-{suffix}")["cluster"]["clusterArn"]
+    task_def = ecs.register_task_definition(
+        family=f"toy-{suffix}",
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="256",
+        memory="512",
+        containerDefinitions=[
+            {
+                "name": "app",
+                "image": "toy:latest",
+                "memory": 512,
+                "essential": True,
+                "command": ["python", "-c", TASK_PROGRAM],
+                "environment": [{"name": "STATIC", "value": "from-task-definition"}],
+            }
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+    group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
+    role = iam.create_role(
+        RoleName=f"toy-{suffix}",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "sts:AssumeRole",
+                        "Principal": {"Service": "lambda.amazonaws.com"},
+                    }
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
+    zip_path = _zip(tmp_path)
+    function = lam.create_function(
+        FunctionName=f"toy-{suffix}",
+        Runtime="python3.12",
+        Role=role,
+        Handler="toy.handler",
+        Code={"ZipFile": zip_path.read_bytes()},
+        Timeout=30,
+        Environment={
+            "Variables": {
+                "CLUSTER": cluster_arn,
+                "TASK_DEFINITION": task_def,
+                "SUBNETS": subnet,
+                "SECURITY_GROUPS": group,
+                "EVENTS_QUEUE": events_queue,
+            }
+        },
+    )
+    lam.create_event_source_mapping(
+        EventSourceArn=work_arn,
+        FunctionName=function["FunctionName"],
+        BatchSize=5,
+        FunctionResponseTypes=["ReportBatchItemFailures"],
+    )
+    rule = f"toy-stopped-{suffix}"
+    events.put_rule(
+        Name=rule,
+        EventPattern=json.dumps(
+            {
+                "source": ["aws.ecs"],
+                "detail-type": ["ECS Task State Change"],
+                "detail": {"clusterArn": [cluster_arn], "lastStatus": ["STOPPED"]},
+            }
+        ),
+    )
+    events.put_targets(Rule=rule, Targets=[{"Id": "fn", "Arn": function["FunctionArn"]}])
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    config = RuntimeConfig(
+        state_dir=state_dir,
+        aws_env=dict(aws_env),
+        function_name=function["FunctionName"],
+        cluster=f"toy-{suffix}",
+        lambda_zips={function["FunctionName"]: zip_path},
+    )
+    return {"config": config, "work": work, "dlq": dlq, "events": events_queue, "cluster": cluster_arn}
+
+
+def _until(runtime: LocalRuntime, condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runtime.tick()
+        value = condition()
+        if value:
+            return value
+    raise AssertionError("condition not met in time")
+
+
+def _events(queue_url: str) -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs")
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+    for message in messages:
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    return [json.loads(message["Body"]) for message in messages]
+
+
+def test_message_runs_a_task_whose_real_exit_code_reaches_the_rule_target(toy_deployment):
+    # GIVEN the toy deployment and a runtime reading it
+    deployment = toy_deployment
+    runtime = LocalRuntime(deployment["config"])
+    assert runtime.mappings[0].batch_size == 5 and runtime.mappings[0].report_batch_item_failures
+    # WHEN a work message asks for a task exiting with 3
+    boto3.client("sqs").send_message(QueueUrl=deployment["work"], MessageBody=json.dumps({"exit": 3}))
+    received: list[dict[str, Any]] = []
+    _until(runtime, lambda: received.extend(_events(deployment["events"])) or received)
+    # THEN the rule's target got an ECS Task State Change with exit code 3 and the task's ARN
+    event = received[0]
+    assert event["detail-type"] == "ECS Task State Change" and event["source"] == "aws.ecs"
+    assert event["detail"]["lastStatus"] == "STOPPED"
+    assert event["detail"]["clusterArn"] == deployment["cluster"]
+    assert event["detail"]["containers"][0]["exitCode"] == 3
+    task_arn = event["detail"]["taskArn"]
+    # AND the task ran with the definition's env, the overrides, its ARN, in its scratch dir
+    scratch = deployment["config"].state_dir / "tasks" / task_arn.rsplit("/", 1)[-1] / "scratch"
+    seen = (scratch / "seen.txt").read_text().split(" ")
+    assert seen == [task_arn, "from-task-definition", str(scratch)]
+    # AND the emulator shows the task stopped, the work message is gone, and nothing was rerun
+    task = boto3.client("ecs").describe_tasks(cluster=deployment["cluster"], tasks=[task_arn])["tasks"][0]
+    assert task["desiredStatus"] == "STOPPED"
+    ledger = json.loads((deployment["config"].state_dir / "ledger.json").read_text())
+    assert [entry["status"] for entry in ledger.values()] == ["delivered"]
+    attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=deployment["work"], AttributeNames=["All"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_restarted_runtime_neither_reruns_nor_loses_tasks(toy_deployment):
+    deployment = toy_deployment
+    first = LocalRuntime(deployment["config"])
+    boto3.client("sqs").send_message(QueueUrl=deployment["work"], MessageBody=json.dumps({"exit": 0}))
+    received: list[dict[str, Any]] = []
+    _until(first, lambda: received.extend(_events(deployment["events"])) or received)
+    # WHEN a second runtime starts on the same state dir and runs a while
+    second = LocalRuntime(deployment["config"])
+    for _ in range(3):
+        second.tick()
+    # THEN it delivered nothing again and started no task
+    assert _events(deployment["events"]) == []
+    assert second.processes == {}
+    assert len(second.ledger.tasks) == 1
+
+
+def test_partial_batch_failure_is_retried_then_dead_lettered(toy_deployment):
+    deployment = toy_deployment
+    runtime = LocalRuntime(deployment["config"])
+    sqs = boto3.client("sqs")
+    # WHEN one message of a batch fails in the function (maxReceiveCount 2, visibility 1 s)
+    sqs.send_message(QueueUrl=deployment["work"], MessageBody=json.dumps({"fail": True}))
+
+    def dead_lettered() -> list[dict[str, Any]]:
+        return sqs.receive_message(QueueUrl=deployment["dlq"], AttributeNames=["All"]).get("Messages", [])
+
+    # THEN it is received twice (once per visibility timeout) and then lands in the DLQ, not lost, not deleted
+    moved = _until(runtime, dead_lettered, timeout=20)
+    assert json.loads(moved[0]["Body"]) == {"fail": True}
+    assert moved[0]["Attributes"]["ApproximateReceiveCount"] in ("2", "3")
+
+
+def test_function_runs_without_the_q4_package_on_its_path(toy_deployment, tmp_path):
+    deployment = toy_deployment
+    runtime = LocalRuntime(deployment["config"])
+    outcome = lambda_host.invoke(
+        runtime.function,
+        {"detail-type": "probe"},
+        deployment["config"].aws_env,
+        runtime_dir=runtime.runtime_dir,
+        log_path=tmp_path / "invoke.log",
+    )
+    assert outcome.ok, outcome.error
+    assert outcome.result == {"ok": True, "has_q4": False}
+
+
+def test_moto_does_not_consume_work_messages_itself(toy_deployment):
+    # moto's own SQS->Lambda poller is switched off by q4.local.moto_launcher: a sent message is untouched.
+    sqs = boto3.client("sqs")
+    sqs.send_message(QueueUrl=toy_deployment["work"], MessageBody="{}")
+    message = sqs.receive_message(QueueUrl=toy_deployment["work"], AttributeNames=["All"])["Messages"][0]
+    assert message["Attributes"]["ApproximateReceiveCount"] == "1"
