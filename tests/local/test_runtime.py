@@ -17,7 +17,6 @@ from typing import Any
 
 import boto3
 import pytest
-
 from q4.local import lambda_host
 from q4.local.runtime import LocalRuntime, RuntimeConfig
 
