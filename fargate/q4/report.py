@@ -179,6 +179,7 @@ def _number(value: Any, digits: int = 4) -> str:
         return _null() if value is None else _e(value)
     if isinstance(value, int):
         return f"{value:,}"
+    value = value + 0.0  # -0.0 -> 0.0
     if math.isnan(value):
         return _null()
     if math.isinf(value):
@@ -217,13 +218,17 @@ def _table(
     header: Sequence[str],
     rows: Iterable[Sequence[str]],
     *,
-    text_columns: int = 1,
+    text_columns: int | Sequence[int] = 1,
     row_classes: Sequence[str] | None = None,
 ) -> str:
-    """An HTML table; cells are already-escaped HTML. The first ``text_columns`` are left-aligned."""
+    """An HTML table; cells are already-escaped HTML.
+
+    ``text_columns`` (a count of leading columns, or column indices) are left-aligned, the rest right.
+    """
+    left = set(range(text_columns)) if isinstance(text_columns, int) else set(text_columns)
 
     def cell(tag: str, index: int, content: str) -> str:
-        cls = ' class="text"' if index < text_columns else ""
+        cls = ' class="text"' if index in left else ""
         return f"<{tag}{cls}>{content}</{tag}>"
 
     lines = ["<table>"]
@@ -517,7 +522,7 @@ def _anisotropy_section(study: dict[str, Any]) -> str:
     overall = _table(
         ("measure", "value", "how to read it"),
         [(_e(label), _number(anisotropy.get(key)), _e(text)) for key, label, text in _ANISOTROPY_TERMS],
-        text_columns=1,
+        text_columns=(0, 2),
     )
     per_quadrant = anisotropy.get("per_quadrant") or {}
     body = []

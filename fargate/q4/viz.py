@@ -547,6 +547,4 @@ def _correlation_heatmap(correlation: np.ndarray, features: list[str]) -> Figure
 def _diverging_with_bad() -> Any:
     from matplotlib import colormaps
 
-    cmap = colormaps["RdBu_r"].copy()
-    cmap.set_bad("0.75")
-    return cmap
+    return colormaps["RdBu_r"].with_extremes(bad="0.75")

@@ -1,4 +1,4 @@
-"""Small factories for realistic full-mode inputs of ``render_plots`` / ``render_report``.
+"""Factories for realistic full-mode inputs of ``render_plots`` / ``render_report``.
 
 The numbers are computed from synthetic data with plain numpy (PCA of the correlation matrix), so the
 documents are self-consistent the way ``q4.job`` produces them; they are test data, not the Q4 core.
@@ -66,11 +66,11 @@ def make_full_run(
     scale[is_constant] = 1.0
     z = (x - mean) / scale
     z[:, is_constant] = 0.0
-    cov = z.T @ z / n
-    eig, vec = np.linalg.eigh(cov)
-    order = np.argsort(eig)[::-1]
-    eig, vec = np.clip(eig[order], 0, None), vec[:, order]
-    signs = np.sign(vec[np.abs(vec).argmax(axis=0), np.arange(d)])
+    u, singular, vt = np.linalg.svd(z, full_matrices=False)
+    eig = np.zeros(d)
+    eig[: len(singular)] = singular**2 / n
+    vec = vt[:2].T.copy()
+    signs = np.sign(vec[np.abs(vec).argmax(axis=0), np.arange(2)])
     vec = vec * signs
     projectors = vec[:, :2].T
     scores = z @ projectors.T
@@ -108,12 +108,13 @@ def make_full_run(
         effect = (x[keep].mean(axis=0) - x[discard].mean(axis=0)) / pooled
     effect_list = [None if not np.isfinite(v) else float(v) for v in effect]
     loadings = projectors * np.sqrt(eig[:2])[:, None]
-    u, singular, _vt = np.linalg.svd(z, full_matrices=False)
     k = min(10, d, n)
     per_quadrant = {}
     for q in range(1, 5):
         rows = z[quadrants == q]
-        e = np.sort(np.linalg.eigvalsh(np.cov(rows, rowvar=False, bias=True)))[::-1]
+        e = np.zeros(d)
+        part_values = np.linalg.svd(rows - rows.mean(axis=0), compute_uv=False)
+        e[: len(part_values)] = part_values**2 / len(rows)
         per_quadrant[f"Q{q}"] = {
             "rows": len(rows),
             "lambda1_over_lambda2": float(e[0] / e[1]),
