@@ -1,0 +1,119 @@
+"""Feature selection (SPEC §1.1) and valid / rejected rows (SPEC §1.2).
+
+A row is valid when every feature value is a finite number. A rejected row carries the
+reason of its first bad feature (in feature order): ``missing:<col>`` (empty or an NA
+token), ``not_numeric:<col>`` (text that is not a number) or ``not_finite:<col>``
+(NaN or ±inf).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numpy.typing import NDArray
+
+from q4.errors import InputError
+
+#: Text cells read as a missing value (besides empty / whitespace-only cells).
+NA_TOKENS = ("NA", "N/A", "n/a", "na", "NULL", "null", "None", "none", "#N/A", "-")
+_NUMBER = r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|(?i:nan|inf|infinity))$"
+
+OK, MISSING, NOT_NUMERIC, NOT_FINITE = 0, 1, 2, 3
+_REASONS = {MISSING: "missing", NOT_NUMERIC: "not_numeric", NOT_FINITE: "not_finite"}
+
+
+def select_features(
+    columns: Sequence[str], numeric: Sequence[str], features: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """``(features, passthrough)``: the numeric columns by default, else the named ones (checked)."""
+    if features is None:
+        chosen = [c for c in columns if c in set(numeric)]
+    else:
+        chosen = list(dict.fromkeys(features))
+        missing = [f for f in chosen if f not in columns]
+        if missing:
+            raise InputError(
+                "unknown_features",
+                f"The feature column(s) {', '.join(map(repr, missing))} are not in the input; "
+                f"choose from {', '.join(columns)}.",
+                {"missing": missing, "columns": list(columns)},
+            )
+        not_numeric = [f for f in chosen if f not in set(numeric)]
+        if not_numeric:
+            raise InputError(
+                "non_numeric_features",
+                f"The feature column(s) {', '.join(map(repr, not_numeric))} are not numeric; "
+                "name only integer or floating-point columns as features.",
+                {"not_numeric": not_numeric},
+            )
+    if len(chosen) < 2:
+        found = "no numeric column" if not chosen else f"only one numeric column ({chosen[0]!r})"
+        raise InputError(
+            "too_few_features",
+            f"The input has {found}; Q4 needs at least 2 numeric feature columns.",
+            {"features": chosen, "columns": list(columns)},
+        )
+    chosen_set = set(chosen)
+    return chosen, [c for c in columns if c not in chosen_set]
+
+
+@dataclass(frozen=True)
+class FeatureBlock:
+    """The feature values of one chunk: ``values`` (m, d) float64 and per-cell ``status`` codes."""
+
+    values: NDArray[np.float64]
+    status: NDArray[np.int8]  # (m, d): OK, MISSING, NOT_NUMERIC, NOT_FINITE
+
+    @property
+    def valid(self) -> NDArray[np.bool_]:
+        return np.asarray(~self.status.any(axis=1))
+
+    def reasons(self, features: Sequence[str]) -> list[str]:
+        """The rejection reason of every invalid row, in row order."""
+        bad = self.status[~self.valid]
+        first = np.argmax(bad != OK, axis=1)
+        codes = bad[np.arange(bad.shape[0]), first]
+        return [f"{_REASONS[int(c)]}:{features[int(j)]}" for c, j in zip(codes, first, strict=True)]
+
+
+def feature_block(batch: pa.RecordBatch, features: Sequence[str]) -> FeatureBlock:
+    """Convert the feature columns of a chunk to float64, classifying every cell."""
+    m = batch.num_rows
+    values = np.empty((m, len(features)), dtype=np.float64)
+    status = np.zeros((m, len(features)), dtype=np.int8)
+    for j, name in enumerate(features):
+        values[:, j], status[:, j] = _column(batch.column(name))
+    return FeatureBlock(values, status)
+
+
+def _column(col: pa.Array) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
+    status = np.zeros(len(col), dtype=np.int8)
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        try:
+            numbers = pc.cast(col, pa.float64())
+        except pa.ArrowInvalid:
+            numbers, status = _parse_text(col)
+    else:
+        numbers = pc.cast(col, pa.float64(), safe=False)
+    if numbers.null_count:
+        status[numbers.is_null().to_numpy(zero_copy_only=False) & (status == OK)] = MISSING
+        numbers = numbers.fill_null(np.nan)
+    values = numbers.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    status[~np.isfinite(values) & (status == OK)] = NOT_FINITE
+    return values, status
+
+
+def _parse_text(col: pa.Array) -> tuple[pa.Array, NDArray[np.int8]]:
+    """Slow path for a text column with at least one cell that is not a number."""
+    text = pc.utf8_trim_whitespace(col)
+    missing = pc.or_(pc.equal(text, ""), pc.is_in(text, value_set=pa.array(NA_TOKENS)))
+    number_like = pc.and_not(pc.match_substring_regex(text, _NUMBER), missing)
+    numbers = pc.cast(pc.if_else(number_like, text, pa.scalar(None, pa.string())), pa.float64())
+    is_missing = missing.fill_null(True).to_numpy(zero_copy_only=False)
+    is_number = number_like.fill_null(False).to_numpy(zero_copy_only=False)
+    status = np.where(is_missing, MISSING, np.where(is_number, OK, NOT_NUMERIC)).astype(np.int8)
+    return numbers, status

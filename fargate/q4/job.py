@@ -1,0 +1,557 @@
+"""The whole Q4 job into a local run directory: ``run_job``.
+
+Two exact passes over the input, memory bounded by ``chunk_rows``:
+
+1. **read** every chunk, classify its rows (valid / rejected), merge the valid rows'
+   moments (Chan et al.); CSV chunks are spilled to an uncompressed Arrow IPC file in the
+   scratch dir so pass 2 does not parse the text again;
+2. **fit** standardization and projectors from the moments (or take them from a model);
+3. **project** every chunk, write it to Q_keep / Q_discard / Q_rejected (and svd_scores)
+   in input order, tally energy and, in full mode, per-quadrant moments;
+4. write er.json, Q_study.json, the model (enhanced, full) and the plots and report (full).
+
+``run_job`` writes everything except MANIFEST.json / ERROR.json: committing is the
+caller's business (``q4 run`` locally, the Fargate task on S3). Every artifact it writes is
+deterministic for the same input, job and software version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+from q4 import __version__
+from q4.energy import EnergyTally
+from q4.errors import InputError, ModelError
+from q4.features import FeatureBlock, feature_block, select_features
+from q4.manifest import sha256_file
+from q4.model import Q4Model, fit_model, json_number, load_model
+from q4.moments import Moments
+from q4.outputs import TableWriter, content_type
+from q4.progress import Progress
+from q4.projectors import Standardization, is_degenerate
+from q4.quadrants import quadrant_labels, scores
+from q4.study import QuadrantStats, study_section, svd_section
+from q4.tables import InputTable, Spill, file_sha256, iter_batches, open_inputs
+
+MODES = ("standard", "enhanced", "full")
+OUTPUT_FORMATS = ("csv", "parquet")
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+STUDY_SCHEMA = "q4.study/v1"
+#: At most this many rows (a fixed stride sample of the valid rows) reach the plots.
+PLOT_SAMPLE_ROWS = 100_000
+#: Directories under the run directory that run_job writes (and removes again on failure).
+OUTPUT_DIRS = ("output", "model", "viz")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to run: the job parameters of SPEC §4, resolved to local paths."""
+
+    run_id: str
+    mode: str = "standard"
+    features: tuple[str, ...] | None = None
+    svd_k: int = 10
+    output_format: str = "csv"
+    model_path: Path | None = None
+    chunk_rows: int = 262_144
+    model_name: str | None = None  # how Q_study.json names the model (e.g. its S3 key); default: the path
+
+    def validate(self) -> None:
+        """A clear :class:`InputError` for a parameter out of range."""
+        if not RUN_ID_PATTERN.match(self.run_id) or ".." in self.run_id:
+            raise InputError(
+                "invalid_run_id",
+                f"The run id {self.run_id!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit.",
+            )
+        if self.mode not in MODES:
+            raise InputError(
+                "invalid_mode", f"The mode {self.mode!r} is unknown; use one of {', '.join(MODES)}."
+            )
+        if self.output_format not in OUTPUT_FORMATS:
+            raise InputError(
+                "invalid_output_format",
+                f"The output format {self.output_format!r} is unknown; use csv or parquet.",
+            )
+        if not 1 <= self.svd_k <= 1000:
+            raise InputError("invalid_svd_k", f"svd_k must be between 1 and 1000, not {self.svd_k}.")
+        if self.chunk_rows < 1:
+            raise InputError("invalid_chunk_rows", f"chunk_rows must be at least 1, not {self.chunk_rows}.")
+
+    def to_job(self) -> dict[str, Any]:
+        """The job parameters as recorded in MANIFEST.json."""
+        doc = asdict(self)
+        doc["features"] = list(self.features) if self.features is not None else None
+        doc["model_path"] = str(self.model_path) if self.model_path is not None else None
+        if doc["model_name"] is None:
+            del doc["model_name"]
+        return doc
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file written under the run directory (``key`` is relative to it, posix)."""
+
+    key: str
+    bytes: int
+    sha256: str
+    content_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``run_job`` wrote and counted."""
+
+    run_id: str
+    mode: str
+    run_dir: Path
+    artifacts: tuple[Artifact, ...]
+    rows: dict[str, int]
+    timings: dict[str, float]
+    warnings: tuple[dict[str, str], ...]
+    input: dict[str, Any]
+    report: Path | None = None
+
+    def input_objects(self) -> list[dict[str, Any]]:
+        """``{key, size, sha256}`` per input file, for the manifest."""
+        return [
+            {"key": k, "size": s, "sha256": h}
+            for k, s, h in zip(self.input["keys"], self.input["sizes"], self.input["sha256"], strict=True)
+        ]
+
+
+@dataclass
+class _Sample:
+    """A fixed stride sample of the valid rows for the plots."""
+
+    stride: int
+    scores: list[NDArray[np.float64]] = field(default_factory=list)
+    labels: list[NDArray[np.int8]] = field(default_factory=list)
+    svd: list[NDArray[np.float64]] = field(default_factory=list)
+    seen: int = 0
+
+    def take(self, s: NDArray[np.float64], labels: NDArray[np.int8], svd: NDArray[np.float64] | None) -> None:
+        first = (-self.seen) % self.stride
+        picked = slice(first, None, self.stride)
+        self.scores.append(s[picked])
+        self.labels.append(labels[picked])
+        if svd is not None:
+            self.svd.append(svd[picked, :2])
+        self.seen += s.shape[0]
+
+
+def scratch_dir() -> str | None:
+    """Where spill files go: ``Q4_SCRATCH_DIR`` if set, else the system temp dir."""
+    return os.environ.get("Q4_SCRATCH_DIR") or None
+
+
+def run_job(
+    inputs: Sequence[Path],
+    run_dir: Path,
+    spec: JobSpec,
+    *,
+    progress: bool = False,
+    input_names: Sequence[str] | None = None,
+) -> RunResult:
+    """Run the Q4 job on ``inputs`` and write its artifacts under ``run_dir`` (``.../run=<id>/``).
+
+    Raises :class:`q4.errors.Q4Error` for bad input; then nothing run_job wrote is left behind.
+    """
+    spec.validate()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(list(inputs), run_dir, spec, progress, input_names)
+    except BaseException:
+        for name in OUTPUT_DIRS:
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        raise
+
+
+def _run(
+    inputs: list[Path], run_dir: Path, spec: JobSpec, progress: bool, input_names: Sequence[str] | None
+) -> RunResult:
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    table = open_inputs(inputs, input_names)
+    model = load_model(spec.model_path) if spec.model_path is not None else None
+    features, passthrough = _features(table, spec, model)
+    d = len(features)
+
+    with ExitStack() as stack, Progress(enabled=progress) as bar:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="q4-", dir=scratch_dir())))
+        digests: dict[Path, str] = {}
+        # ---- pass 1: read, classify, moments
+        moments = Moments(d)
+        n_input = 0
+        spill = Spill(scratch / "pass1.arrow", table.schema) if table.format == "csv" else None
+        task = bar.add("Reading", total=table.bytes, unit="bytes")
+        for _, batch in iter_batches(table, spec.chunk_rows, on_bytes=task.advance, digests=digests):
+            block = feature_block(batch, features)
+            moments.update(block.values[block.valid])
+            n_input += batch.num_rows
+            if spill is not None:
+                spill.write(batch)
+        if spill is not None:
+            spill.close()
+        task.done()
+        timings["read"] = time.perf_counter() - clock
+
+        # ---- fit (or apply a model)
+        clock = time.perf_counter()
+        _check_rows(n_input, moments.n, table)
+        warnings: list[dict[str, str]] = []
+        if model is None:
+            if int((~moments.constant).sum()) < 2:
+                constant = [f for f, c in zip(features, moments.constant, strict=True) if c]
+                raise InputError(
+                    "too_few_features",
+                    f"Only {d - len(constant)} of the {d} feature columns vary over the valid rows "
+                    f"(constant: {', '.join(constant)}); Q4 needs at least 2 non-constant features.",
+                    {"constant_columns": constant},
+                )
+            model = fit_model(moments, features, n_components=spec.svd_k, source_run=spec.run_id)
+            source = "fitted"
+        else:
+            source = spec.model_name or str(spec.model_path)
+        if is_degenerate(model.eigenvalues):
+            warnings.append(
+                {
+                    "code": "degenerate_projectors",
+                    "message": "The two leading eigenvalues are equal or zero, so the quadrant split "
+                    "depends on an arbitrary choice of basis; treat the split with care.",
+                }
+            )
+        timings["fit"] = time.perf_counter() - clock
+
+        # ---- pass 2: project and write
+        clock = time.perf_counter()
+        k = min(spec.svd_k, d, moments.n, model.components.shape[0])
+        enhanced = spec.mode in ("enhanced", "full")
+        output = run_dir / "output"
+        output.mkdir(exist_ok=True)
+        writers = _RowWriters(output, table, features, spec.output_format, svd_k=k if enhanced else 0)
+        stack.callback(writers.close)
+        energy = EnergyTally()
+        quadrant_stats = QuadrantStats(d) if spec.mode == "full" else None
+        sample = _Sample(stride=max(1, math.ceil(moments.n / PLOT_SAMPLE_ROWS)))
+        task = bar.add("Projecting", total=n_input, unit="rows")
+        row = 0
+        for batch in _second_pass(table, spill, spec.chunk_rows):
+            block = feature_block(batch, features)
+            valid = block.valid
+            x = block.values[valid]
+            z = model.std.apply(x)
+            s = scores(z, model.projectors)
+            labels = quadrant_labels(s)
+            svd = z @ model.components[:k].T if enhanced else None
+            writers.write(batch, block, row, s, labels, svd)
+            energy.update(z, s, labels)
+            if quadrant_stats is not None:
+                quadrant_stats.update(x, z, labels)
+            sample.take(s, labels, svd)
+            row += batch.num_rows
+            task.advance(batch.num_rows)
+        writers.close()
+        task.done()
+        timings["project_and_write"] = time.perf_counter() - clock
+
+    # ---- documents
+    clock = time.perf_counter()
+    er = energy.to_dict()
+    rows = {
+        "input": n_input,
+        "valid": moments.n,
+        "rejected": n_input - moments.n,
+        "keep": er["keep"]["rows"],
+        "discard": er["discard"]["rows"],
+    }
+    names = list(table.names)
+    sha = [digests.get(p) or file_sha256(p) for p in table.paths]
+    input_doc = {"keys": names, "bytes": table.bytes, "format": table.format, "sha256": sha}
+    study = _study_doc(spec, model, source, input_doc, rows, features, passthrough, warnings)
+    if enhanced:
+        study["svd"] = svd_section(model.eigenvalues, model.n_samples_fit, k)
+    if quadrant_stats is not None:
+        study["study"] = study_section(quadrant_stats, model.std, model.eigenvalues, model.projectors)
+    _write_json(output / "er.json", er)
+    _write_json(output / "Q_study.json", study)
+    if enhanced:
+        (run_dir / "model").mkdir(exist_ok=True)
+        _write_json(run_dir / "model" / "q4_model.json", model.to_dict(version=__version__))
+    timings["documents"] = time.perf_counter() - clock
+
+    report: Path | None = None
+    if spec.mode == "full":
+        clock = time.perf_counter()
+        report = _render_viz(run_dir / "viz", er, study, sample, model, moments, k)
+        timings["viz"] = time.perf_counter() - clock
+
+    artifacts = tuple(_artifacts(run_dir))
+    sizes = [p.stat().st_size for p in table.paths]
+    return RunResult(
+        run_id=spec.run_id,
+        mode=spec.mode,
+        run_dir=run_dir,
+        artifacts=artifacts,
+        rows=rows,
+        timings=timings,
+        warnings=tuple(warnings),
+        input={**input_doc, "sizes": sizes},
+        report=report,
+    )
+
+
+def _features(table: InputTable, spec: JobSpec, model: Q4Model | None) -> tuple[list[str], list[str]]:
+    if model is None:
+        return select_features(table.columns, table.numeric, spec.features)
+    absent = [f for f in model.features if f not in table.columns]
+    not_numeric = [f for f in model.features if f in table.columns and f not in table.numeric]
+    if absent or not_numeric:
+        problem = absent or not_numeric
+        raise ModelError(
+            "model_mismatch",
+            f"The model's feature column(s) {', '.join(map(repr, problem))} are "
+            f"{'missing from' if absent else 'not numeric in'} the input; apply the model only to tables "
+            "with all its features.",
+            {"absent": absent, "not_numeric": not_numeric, "model_features": list(model.features)},
+        )
+    if spec.features is not None and tuple(spec.features) != model.features:
+        raise InputError(
+            "features_with_model",
+            "Features were named together with a model that has other features; drop --features "
+            "when applying a model.",
+        )
+    chosen = list(model.features)
+    return chosen, [c for c in table.columns if c not in set(chosen)]
+
+
+def _check_rows(n_input: int, n_valid: int, table: InputTable) -> None:
+    if n_input == 0:
+        raise InputError(
+            "too_few_rows",
+            f"The input {table.paths[0].name} has a header but no data rows; give at least 2 rows.",
+        )
+    if n_valid == 0:
+        raise InputError(
+            "too_few_rows",
+            f"None of the {n_input} rows is valid (every row has a missing, non-numeric or non-finite "
+            "feature value); fix the values or choose other features.",
+            {"rows": n_input},
+        )
+    if n_valid < 2:
+        raise InputError(
+            "too_few_rows",
+            f"Only {n_valid} of the {n_input} rows is valid; Q4 needs at least 2 valid rows.",
+            {"rows": n_input, "valid": n_valid},
+        )
+
+
+def _second_pass(table: InputTable, spill: Spill | None, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    if spill is not None:
+        yield from spill.batches()
+    else:
+        for _, batch in iter_batches(table, chunk_rows):
+            yield batch
+
+
+class _RowWriters:
+    """Q_keep, Q_discard, Q_rejected (and svd_scores) for one run."""
+
+    def __init__(
+        self, output: Path, table: InputTable, features: list[str], output_format: str, *, svd_k: int
+    ) -> None:
+        ext = ".parquet" if output_format == "parquet" else ".csv"
+        self.features = features
+        # CSV input to Parquet output: features become float64 columns (the values parsed).
+        self.typed_features = output_format == "parquet" and table.format == "csv"
+        base = table.schema
+        if self.typed_features:
+            feature_set = set(features)
+            base = pa.schema(
+                [pa.field(f.name, pa.float64()) if f.name in feature_set else f for f in table.schema]
+            )
+        self.feature_index = {name: i for i, name in enumerate(base.names) if name in set(features)}
+        split_schema = pa.schema(
+            [
+                *base,
+                pa.field("q4_row", pa.int64()),
+                pa.field("q4_quadrant", pa.int8()),
+                pa.field("q4_score1", pa.float64()),
+                pa.field("q4_score2", pa.float64()),
+            ]
+        )
+        rejected_schema = pa.schema(
+            [*table.schema, pa.field("q4_row", pa.int64()), pa.field("q4_reason", pa.string())]
+        )
+        self.keep = TableWriter(output / f"Q_keep{ext}", split_schema, output_format)
+        self.discard = TableWriter(output / f"Q_discard{ext}", split_schema, output_format)
+        self.rejected = TableWriter(output / f"Q_rejected{ext}", rejected_schema, output_format)
+        self.svd: TableWriter | None = None
+        if svd_k:
+            svd_schema = pa.schema(
+                [pa.field("q4_row", pa.int64())]
+                + [pa.field(f"svd_{i + 1}", pa.float64()) for i in range(svd_k)]
+            )
+            self.svd = TableWriter(output / f"svd_scores{ext}", svd_schema, output_format)
+        self._closed = False
+
+    def write(
+        self,
+        batch: pa.RecordBatch,
+        block: FeatureBlock,
+        first_row: int,
+        s: NDArray[np.float64],
+        labels: NDArray[np.int8],
+        svd: NDArray[np.float64] | None,
+    ) -> None:
+        valid = block.valid
+        index = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
+        all_valid = bool(valid.all())
+        valid_rows = batch if all_valid else batch.filter(pa.array(valid))
+        columns = list(valid_rows.columns)
+        if self.typed_features:
+            values = block.values[valid]
+            for j, name in enumerate(self.features):
+                columns[self.feature_index[name]] = pa.array(values[:, j])
+        valid_index = index if all_valid else index[valid]
+        keep = (labels == 1) | (labels == 4)
+        for writer, mask in ((self.keep, keep), (self.discard, ~keep)):
+            if not mask.any():
+                continue
+            picked = pa.array(mask)
+            cols = [c.filter(picked) for c in columns] if not mask.all() else columns
+            writer.write(
+                [
+                    *cols,
+                    pa.array(valid_index[mask]),
+                    pa.array(labels[mask]),
+                    pa.array(s[mask, 0]),
+                    pa.array(s[mask, 1]),
+                ]
+            )
+        if not all_valid:
+            bad = ~valid
+            rejected = batch.filter(pa.array(bad))
+            self.rejected.write(
+                [*rejected.columns, pa.array(index[bad]), pa.array(block.reasons(self.features), pa.string())]
+            )
+        if self.svd is not None and svd is not None:
+            self.svd.write([pa.array(valid_index), *(pa.array(svd[:, i]) for i in range(svd.shape[1]))])
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for writer in (self.keep, self.discard, self.rejected, self.svd):
+            if writer is not None:
+                writer.close()
+
+
+def _study_doc(
+    spec: JobSpec,
+    model: Q4Model,
+    source: str,
+    input_doc: dict[str, Any],
+    rows: dict[str, int],
+    features: list[str],
+    passthrough: list[str],
+    warnings: list[dict[str, str]],
+) -> dict[str, Any]:
+    lam = model.eigenvalues
+    total = float(lam.sum())
+    ratio = lam / total if total > 0 else np.full_like(lam, np.nan)
+    return {
+        "schema": STUDY_SCHEMA,
+        "run_id": spec.run_id,
+        "mode": spec.mode,
+        "input": input_doc,
+        "rows": rows,
+        "features": features,
+        "passthrough_columns": passthrough,
+        "constant_columns": [f for f, c in zip(features, model.constant, strict=True) if c],
+        "mean": _floats(model.mean),
+        "scale": _floats(model.scale),
+        "eigenvalues": _floats(lam),
+        "explained_variance_ratio": _floats(ratio),
+        "projectors": [_floats(p) for p in model.projectors],
+        "warnings": warnings,
+        "model": {"source": source},
+    }
+
+
+def _floats(values: NDArray[np.float64]) -> list[float | None]:
+    return [json_number(v) for v in np.asarray(values, dtype=np.float64).tolist()]
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _data_correlation(moments: Moments, std: Standardization) -> NDArray[np.float64]:
+    """``ZᵀZ/n`` of this data under a (possibly foreign) standardization."""
+    delta = (moments.shift - std.shift) + (moments.offset - std.offset)
+    gram = moments.comoment / moments.n + np.outer(delta, delta)
+    c = gram / np.outer(std.scale, std.scale)
+    c[std.constant, :] = 0.0
+    c[:, std.constant] = 0.0
+    return np.asarray(0.5 * (c + c.T))
+
+
+def _render_viz(
+    viz_dir: Path,
+    er: dict[str, Any],
+    study: dict[str, Any],
+    sample: _Sample,
+    model: Q4Model,
+    moments: Moments,
+    k: int,
+) -> Path:
+    from q4.report import render_report
+    from q4.viz import render_plots
+
+    viz_dir.mkdir(exist_ok=True)
+    s = np.concatenate(sample.scores) if sample.scores else np.zeros((0, 2))
+    labels = np.concatenate(sample.labels) if sample.labels else np.zeros(0, dtype=np.int8)
+    svd = np.concatenate(sample.svd) if sample.svd and k >= 2 else None
+    plots = render_plots(
+        viz_dir,
+        er=er,
+        study=study,
+        scores=s,
+        quadrants=labels,
+        svd_scores=svd,
+        correlation=_data_correlation(moments, model.std),
+    )
+    return render_report(viz_dir / "report.html", er=er, study=study, plots=plots)
+
+
+def _artifacts(run_dir: Path) -> Iterator[Artifact]:
+    for name in OUTPUT_DIRS:
+        folder = run_dir / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            yield Artifact(
+                key=path.relative_to(run_dir).as_posix(),
+                bytes=path.stat().st_size,
+                sha256=sha256_file(path),
+                content_type=content_type(path),
+            )

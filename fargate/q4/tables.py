@@ -1,0 +1,302 @@
+"""Reading the input table: one or more CSV or Parquet files, streamed in bounded chunks.
+
+CSV files are read with **every column as text**, so passthrough values are written back
+byte for byte ("007" stays "007") and a bad cell far into a numeric column rejects that row
+instead of stopping the stream. Which columns are numeric (the default features) is decided
+by pyarrow's type inference on the first block of the first file. Parquet files keep their
+own types. Several files are one table when their column names (and, for Parquet, types)
+agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from q4.errors import InputError
+
+CSV_SUFFIXES = (".csv",)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+#: Columns q4 adds to its outputs; an input may not already have them.
+RESERVED_COLUMNS = ("q4_row", "q4_quadrant", "q4_score1", "q4_score2", "q4_reason")
+
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class InputTable:
+    """The input files, read as one table."""
+
+    paths: tuple[Path, ...]
+    names: tuple[str, ...]
+    format: str  # "csv" | "parquet"
+    schema: pa.Schema  # as streamed: CSV all strings, Parquet native
+    numeric: tuple[str, ...]  # integer or floating point columns (not boolean), in table order
+    bytes: int
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
+
+
+def input_format(path: Path) -> str:
+    """``csv`` or ``parquet`` by file name; a clear error otherwise."""
+    name = path.name.lower()
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    raise InputError(
+        "unsupported_input",
+        f"The input {path.name} is neither a .csv nor a .parquet file; convert it to CSV or Parquet.",
+        {"input": str(path)},
+    )
+
+
+def open_inputs(paths: Sequence[Path], names: Sequence[str] | None = None) -> InputTable:
+    """Check the input files and read their columns (no data is read beyond a header block)."""
+    if not paths:
+        raise InputError("no_input", "No input file was given; pass at least one CSV or Parquet file.")
+    names = tuple(names) if names is not None else tuple(str(p) for p in paths)
+    formats = set()
+    total = 0
+    for path in paths:
+        formats.add(input_format(path))
+        if not path.is_file():
+            raise InputError(
+                "input_not_found",
+                f"The input file {path} does not exist; check the path.",
+                {"input": str(path)},
+            )
+        size = path.stat().st_size
+        if size == 0:
+            raise InputError(
+                "empty_input",
+                f"The input file {path.name} is empty; "
+                "give a table with a header row and at least 2 data rows.",
+                {"input": str(path)},
+            )
+        total += size
+    if len(formats) > 1:
+        raise InputError(
+            "mixed_input_formats",
+            "The inputs mix CSV and Parquet files; convert them to one format to read them as one table.",
+        )
+    fmt = formats.pop()
+    schemas = [_csv_schema(p) if fmt == "csv" else _parquet_schema(p) for p in paths]
+    first = schemas[0]
+    for path, schema in zip(paths[1:], schemas[1:], strict=True):
+        same = schema.names == first.names if fmt == "csv" else schema.equals(first)
+        if not same:
+            raise InputError(
+                "input_columns_differ",
+                f"The input {path.name} has other columns than {paths[0].name}; "
+                "files read as one table must have the same columns in the same order.",
+                {"input": str(path), "columns": schema.names, "expected": first.names},
+            )
+    _check_names(first.names, paths[0])
+    numeric = tuple(f.name for f in first if _is_numeric(f.type))
+    stream_schema = pa.schema([pa.field(n, pa.string()) for n in first.names]) if fmt == "csv" else first
+    return InputTable(tuple(paths), names, fmt, stream_schema, numeric, total)
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return bool(pa.types.is_integer(t) or pa.types.is_floating(t))
+
+
+def _check_names(columns: Sequence[str], path: Path) -> None:
+    seen: set[str] = set()
+    for name in columns:
+        if name in seen:
+            raise InputError(
+                "duplicate_columns",
+                f"The input {path.name} has two columns named {name!r}; give every column a unique name.",
+            )
+        seen.add(name)
+        if name in RESERVED_COLUMNS:
+            raise InputError(
+                "reserved_column",
+                f"The input {path.name} has a column named {name!r}, "
+                "which q4 adds to its outputs; rename it.",
+            )
+
+
+def _csv_error(path: Path, exc: Exception) -> InputError:
+    return InputError(
+        "malformed_csv",
+        f"The CSV file {path.name} cannot be parsed ({str(exc).strip()}); "
+        "fix it so every row has as many fields as the header.",
+        {"input": str(path), "problem": str(exc)},
+    )
+
+
+def _csv_schema(path: Path) -> pa.Schema:
+    try:
+        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20))
+        schema = reader.schema
+        reader.close()
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise _csv_error(path, exc) from None
+    return schema
+
+
+def _parquet_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.ParquetFile(path).schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(
+            "malformed_parquet",
+            f"The Parquet file {path.name} cannot be read ({exc}); check that it is a complete Parquet file.",
+            {"input": str(path)},
+        ) from None
+
+
+class _HashingReader(io.RawIOBase):
+    """A read-only file that feeds every byte read into a sha256 and reports progress."""
+
+    def __init__(self, path: Path, on_bytes: ProgressCallback | None) -> None:
+        self._file = path.open("rb", buffering=0)
+        self.sha256 = hashlib.sha256()
+        self._on_bytes = on_bytes
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._file.readinto(buffer)
+        if n:
+            self.sha256.update(memoryview(buffer)[:n])
+            if self._on_bytes is not None:
+                self._on_bytes(n)
+        return n or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _block_size(path: Path, chunk_rows: int) -> int:
+    """A CSV block size of about ``chunk_rows`` rows (64 KiB .. 64 MiB)."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    rows = max(1, head.count(b"\n"))
+    per_row = max(1, len(head) // rows)
+    return int(min(max(per_row * chunk_rows, 1 << 16), 1 << 26))
+
+
+def iter_batches(
+    table: InputTable,
+    chunk_rows: int,
+    *,
+    on_bytes: ProgressCallback | None = None,
+    digests: dict[Path, str] | None = None,
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """Yield ``(file_index, batch)`` over all files in order, batches of at most ``chunk_rows`` rows.
+
+    CSV files are hashed as they are read: each file's sha256 lands in ``digests``.
+    """
+    for index, path in enumerate(table.paths):
+        if table.format == "csv":
+            batches = _iter_csv(table, path, chunk_rows, on_bytes, digests)
+        else:
+            batches = _iter_parquet(table, path, chunk_rows, on_bytes)
+        yield from ((index, b) for b in batches)
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, hex."""
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _iter_csv(
+    table: InputTable,
+    path: Path,
+    chunk_rows: int,
+    on_bytes: ProgressCallback | None,
+    digests: dict[Path, str] | None,
+) -> Iterator[pa.RecordBatch]:
+    raw = _HashingReader(path, on_bytes)
+    try:
+        reader = pcsv.open_csv(
+            pa.PythonFile(raw, mode="r"),
+            read_options=pcsv.ReadOptions(block_size=_block_size(path, chunk_rows)),
+            convert_options=pcsv.ConvertOptions(
+                column_types=table.schema, strings_can_be_null=False, quoted_strings_can_be_null=False
+            ),
+        )
+        if reader.schema.names != table.schema.names:
+            raise InputError(
+                "input_columns_differ",
+                f"The input {path.name} has other columns than expected; "
+                "files read as one table must have the same columns in the same order.",
+            )
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            yield from _slices(batch, chunk_rows)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise _csv_error(path, exc) from None
+    finally:
+        raw.close()
+    if digests is not None:
+        digests[path] = raw.sha256.hexdigest()
+
+
+def _iter_parquet(
+    table: InputTable, path: Path, chunk_rows: int, on_bytes: ProgressCallback | None
+) -> Iterator[pa.RecordBatch]:
+    try:
+        pf = pq.ParquetFile(path)
+        total_rows = max(1, pf.metadata.num_rows)
+        size = path.stat().st_size
+        for batch in pf.iter_batches(batch_size=chunk_rows):
+            if on_bytes is not None:
+                on_bytes(int(size * batch.num_rows / total_rows))
+            yield pa.RecordBatch.from_arrays(batch.columns, schema=table.schema)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(
+            "malformed_parquet",
+            f"The Parquet file {path.name} cannot be read ({exc}); check that it is a complete Parquet file.",
+            {"input": str(path)},
+        ) from None
+
+
+def _slices(batch: pa.RecordBatch, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    for start in range(0, batch.num_rows, chunk_rows):
+        yield batch.slice(start, chunk_rows)
+
+
+class Spill:
+    """Pass-1 batches kept in an uncompressed Arrow IPC file, re-read memory-mapped in pass 2.
+
+    Spares the second pass from parsing the CSV again.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_file(self._sink, schema)
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        with pa.memory_map(str(self.path), "r") as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield reader.get_batch(i)
