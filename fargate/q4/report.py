@@ -292,7 +292,10 @@ def _warnings_section(study: dict[str, Any]) -> str:
             f"information: {_name_list(constant)}.</li>"
         )
     if not items:
-        return '<div class="warnings none"><h2>Warnings</h2><p>None.</p></div>'
+        return (
+            '<div class="warnings none"><h2>Warnings</h2><p>No warnings: every input row was valid and '
+            "the projectors are well defined.</p></div>"
+        )
     return f'<div class="warnings"><h2>Warnings ({len(items)})</h2><ul>{"".join(items)}</ul></div>'
 
 
