@@ -411,16 +411,7 @@ def succeeded_done(
 ) -> dict[str, Any]:
     """The succeeded done message, derived from MANIFEST.json alone (a re-sent copy is identical)."""
     run_id = str(manifest["run_id"])
-    duration = manifest.get("duration_s")
-    if duration is None and isinstance(manifest.get("timings"), Mapping):
-        duration = round(
-            sum(
-                float(v)
-                for v in manifest["timings"].values()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            ),
-            3,
-        )
+    duration = _duration_of(manifest)
     return done_message(
         run_id=run_id,
         status="succeeded",
@@ -441,11 +432,11 @@ def failed_done(
     return done_message(
         run_id=str(error_doc["run_id"]),
         status="failed",
-        mode=error_doc.get("mode", mode),
+        mode=_mode_of(error_doc) or mode,
         artifacts_bucket=artifacts_bucket,
         error=error_doc,
         attempt=_attempt_of(error_doc),
-        duration_s=error_doc.get("duration_s"),
+        duration_s=_duration_of(error_doc),
         duplicate=duplicate,
     )
 
@@ -458,6 +449,27 @@ def rejected_done(rejection: Rejection, artifacts_bucket: str, *, mode: str | No
         artifacts_bucket=artifacts_bucket,
         error={"code": rejection.code, "message": rejection.message},
     )
+
+
+def _mode_of(doc: Mapping[str, Any]) -> str | None:
+    if isinstance(doc.get("mode"), str):
+        return str(doc["mode"])
+    job = doc.get("job")
+    if isinstance(job, Mapping) and isinstance(job.get("mode"), str):
+        return str(job["mode"])
+    return None
+
+
+def _duration_of(doc: Mapping[str, Any]) -> float | None:
+    """``duration_s``, else the ``total`` of ``timings``, else the sum of the stage timings."""
+    if isinstance(doc.get("duration_s"), int | float):
+        return float(doc["duration_s"])
+    timings = doc.get("timings")
+    if not isinstance(timings, Mapping) or not timings:
+        return None
+    if isinstance(timings.get("total"), int | float):
+        return round(float(timings["total"]), 3)
+    return round(sum(float(v) for v in timings.values() if isinstance(v, int | float)), 3)
 
 
 def _attempt_of(doc: Mapping[str, Any]) -> int | None:

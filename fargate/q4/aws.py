@@ -1,0 +1,152 @@
+"""The S3/SQS edges shared by the Fargate task and the ``q4`` user commands.
+
+Clients honour ``AWS_ENDPOINT_URL`` (botocore does), so the same code talks to real AWS and to
+the local emulator. AWS trouble is turned into :class:`q4.errors.Q4Error` subclasses: a
+:class:`ConfigurationError` for what the user must fix, a :class:`q4.errors.TransientError`
+for what is worth retrying.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+)
+
+from q4.errors import Q4Error, TransientError
+
+CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
+TRANSFER_CONFIG = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024)
+HOW_TO_CONFIGURE = (
+    'run `eval "$(q4 local env)"` for the local stack, or export it from `terraform output` for AWS'
+)
+
+
+class ConfigurationError(Q4Error):
+    """A required setting (environment variable, credentials, endpoint) is missing or wrong."""
+
+
+def client(service: str) -> Any:
+    """A boto3 client with standard retries (``AWS_ENDPOINT_URL`` and the region come from the env)."""
+    try:
+        return boto3.client(service, config=CLIENT_CONFIG)
+    except NoRegionError:
+        raise ConfigurationError(
+            "no_region", f"No AWS region is set; export AWS_DEFAULT_REGION (or {HOW_TO_CONFIGURE})."
+        ) from None
+
+
+def require_env(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """The value of a required environment variable, or a one-sentence error saying how to set it."""
+    value = (os.environ if environ is None else environ).get(name, "").strip()
+    if not value:
+        raise ConfigurationError("missing_configuration", f"{name} is not set; {HOW_TO_CONFIGURE}.")
+    return value
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Where the user commands find the pipeline (what ``q4 local env`` / ``terraform output`` give)."""
+
+    archive_bucket: str
+    artifacts_bucket: str
+    work_queue_url: str
+    done_queue_url: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PipelineConfig:
+        return cls(
+            archive_bucket=require_env("Q4_ARCHIVE_BUCKET", environ),
+            artifacts_bucket=require_env("Q4_ARTIFACTS_BUCKET", environ),
+            work_queue_url=require_env("Q4_WORK_QUEUE_URL", environ),
+            done_queue_url=require_env("Q4_DONE_QUEUE_URL", environ),
+        )
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_not_found(exc: ClientError) -> bool:
+    return error_code(exc) in {"404", "NoSuchKey", "NotFound"}
+
+
+@contextmanager
+def aws_errors(action: str) -> Iterator[None]:
+    """Turn AWS failures while doing ``action`` into one-sentence :class:`Q4Error` s.
+
+    Credentials, endpoint and permission problems are :class:`ConfigurationError`; anything
+    else (throttling, 5xx, timeouts) is a :class:`TransientError` worth retrying.
+    """
+    try:
+        yield
+    except NoCredentialsError:
+        raise ConfigurationError(
+            "no_credentials", f"No AWS credentials were found while trying to {action}; {HOW_TO_CONFIGURE}."
+        ) from None
+    except EndpointConnectionError as exc:
+        raise TransientError(
+            "endpoint_unreachable",
+            f"Cannot reach {exc.kwargs.get('endpoint_url', 'the AWS endpoint')} to {action}; check "
+            "AWS_ENDPOINT_URL (is the local stack up? `q4 local up`) or your network.",
+        ) from None
+    except ClientError as exc:
+        code = error_code(exc)
+        if code in {"AccessDenied", "AccessDeniedException", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            raise ConfigurationError(
+                "access_denied",
+                f"AWS denied access while trying to {action} ({code}); check your "
+                "credentials and permissions.",
+            ) from None
+        if code in {"NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}:
+            raise ConfigurationError(
+                "missing_resource",
+                f"A pipeline bucket or queue does not exist ({code}) while trying to "
+                f"{action}; check the Q4_* variables ({HOW_TO_CONFIGURE}).",
+            ) from None
+        raise TransientError(
+            "aws_error", f"AWS failed to {action} ({code}); try again.", {"code": code}
+        ) from exc
+    except BotoCoreError as exc:
+        raise TransientError("aws_error", f"AWS failed to {action} ({exc}); try again.") from exc
+
+
+def local_path_for(root: Path, relative_key: str) -> Path:
+    """``root / relative_key`` for an S3 key below a prefix, refusing keys that would escape ``root``."""
+    parts = PurePosixPath(relative_key).parts
+    if not parts or any(part in ("", ".", "..") for part in parts) or relative_key.startswith("/"):
+        raise ValueError(f"unsafe key {relative_key!r}")
+    return root.joinpath(*parts)
+
+
+def list_keys(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Every object under ``prefix`` (``Key``, ``Size``, ``ETag``), in key order."""
+    items: list[dict[str, Any]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        items.extend(page.get("Contents", []))
+    return sorted(items, key=lambda item: item["Key"])
+
+
+def download(s3: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
+    """Download one object to ``path``; returns ``{key, size, etag}`` (raises ClientError if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = s3.head_object(Bucket=bucket, Key=key)
+    s3.download_file(bucket, key, str(path), Config=TRANSFER_CONFIG)
+    return {"key": key, "size": int(head["ContentLength"]), "etag": str(head.get("ETag", "")).strip('"')}
+
+
+def upload(s3: Any, bucket: str, key: str, path: Path, content_type: str) -> None:
+    s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type}, Config=TRANSFER_CONFIG)

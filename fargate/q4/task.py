@@ -1,0 +1,465 @@
+"""The Fargate task (``q4-task``): one task = one run.
+
+Environment (SPEC §5): the per-run job (``Q4_RUN_ID``, ``Q4_INPUT_KEY`` | ``Q4_INPUT_PREFIX``,
+``Q4_MODE``, ``Q4_MODEL_KEY``, ``Q4_FEATURES``, ``Q4_SVD_K``, ``Q4_OUTPUT_FORMAT``, ``Q4_ATTEMPT``)
+and the static ``Q4_INPUT_BUCKET``, ``Q4_ARTIFACTS_BUCKET``, ``Q4_DONE_QUEUE_URL``,
+``Q4_CHUNK_ROWS``, ``Q4_SCRATCH_DIR``.
+
+Steps: download the inputs (one key, or every CSV/Parquet under a prefix) to scratch disk, run
+the same core as ``q4 run``, upload the artifacts under ``run=<id>/``, write ``MANIFEST.json``
+last with ``If-None-Match: *``, send the done message.
+
+Exit codes: 0 succeeded (also: already committed with the same job; nothing rewritten);
+2 permanent failure (ERROR.json and the failed done message written; or a run that already
+ended / belongs to another job: nothing written); 1 crash (transient AWS trouble, out of
+memory or disk): the orchestrator relaunches it.
+
+Logs: one JSON object per line on stdout, each with the run id and attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from q4_orchestrator import contract
+from q4_orchestrator.contract import Job, Rejection
+from q4_orchestrator.runs import RunStore
+
+from q4 import aws
+from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
+
+logger = logging.getLogger("q4.task")
+DEFAULT_CHUNK_ROWS = 262_144
+_STANDARD_RECORD_KEYS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+# ---------------------------------------------------------------- logging
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, the run's context and any extras."""
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        super().__init__()
+        self.context = context
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self.context,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_RECORD_KEYS and not key.startswith("_"):
+                doc[key] = value
+        if record.exc_info:
+            doc["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return json.dumps(doc, default=str)
+
+
+def configure_logging(context: dict[str, Any]) -> None:
+    """Route every log record (ours, the core's, Python warnings) through the JSON formatter."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonLogFormatter(context))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(os.environ.get("Q4_LOG_LEVEL", "INFO").upper())
+    logging.captureWarnings(True)
+    for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The static part of the task's environment (set in the task definition)."""
+
+    input_bucket: str
+    artifacts_bucket: str
+    done_queue_url: str
+    chunk_rows: int
+    scratch_dir: str | None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> TaskSettings:
+        def required(name: str) -> str:
+            value = environ.get(name, "").strip()
+            if not value:
+                raise aws.ConfigurationError(
+                    "missing_configuration", f"{name} is not set; the task definition must set it."
+                )
+            return value
+
+        try:
+            chunk_rows = int(environ.get("Q4_CHUNK_ROWS", "") or DEFAULT_CHUNK_ROWS)
+        except ValueError:
+            raise aws.ConfigurationError(
+                "missing_configuration", "Q4_CHUNK_ROWS is not an integer; set it to a row count."
+            ) from None
+        return cls(
+            input_bucket=required("Q4_INPUT_BUCKET"),
+            artifacts_bucket=required("Q4_ARTIFACTS_BUCKET"),
+            done_queue_url=required("Q4_DONE_QUEUE_URL"),
+            chunk_rows=chunk_rows,
+            scratch_dir=environ.get("Q4_SCRATCH_DIR") or None,
+        )
+
+
+def task_compute(environ: Mapping[str, str], attempt: int) -> dict[str, Any]:
+    """``{task_arn, cpu, memory, attempt}`` from the ECS task metadata endpoint, else ``Q4_TASK_ARN``."""
+    compute: dict[str, Any] = {"task_arn": environ.get("Q4_TASK_ARN") or None, "cpu": None, "memory": None}
+    uri = environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if uri:
+        try:
+            with urllib.request.urlopen(f"{uri}/task", timeout=2) as response:
+                meta = json.loads(response.read())
+            limits = meta.get("Limits") or {}
+            compute.update(task_arn=meta.get("TaskARN"), cpu=limits.get("CPU"), memory=limits.get("Memory"))
+        except (OSError, ValueError) as exc:
+            logger.warning("Could not read the ECS task metadata.", extra={"error": str(exc)})
+    compute["attempt"] = attempt
+    return compute
+
+
+# ---------------------------------------------------------------- the task
+
+
+class Task:
+    """One run of the Q4 job between S3 and the done queue."""
+
+    def __init__(self, job: Job, attempt: int, settings: TaskSettings, environ: Mapping[str, str]) -> None:
+        self.job = job
+        self.attempt = attempt
+        self.settings = settings
+        self.environ = environ
+        self.s3 = aws.client("s3")
+        self.sqs = aws.client("sqs")
+        self.store = RunStore(self.s3, settings.artifacts_bucket)
+        self.inputs: list[dict[str, Any]] = []
+        self.compute: dict[str, Any] = {}
+
+    # ------------------------------------------------------------ entry
+
+    def run(self) -> int:
+        started = time.perf_counter()
+        run_id = self.job.run_id
+        with aws.aws_errors(f"read the state of run {run_id}"):
+            ended = self._already_ended()
+        if ended is not None:
+            return ended
+        self.compute = task_compute(self.environ, self.attempt)
+        try:
+            return self._process(started)
+        except (InputError, ModelError) as exc:
+            return self._fail(exc, started)
+
+    def _already_ended(self) -> int | None:
+        """Exit code when the run already ended (or belongs to another job); None to go on."""
+        run_id = self.job.run_id
+        manifest = self.store.manifest(run_id)
+        if manifest is not None:
+            committed = self.store.job(run_id) or manifest.get("job")
+            if committed is None or _same_job(committed, self.job):
+                logger.info("Run already committed with the same job; nothing to do.")
+                return EXIT_OK
+            logger.error("Run already committed with a different job; refused, nothing written.")
+            return EXIT_PERMANENT
+        if self.store.exists(contract.error_key(run_id)):
+            logger.error("Run already failed (ERROR.json exists); refused, nothing written.")
+            return EXIT_PERMANENT
+        accepted = self.store.job(run_id)
+        if accepted is not None and not _same_job(accepted, self.job):
+            logger.error("job.json holds a different job for this run; refused, nothing written.")
+            return EXIT_PERMANENT
+        return None
+
+    def _process(self, started: float) -> int:
+        from q4.job import JobSpec, run_job
+        from q4.manifest import build_manifest
+
+        run_id = self.job.run_id
+        with tempfile.TemporaryDirectory(prefix="q4-task-", dir=self.settings.scratch_dir) as tmp:
+            work = Path(tmp)
+            clock = time.perf_counter()
+            paths = self._download_inputs(work / "input")
+            model_path = self._download_model(work / "model") if self.job.model_key else None
+            download_s = time.perf_counter() - clock
+            logger.info(
+                "Downloaded the inputs.", extra={"inputs": len(paths), "seconds": round(download_s, 3)}
+            )
+
+            spec = JobSpec(
+                run_id=run_id,
+                mode=self.job.mode,
+                features=self.job.features,
+                svd_k=self.job.svd_k,
+                output_format=self.job.output_format,
+                model_path=model_path,
+                chunk_rows=self.settings.chunk_rows,
+                model_name=self.job.model_key,
+            )
+            run_dir = work / "out" / contract.run_prefix(run_id).rstrip("/")
+            result = run_job(paths, run_dir, spec, input_names=[i["key"] for i in self.inputs])
+            logger.info("Q4 job finished.", extra={"rows": result.rows})
+
+            clock = time.perf_counter()
+            with aws.aws_errors(f"upload the artifacts of run {run_id}"):
+                for artifact in result.artifacts:
+                    aws.upload(
+                        self.s3,
+                        self.settings.artifacts_bucket,
+                        contract.run_prefix(run_id) + artifact.key,
+                        run_dir / artifact.key,
+                        artifact.content_type,
+                    )
+            upload_s = time.perf_counter() - clock
+            timings = {
+                "download": download_s,
+                **result.timings,
+                "upload": upload_s,
+                "total": time.perf_counter() - started,
+            }
+            manifest = build_manifest(
+                run_id=run_id,
+                mode=self.job.mode,
+                job=self.job.to_dict(),
+                inputs=self.inputs,
+                artifacts=[a.to_dict() for a in result.artifacts],
+                rows=result.rows,
+                timings=timings,
+                compute=self.compute,
+                warnings=result.warnings,
+            )
+        with aws.aws_errors(f"commit run {run_id}"):
+            if not self.store.put_json_once(contract.manifest_key(run_id), manifest):
+                logger.info("Another task committed this run first; its done message stands.")
+                return EXIT_OK
+        logger.info("Committed the run (MANIFEST.json).", extra={"artifacts": len(result.artifacts)})
+        self._send_done(contract.succeeded_done(manifest, self.settings.artifacts_bucket))
+        logger.info("Run succeeded.", extra={"rows": result.rows, "duration_s": round(timings["total"], 3)})
+        return EXIT_OK
+
+    def _fail(self, exc: Q4Error, started: float) -> int:
+        """End the run as failed: ERROR.json (once) and the failed done message; exit 2."""
+        return fail_run(
+            self.store,
+            self.sqs,
+            self.settings,
+            exc,
+            run_id=self.job.run_id,
+            attempt=self.attempt,
+            job=self.job.to_dict(),
+            inputs=self.inputs,
+            compute=self.compute,
+            started=started,
+        )
+
+    # ------------------------------------------------------------ S3 and SQS
+
+    def _download_inputs(self, root: Path) -> list[Path]:
+        bucket = self.settings.input_bucket
+        base = contract.input_root(self.job.run_id)
+        with aws.aws_errors(f"list the inputs of run {self.job.run_id}"):
+            if self.job.input_key is not None:
+                keys = [self.job.input_key]
+            else:
+                assert self.job.input_prefix is not None
+                listing = aws.list_keys(self.s3, bucket, self.job.input_prefix)
+                keys = [item["Key"] for item in listing if contract.is_input_object(item["Key"])]
+        if not keys:
+            raise InputError(
+                "input_not_found",
+                f"No .csv or .parquet object under s3://{bucket}/{self.job.input_prefix}; upload the inputs "
+                "there and submit again under a new run id.",
+            )
+        paths: list[Path] = []
+        for key in keys:
+            try:
+                path = aws.local_path_for(root, key.removeprefix(base))
+            except ValueError:
+                raise InputError(
+                    "invalid_input_key",
+                    f"The input key {key!r} has '.', '..' or empty path segments; rename the object.",
+                ) from None
+            try:
+                with aws.aws_errors(f"download s3://{bucket}/{key}"):
+                    self.inputs.append(aws.download(self.s3, bucket, key, path))
+            except TransientError as exc:
+                if isinstance(exc.__cause__, ClientError) and aws.is_not_found(exc.__cause__):
+                    raise InputError(
+                        "input_not_found",
+                        f"The input object s3://{bucket}/{key} does not exist; upload it and submit again "
+                        "under a new run id.",
+                    ) from None
+                raise
+            paths.append(path)
+        return paths
+
+    def _download_model(self, root: Path) -> Path:
+        bucket, key = self.settings.artifacts_bucket, str(self.job.model_key)
+        path = root / "q4_model.json"
+        try:
+            with aws.aws_errors(f"download the model s3://{bucket}/{key}"):
+                aws.download(self.s3, bucket, key, path)
+        except TransientError as exc:
+            if isinstance(exc.__cause__, ClientError) and aws.is_not_found(exc.__cause__):
+                raise ModelError(
+                    "model_not_found",
+                    f"No model at s3://{bucket}/{key}; give the key of a q4_model.json written by an "
+                    "enhanced or full run.",
+                ) from None
+            raise
+        return path
+
+    def _send_done(self, message: Mapping[str, Any]) -> None:
+        send_done(self.sqs, self.settings.done_queue_url, message)
+
+
+def send_done(sqs: Any, queue_url: str, message: Mapping[str, Any]) -> None:
+    with aws.aws_errors(f"send the done message of run {message['run_id']}"):
+        sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(message, sort_keys=True))
+    logger.info("Sent the done message.", extra={"status": message["status"]})
+
+
+def fail_run(
+    store: RunStore,
+    sqs: Any,
+    settings: TaskSettings,
+    exc: Q4Error,
+    *,
+    run_id: str,
+    attempt: int,
+    job: Mapping[str, Any] | None,
+    inputs: Sequence[Mapping[str, Any]] = (),
+    compute: Mapping[str, Any] | None = None,
+    started: float,
+) -> int:
+    """Write ERROR.json once and send the failed done message; the exit code to end with."""
+    from q4.manifest import build_error
+
+    logger.error("Run failed.", extra={"code": exc.code, "reason": exc.message, "details": exc.details})
+    error_doc = build_error(
+        run_id=run_id, error=exc, attempts=attempt, job=job, inputs=inputs, compute=compute or None
+    )
+    error_doc["duration_s"] = round(time.perf_counter() - started, 3)
+    with aws.aws_errors(f"record the failure of run {run_id}"):
+        if store.exists(contract.manifest_key(run_id)):
+            logger.info("Another task committed this run meanwhile; no ERROR.json written.")
+            return EXIT_OK
+        if not store.put_json_once(contract.error_key(run_id), error_doc):
+            logger.info("ERROR.json already exists; its done message stands.")
+            return EXIT_PERMANENT
+    send_done(sqs, settings.done_queue_url, contract.failed_done(error_doc, settings.artifacts_bucket))
+    return EXIT_PERMANENT
+
+
+def _same_job(doc: Mapping[str, Any], job: Job) -> bool:
+    try:
+        return contract.parse_job(doc) == job
+    except Rejection:
+        return False
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def run_task(environ: Mapping[str, str]) -> int:
+    """Run the task described by ``environ``; returns the exit code."""
+    attempt = contract.attempt_from_env(environ)
+    context: dict[str, Any] = {"run_id": environ.get(contract.ENV_RUN_ID) or None, "attempt": attempt}
+    configure_logging(context)
+    try:
+        settings = TaskSettings.from_env(environ)
+    except aws.ConfigurationError as exc:
+        logger.error("Task misconfigured; exiting as a crash.", extra={"reason": exc.message})
+        return EXIT_CRASH
+    try:
+        job = Job.from_env(environ)
+    except Rejection as rejection:
+        return _reject_environment(rejection, settings, context)
+    task = Task(job, attempt, settings, environ)
+    logger.info("Task started.", extra={"job": job.to_dict()})
+    try:
+        return task.run()
+    except TransientError as exc:
+        logger.error(
+            "Transient failure; exiting as a crash so the run is retried.",
+            extra={"code": exc.code, "reason": exc.message},
+            exc_info=exc.__cause__ is not None,
+        )
+        return EXIT_CRASH
+    except Q4Error as exc:  # configuration trouble (credentials, permissions): retried as a crash
+        logger.error("Task cannot go on.", extra={"code": exc.code, "reason": exc.message})
+        return EXIT_CRASH
+    except (ClientError, BotoCoreError, MemoryError, OSError):
+        logger.exception("Crashed (AWS, memory or disk trouble); exiting as a crash so the run is retried.")
+        return EXIT_CRASH
+    except Exception as exc:  # a bug: retrying would fail the same way
+        logger.exception("Unexpected error; the run fails with internal_error.")
+        internal = Q4Error(
+            "internal_error",
+            f"The Q4 task failed unexpectedly ({type(exc).__name__}: {exc}); report this with the run id.",
+        )
+        try:
+            return task._fail(internal, time.perf_counter())
+        except Q4Error:
+            return EXIT_CRASH
+
+
+def _reject_environment(rejection: Rejection, settings: TaskSettings, context: dict[str, Any]) -> int:
+    """A task started with an invalid job: record the failure when the run id allows it; exit 2."""
+    logger.error(
+        "The task's job environment is invalid.", extra={"code": rejection.code, "reason": rejection.message}
+    )
+    run_id = rejection.run_id
+    if not run_id or not contract.RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+        return EXIT_PERMANENT
+    try:
+        s3 = aws.client("s3")
+        return fail_run(
+            RunStore(s3, settings.artifacts_bucket),
+            aws.client("sqs"),
+            settings,
+            InputError(rejection.code, rejection.message),
+            run_id=run_id,
+            attempt=int(context["attempt"]),
+            job=None,
+            started=time.perf_counter(),
+        )
+    except Q4Error:
+        return EXIT_CRASH
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``q4-task``: the job comes from the environment, not from arguments."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv:
+        print(
+            "q4-task takes no arguments; it reads its job from Q4_* environment variables.", file=sys.stderr
+        )
+        return EXIT_PERMANENT
+    return run_task(os.environ)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
