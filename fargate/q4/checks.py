@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -34,9 +36,22 @@ def check_fit_rows(moments: Moments) -> None:
         raise DataError(
             "too_few_rows", f"Found {moments.n} valid sample(s); Q4 needs at least 2 rows of finite values."
         )
+    check_finite(moments, [f"x{j}" for j in range(moments.d)])
     if int((~moments.constant).sum()) < 2:
         raise DataError(
             "too_few_features",
             f"Only {int((~moments.constant).sum())} of the {moments.d} features vary; "
             "Q4 needs at least 2 non-constant features.",
+        )
+
+
+def check_finite(moments: Moments, features: Sequence[str]) -> None:
+    """Refuse features whose values are too large for float64 sums of squares."""
+    bad = [f for f, ok in zip(features, moments.finite, strict=True) if not ok]
+    if bad:
+        raise DataError(
+            "values_too_large",
+            f"The values of {', '.join(map(repr, bad))} are too large to square in float64 (beyond ~1e154); "
+            "rescale those columns.",
+            {"features": bad},
         )

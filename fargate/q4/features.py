@@ -90,6 +90,20 @@ def feature_block(batch: pa.RecordBatch, features: Sequence[str]) -> FeatureBloc
     return FeatureBlock(values, status)
 
 
+def looks_numeric(col: pa.Array) -> bool:
+    """A text column is numeric when at least half of its non-missing cells are numbers (and one is).
+
+    So a column of numbers with the odd bad cell ("ERR", "n/a") is still a feature, whose bad
+    cells reject their rows, while a text column is passthrough.
+    """
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return bool(pa.types.is_integer(col.type) or pa.types.is_floating(col.type))
+    _, status = _column(col)
+    numbers = int(np.count_nonzero((status == OK) | (status == NOT_FINITE)))
+    text = int(np.count_nonzero(status == NOT_NUMERIC))
+    return numbers > 0 and numbers >= text
+
+
 def _column(col: pa.Array) -> tuple[NDArray[np.float64], NDArray[np.int8]]:
     status = np.zeros(len(col), dtype=np.int8)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):

@@ -35,6 +35,7 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from q4 import __version__
+from q4.checks import check_finite
 from q4.energy import EnergyTally
 from q4.errors import InputError, ModelError
 from q4.features import FeatureBlock, feature_block, select_features
@@ -219,6 +220,7 @@ def _run(
         _check_rows(n_input, moments.n, table)
         warnings: list[dict[str, str]] = []
         if model is None:
+            check_finite(moments, features)
             if int((~moments.constant).sum()) < 2:
                 constant = [f for f, c in zip(features, moments.constant, strict=True) if c]
                 raise InputError(

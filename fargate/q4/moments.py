@@ -51,10 +51,11 @@ class Moments:
             return
         if self.n == 0:
             self.shift = np.array(x[0], dtype=np.float64)
-        y = x - self.shift
-        batch_offset = y.mean(axis=0)
-        centred = y - batch_offset
-        batch_comoment = centred.T @ centred
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by `finite`
+            y = x - self.shift
+            batch_offset = y.mean(axis=0)
+            centred = y - batch_offset
+            batch_comoment = centred.T @ centred
         self._merge(m, batch_offset, batch_comoment)
         np.minimum(self.minimum, x.min(axis=0), out=self.minimum)
         np.maximum(self.maximum, x.max(axis=0), out=self.maximum)
@@ -72,10 +73,16 @@ class Moments:
 
     def _merge(self, m: int, batch_offset: Array, batch_comoment: Array) -> None:
         n_a, n = self.n, self.n + m
-        delta = batch_offset - self.offset
-        self.offset = self.offset + delta * (m / n)
-        self.comoment = self.comoment + batch_comoment + np.outer(delta, delta) * (n_a * m / n)
+        with np.errstate(over="ignore", invalid="ignore"):
+            delta = batch_offset - self.offset
+            self.offset = self.offset + delta * (m / n)
+            self.comoment = self.comoment + batch_comoment + np.outer(delta, delta) * (n_a * m / n)
         self.n = n
+
+    @property
+    def finite(self) -> NDArray[np.bool_]:
+        """Features whose sums of squares stayed finite (values beyond ~1e154 overflow float64)."""
+        return np.asarray(np.isfinite(self.offset) & np.isfinite(np.diag(self.comoment)))
 
     @property
     def variance(self) -> Array:

@@ -22,6 +22,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from q4.errors import InputError
+from q4.features import looks_numeric
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -103,9 +104,49 @@ def open_inputs(paths: Sequence[Path], names: Sequence[str] | None = None) -> In
                 {"input": str(path), "columns": schema.names, "expected": first.names},
             )
     _check_names(first.names, paths[0])
-    numeric = tuple(f.name for f in first if _is_numeric(f.type))
-    stream_schema = pa.schema([pa.field(n, pa.string()) for n in first.names]) if fmt == "csv" else first
+    if fmt == "csv":
+        stream_schema = pa.schema([pa.field(n, pa.string()) for n in first.names])
+        numeric = _csv_numeric_columns(paths, stream_schema)
+    else:
+        stream_schema = first
+        if sum(pq.ParquetFile(p).metadata.num_rows for p in paths) == 0:
+            raise _no_rows(paths[0])
+        numeric = tuple(f.name for f in first if _is_numeric(f.type))
     return InputTable(tuple(paths), names, fmt, stream_schema, numeric, total)
+
+
+#: How much of a CSV file decides which columns are numeric.
+SAMPLE_BYTES = 1 << 20
+
+
+def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str, ...]:
+    """Numeric-looking columns, judged on the first 1 MiB of the first CSV file with data rows."""
+    for path in paths:
+        try:
+            reader = pcsv.open_csv(
+                path,
+                read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES),
+                convert_options=pcsv.ConvertOptions(column_types=schema, strings_can_be_null=False),
+            )
+            try:
+                sample = reader.read_next_batch()
+            except StopIteration:
+                continue
+            finally:
+                reader.close()
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise _csv_error(path, exc) from None
+        if sample.num_rows:
+            return tuple(n for n in schema.names if looks_numeric(sample.column(n)))
+    raise _no_rows(paths[0])
+
+
+def _no_rows(path: Path) -> InputError:
+    return InputError(
+        "too_few_rows",
+        f"The input {path.name} has a header but no data rows; give a table with at least 2 data rows.",
+        {"input": str(path)},
+    )
 
 
 def _is_numeric(t: pa.DataType) -> bool:

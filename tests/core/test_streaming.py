@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import matrix_csv, read_json, split_scores
-
+from core_helpers import matrix_csv, read_json, split_scores
 from q4 import JobSpec, Q4Estimator, run_job
 from q4.moments import Moments
 
@@ -45,8 +44,13 @@ def test_run_job_streamed_matches_in_memory_to_1e9(tmp_path, rng, chunk_rows):
     src = matrix_csv(tmp_path / "big_offsets.csv", x)
     run_dir = tmp_path / "out" / "run=s"
     result = run_job([src], run_dir, JobSpec(run_id="s", chunk_rows=chunk_rows))
-    assert result.rows == {"input": 301, "valid": 301, "rejected": 0, "keep": result.rows["keep"],
-                           "discard": 301 - result.rows["keep"]}
+    assert result.rows == {
+        "input": 301,
+        "valid": 301,
+        "rejected": 0,
+        "keep": result.rows["keep"],
+        "discard": 301 - result.rows["keep"],
+    }
     study = read_json(run_dir / "output" / "Q_study.json")
 
     est = Q4Estimator().fit(x)  # the in-memory computation
@@ -66,7 +70,7 @@ def test_run_job_streamed_matches_in_memory_to_1e9(tmp_path, rng, chunk_rows):
     scale = np.sqrt(np.array([math.fsum(c * c) for c in centred.T]) / len(x))
     np.testing.assert_allclose(study["scale"], scale, rtol=1e-9)
     z = centred / scale
-    w, v = np.linalg.eigh(z.T @ z / len(x))
+    _, v = np.linalg.eigh(z.T @ z / len(x))
     p = v[:, ::-1][:, :2].T
     p *= np.sign(p[np.arange(2), np.argmax(np.abs(p), axis=1)])[:, None]
     np.testing.assert_allclose(study["projectors"], p, atol=1e-7)  # z itself is only good to ~ulp(1e9)/std
@@ -77,7 +81,9 @@ def test_chunking_does_not_change_any_artifact_byte(tmp_path, rng):
     src = matrix_csv(tmp_path / "t.csv", x)
     digests = []
     for chunk in (1, 13, 100_000):
-        res = run_job([src], tmp_path / f"c{chunk}" / "run=r", JobSpec(run_id="r", mode="enhanced", chunk_rows=chunk))
+        res = run_job(
+            [src], tmp_path / f"c{chunk}" / "run=r", JobSpec(run_id="r", mode="enhanced", chunk_rows=chunk)
+        )
         digests.append({a.key: a.sha256 for a in res.artifacts if a.key.endswith(".csv")})
     # row files are identical; the JSON documents agree to rounding (checked above)
     assert digests[0].keys() == digests[1].keys() == digests[2].keys()
@@ -88,4 +94,6 @@ def test_chunking_does_not_change_any_artifact_byte(tmp_path, rng):
         for la, lb in zip(rows_a[1:], rows_b[1:], strict=True):
             a, b = la.split(","), lb.split(",")
             assert a[:-2] == b[:-2]  # input values, row index, quadrant: exact
-            np.testing.assert_allclose(np.array(a[-2:], float), np.array(b[-2:], float), rtol=1e-9, atol=1e-12)
+            np.testing.assert_allclose(
+                np.array(a[-2:], float), np.array(b[-2:], float), rtol=1e-9, atol=1e-12
+            )
