@@ -99,7 +99,8 @@ _ANISOTROPY_TERMS = (
     (
         "condition_number",
         "condition number λmax / λmin",
-        "Very large (or undefined) when some features are (nearly) linear combinations of others.",
+        "Very large when some features are nearly linear combinations of others (directions with exactly "
+        "zero variance, e.g. constant features, are left out).",
     ),
     (
         "fractional_anisotropy",
@@ -203,9 +204,18 @@ def _count(value: Any) -> str:
 
 
 def _percent(value: Any) -> str:
+    """A share as a percentage; a share that is neither 0 nor 1 never prints as 0.0% or 100.0%."""
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         return _null()
-    return f"{100 * value:.1f}%"
+    percent = 100 * value
+    if 0 < abs(percent) < 0.05:
+        return "&lt;0.0001%" if abs(percent) < 1e-4 else f"{percent:.2g}%"
+    decimals = 1
+    while decimals < 4 and value != 1 and round(percent, decimals) == 100:
+        decimals += 1
+    if value != 1 and round(percent, decimals) == 100:
+        return "&gt;99.9999%"
+    return f"{percent:.{decimals}f}%"
 
 
 def _share(part: Any, whole: Any) -> str:
@@ -550,8 +560,9 @@ def _anisotropy_section(study: dict[str, Any]) -> str:
     )
     return (
         "<h2>Shape of the data (anisotropy)</h2>\n"
-        '<p class="note">Computed from the eigenvalues λ of the correlation matrix of the standardized '
-        "features. They say whether the data has clear leading directions, which the Q4 split relies on."
+        '<p class="note">Computed from the eigenvalues λ of C = ZᵀZ/n, the correlation matrix of the '
+        "standardized features. They say whether the data has clear leading directions, which the Q4 split "
+        "relies on."
         "</p>\n"
         f"{overall}\n<h3>Per quadrant</h3>\n"
         '<p class="note">The same measures within each quadrant\'s rows: a quadrant much more elongated '

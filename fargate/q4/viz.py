@@ -52,7 +52,7 @@ QUADRANT_COLORS = {1: "#1f77b4", 2: "#ff7f0e", 3: "#d62728", 4: "#2ca02c"}
 KEEP_COLOR = "#1f77b4"
 DISCARD_COLOR = "#d62728"
 SCATTER_MAX_POINTS = 5_000
-DENSITY_BINS = 160
+MAX_DENSITY_BINS = 160
 MAX_LABELS = 40
 MAX_HEATMAP_CELLS = 400
 MAX_COMPONENTS = 40
@@ -88,7 +88,9 @@ def render_plots(
         "energy.png": _energy_bars(er),
         "scree.png": _scree(study),
         "loadings.png": _loadings_heatmap(study, features),
-        "correlation.png": _correlation_heatmap(np.asarray(correlation, dtype=np.float64), features),
+        "correlation.png": _correlation_heatmap(
+            _mask_constant(correlation, study, features), features, study
+        ),
         "svd_embedding.png": (
             None
             if svd_scores is None
@@ -181,11 +183,17 @@ def _grid_edges(low: float, high: float, bins: int) -> np.ndarray:
     return width * np.arange(-below, above + 1)
 
 
+def density_bins(points: int) -> int:
+    """Bins per axis of the density image: ~0.6·√points, between 60 and :data:`MAX_DENSITY_BINS`."""
+    return int(min(MAX_DENSITY_BINS, max(60, round(0.6 * math.sqrt(points)))))
+
+
 def _density_image(axes: Axes, points: np.ndarray, labels: np.ndarray) -> None:
     """Per-class 2-D histogram; each cell mixes the class colours by count, opacity ~ log(count)."""
     x, y = points[:, 0], points[:, 1]
-    x_edges = _grid_edges(float(x.min()), float(x.max()), DENSITY_BINS)
-    y_edges = _grid_edges(float(y.min()), float(y.max()), DENSITY_BINS)
+    bins = density_bins(len(points))
+    x_edges = _grid_edges(float(x.min()), float(x.max()), bins)
+    y_edges = _grid_edges(float(y.min()), float(y.max()), bins)
     rgb = np.zeros((len(y_edges) - 1, len(x_edges) - 1, 3))
     total = np.zeros(rgb.shape[:2])
     for quadrant, color in QUADRANT_COLORS.items():
@@ -235,7 +243,8 @@ def _class_scatter(axes: Axes, points: np.ndarray, labels: np.ndarray) -> str:
                 )
         return f"{len(points):,} points"
     _density_image(axes, points, labels)
-    return f"density of {len(points):,} points, {DENSITY_BINS}×{DENSITY_BINS} bins, log shading"
+    bins = density_bins(len(points))
+    return f"density of {len(points):,} points, {bins}×{bins} bins, log shading"
 
 
 def _quadrant_legend(axes: Axes, labels: np.ndarray, er: dict[str, Any] | None) -> None:
@@ -494,7 +503,21 @@ def _pool_max_abs(matrix: np.ndarray, cells: int) -> tuple[np.ndarray, int]:
     return pooled, block
 
 
-def _correlation_heatmap(correlation: np.ndarray, features: list[str]) -> Figure | None:
+def _mask_constant(correlation: np.ndarray, study: dict[str, Any], features: list[str]) -> np.ndarray:
+    """The correlation matrix with the rows and columns of constant features undefined (NaN)."""
+    matrix = np.array(correlation, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or len(features) != matrix.shape[0]:
+        return matrix
+    constant = {str(name) for name in study.get("constant_columns") or []}
+    index = [i for i, name in enumerate(features) if name in constant]
+    matrix[index, :] = np.nan
+    matrix[:, index] = np.nan
+    return matrix
+
+
+def _correlation_heatmap(
+    correlation: np.ndarray, features: list[str], study: dict[str, Any] | None = None
+) -> Figure | None:
     if correlation.ndim != 2 or correlation.shape[0] != correlation.shape[1] or correlation.shape[0] == 0:
         return None
     d = correlation.shape[0]
@@ -512,7 +535,10 @@ def _correlation_heatmap(correlation: np.ndarray, features: list[str]) -> Figure
         interpolation="nearest",
         extent=(-0.5, d - 0.5, d - 0.5, -0.5),
     )
+    source = ((study or {}).get("model") or {}).get("source", "fitted")
     title = "Correlation of the features (Pearson r)"
+    if source != "fitted":
+        title = "Correlation ZᵀZ/n under the applied model's standardization"
     if d <= MAX_LABELS:
         labels = [_short(n, 20) for n in names]
         fontsize = 8 if d <= 25 else 6

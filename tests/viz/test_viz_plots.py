@@ -202,3 +202,23 @@ def test_degenerate_score_samples(tmp_path: Path, full_run: FullRun, points: np.
         correlation=full_run.correlation,
     )
     assert (tmp_path / "quadrant_scatter.png") in paths
+
+
+def test_constant_columns_show_as_undefined_in_the_correlation_plot(tmp_path: Path) -> None:
+    # GIVEN the core's correlation, where a constant column's row and column are 0
+    run = make_full_run(n=200, d=4, constant=1)
+    core_style = np.nan_to_num(run.correlation, nan=0.0)
+    # WHEN masked for display
+    masked = viz._mask_constant(core_style, run.study, run.study["features"])
+    # THEN exactly the constant feature's row and column are undefined, the rest untouched
+    assert np.isnan(masked[3]).all() and np.isnan(masked[:, 3]).all()
+    np.testing.assert_array_equal(masked[:3, :3], core_style[:3, :3])
+    assert not np.isnan(core_style).any()
+    figure = viz._correlation_heatmap(masked, run.study["features"], run.study)
+    assert figure is not None and "undefined" in figure.axes[0].get_title()
+
+
+def test_density_bins_grow_with_the_sample() -> None:
+    assert viz.density_bins(5_001) == 60
+    assert viz.density_bins(20_000) == 85
+    assert viz.density_bins(100_000) == viz.MAX_DENSITY_BINS

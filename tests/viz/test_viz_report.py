@@ -227,3 +227,11 @@ def test_empty_documents_still_give_a_report(tmp_path: Path) -> None:
     report = render_report(tmp_path / "report.html", er={}, study={}, plots=[])
     text = visible_text(report)
     assert "Q4 report: run ?" in text and "Energy split" in text
+
+
+def test_tiny_shares_never_print_as_zero_or_hundred_percent(tmp_path: Path) -> None:
+    run = make_full_run(n=19_999, d=3, rejected=1, with_svd=False)
+    text = visible_text(build(run, tmp_path, with_plots=False))
+    assert "rejected → Q_rejected 1 0.005% " in text
+    assert "valid (every feature finite) 19,999 99.995% " in text
+    assert "input 20,000 100.0% " in text
