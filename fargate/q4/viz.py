@@ -27,6 +27,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import PercentFormatter
 
 __all__ = [
     "MAX_COMPONENTS",
@@ -338,7 +339,8 @@ def _energy_bars(er: dict[str, Any]) -> Figure:
     left.set_ylabel("share of valid rows / of total energy")
     left.set_title("Per quadrant: rows vs energy", fontsize=11)
     _style_legend(left, [style for _, _, style in series], [label for _, label, _ in series])
-    left.set_ylim(0, min(1.0, max(0.1, float(np.nanmax(np.r_[row_share, energy, projected, 0.0])))) * 1.2)
+    left.set_ylim(0, min(1.0, max(0.1, float(np.nanmax(np.r_[row_share, energy, projected, 0.0])))) * 1.35)
+    left.yaxis.set_major_formatter(PercentFormatter(1.0))
 
     sides = [er.get("keep") or {}, er.get("discard") or {}]
     side_rows = np.array([_number(s.get("rows")) for s in sides])
@@ -362,7 +364,9 @@ def _energy_bars(er: dict[str, Any]) -> Figure:
         )
         right.bar_label(bars, labels=[_percent(v) for v in values], fontsize=8, padding=1)
     right.set_xticks(positions2, ["keep\n(Q1+Q4)", "discard\n(Q2+Q3)"])
-    right.set_ylim(0, 1.12)
+    right.set_ylim(0, 1.3)
+    right.set_yticks(np.linspace(0, 1, 6))
+    right.yaxis.set_major_formatter(PercentFormatter(1.0))
     snr_db = er.get("snr_db")
     snr_text = "n/a" if snr_db is None else f"{float(snr_db):.2f} dB"
     right.set_title(f"Signal vs noise (SNR {snr_text})", fontsize=11)
@@ -376,7 +380,7 @@ def _style_legend(axes: Axes, styles: list[dict[str, Any]], labels: list[str]) -
         Patch(facecolor="0.55", edgecolor="0.2", label=label, **style)
         for style, label in zip(styles, labels, strict=True)
     ]
-    axes.legend(handles=handles, fontsize=8, loc="upper right")
+    axes.legend(handles=handles, fontsize=8, loc="upper center", ncol=len(handles))
 
 
 def _scree(study: dict[str, Any]) -> Figure | None:
@@ -406,26 +410,29 @@ def _scree(study: dict[str, Any]) -> Figure | None:
     axes.axhline(1.0, color="0.6", linewidth=0.6, linestyle=":")
     if shown >= 2 and math.isfinite(cumulative[1]):
         axes.annotate(
-            f"p1+p2: {_percent(cumulative[1])}",
+            f"p1+p2: {100 * cumulative[1]:.3g}%",
             (2, cumulative[1]),
             textcoords="offset points",
             xytext=(8, -12),
             fontsize=9,
             color="#d62728",
         )
-    axes.set_ylim(0, 1.08)
+    reached = float(np.nanmax(np.r_[cumulative, 0.0]))
+    top = 1.08 if reached >= 0.5 or reached <= 0 else 1.25 * reached
+    axes.set_ylim(0, top)
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
     axes.set_xlabel("principal component")
     axes.set_ylabel("share of total variance")
     axes.xaxis.get_major_locator().set_params(integer=True)  # type: ignore[call-arg]
-    note = f" (first {shown} of {count})" if shown < count else ""
+    note = f" (first {shown} of {count:,})" if shown < count else ""
     axes.set_title(f"Scree plot: variance explained per component{note}", fontsize=11)
     eigen_total = float(np.nansum(eigenvalues))
     if len(eigenvalues) == count and eigen_total > 0:
         # Right axis in eigenvalue units: a ratio r is the eigenvalue r · Σλ.
         twin = axes.twinx()
-        twin.set_ylim(0, 1.08 * eigen_total)
+        twin.set_ylim(0, top * eigen_total)
         twin.set_ylabel("eigenvalue λ")
-    axes.legend(fontsize=8, loc="center right")
+    axes.legend(fontsize=8, loc="center right" if top > 1 else "upper left")
     return figure
 
 
