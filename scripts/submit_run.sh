@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Submit a table to the Q4 pipeline with the plain aws CLI: upload it to
+# s3://$Q4_ARCHIVE_BUCKET/run=<RUN_ID>/input/<file name> and send the work message to $Q4_WORK_QUEUE_URL.
+#
+#   scripts/submit_run.sh FILE [RUN_ID] [MODE]
+#
+# RUN_ID defaults to <UTC yyyymmdd-HHMMSS>-<file stem>; MODE is standard (default), enhanced or full.
+# Works against real AWS and against any endpoint in AWS_ENDPOINT_URL (e.g. `eval "$(q4 local env)"`).
+# For AWS, export Q4_ARCHIVE_BUCKET and Q4_WORK_QUEUE_URL from `terraform output`.
+set -euo pipefail
+
+die() { echo "submit_run.sh: error: $*" >&2; exit 2; }
+
+[[ $# -ge 1 && $# -le 3 ]] || die "usage: scripts/submit_run.sh FILE [RUN_ID] [MODE]"
+file=$1
+[[ -f $file ]] || die "$file is not a file; give the path of a CSV or Parquet file."
+name=$(basename -- "$file")
+[[ $name =~ \.(csv|CSV|parquet|PARQUET)$ ]] || die "$name is neither a .csv nor a .parquet file; convert it first."
+[[ $name =~ ^[A-Za-z0-9._+=\ -]+$ ]] || die "the file name $name has characters other than letters, digits, space and ._+=-; rename it."
+
+stem=${name%%.*}
+stem=$(printf '%s' "$stem" | tr -c 'A-Za-z0-9._-' '-' | sed -e 's/\.\.*/./g' -e 's/^[-.]*//' -e 's/[-.]*$//')
+default_run_id="$(date -u +%Y%m%d-%H%M%S)-${stem:-input}"
+run_id=${2:-${default_run_id:0:64}}
+mode=${3:-standard}
+[[ $run_id =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ && $run_id != *..* ]] \
+  || die "run id '$run_id' is not valid; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit."
+case $mode in standard|enhanced|full) ;; *) die "unknown mode '$mode'; use standard, enhanced or full." ;; esac
+
+how='run `eval "$(q4 local env)"` for the local stack, or export it from `terraform output` for AWS'
+[[ -n ${Q4_ARCHIVE_BUCKET:-} ]] || die "Q4_ARCHIVE_BUCKET is not set; $how."
+[[ -n ${Q4_WORK_QUEUE_URL:-} ]] || die "Q4_WORK_QUEUE_URL is not set; $how."
+aws=${AWS_CLI:-aws}
+
+key="run=${run_id}/input/${name}"
+if "$aws" s3api head-object --bucket "$Q4_ARCHIVE_BUCKET" --key "$key" >/dev/null 2>&1; then
+  die "s3://$Q4_ARCHIVE_BUCKET/$key already exists and inputs are never overwritten; choose another RUN_ID."
+fi
+"$aws" s3 cp --only-show-errors "$file" "s3://${Q4_ARCHIVE_BUCKET}/${key}"
+body=$(printf '{"run_id":"%s","input_key":"%s","mode":"%s"}' "$run_id" "$key" "$mode")
+# aws-cli v1 pins the us-east-1 SQS endpoint unless --endpoint-url is given, ignoring AWS_ENDPOINT_URL.
+sqs_endpoint=${AWS_ENDPOINT_URL_SQS:-${AWS_ENDPOINT_URL:-}}
+sqs_args=()
+[[ -z $sqs_endpoint ]] || sqs_args=(--endpoint-url "$sqs_endpoint")
+"$aws" sqs "${sqs_args[@]}" send-message --queue-url "$Q4_WORK_QUEUE_URL" --message-body "$body" --output text --query MessageId >/dev/null
+echo "submitted run $run_id ($mode mode): s3://${Q4_ARCHIVE_BUCKET}/${key}"
+echo "follow it with: q4 status $run_id   (or: aws s3 ls s3://\${Q4_ARTIFACTS_BUCKET}/run=${run_id}/)"
