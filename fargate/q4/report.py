@@ -128,7 +128,8 @@ def render_report(path: Path, *, er: dict[str, Any], study: dict[str, Any], plot
         "<body>",
         f"<h1>Q4 report: run {_e(run_id)}</h1>",
         f'<p class="subtitle">mode <b>{_e(study.get("mode", "?"))}</b> · '
-        f"{_count(_get(study, 'rows', 'valid'))} valid rows · {len(study.get('features') or [])} features · "
+        f"{_count(_get(study, 'rows', 'valid'))} valid rows · "
+        f"{len(study.get('features') or []):,} features · "
         f"model {_e(_get(study, 'model', 'source') or 'fitted')}</p>",
         _what_q4_does(),
         _warnings_section(study),
@@ -524,7 +525,36 @@ def _effect_section(study: dict[str, Any]) -> str:
         "<h2>Features that separate keep from discard</h2>\n"
         f'<p class="note">{shown} features by |Cohen\'s d|: the difference of the keep and discard '
         "means (original units) in units of their pooled standard deviation. |d| ≈ 0.2 is small, 0.5 "
-        f"medium, 0.8 and more large.{note}</p>\n" + table
+        f"medium, 0.8 and more large.{note}</p>\n" + table + _quadrant_means(study, names, order)
+    )
+
+
+def _quadrant_means(study: dict[str, Any], names: Sequence[str], order: Sequence[int]) -> str:
+    """Mean ± std per quadrant (original units) of the features in ``order``."""
+    quadrants = _get(study, "study", "quadrants")
+    if not isinstance(quadrants, dict) or not order:
+        return ""
+    present = [q for q in ("Q1", "Q2", "Q3", "Q4") if isinstance(quadrants.get(q), dict)]
+    if not present:
+        return ""
+
+    def cell(quadrant: str, index: int) -> str:
+        info = quadrants[quadrant]
+        mean, std = _floats(info.get("mean")), _floats(info.get("std"))
+        if index >= len(mean) or mean[index] is None:
+            return _null()
+        spread = f" ± {_number(std[index], 3)}" if index < len(std) and std[index] is not None else ""
+        return f"{_number(mean[index])}{spread}"
+
+    sides = {"Q1": "keep", "Q2": "discard", "Q3": "discard", "Q4": "keep"}
+    table = _table(
+        ("feature", *(f"{q} ({sides[q]})" for q in present)),
+        [(f"<code>{_e(names[i])}</code>", *(cell(q, i) for q in present)) for i in order],
+    )
+    return (
+        "\n<h3>The same features per quadrant</h3>\n"
+        '<p class="note">Mean ± standard deviation of each quadrant\'s rows, in the original units.</p>\n'
+        + table
     )
 
 

@@ -235,3 +235,15 @@ def test_tiny_shares_never_print_as_zero_or_hundred_percent(tmp_path: Path) -> N
     assert "rejected → Q_rejected 1 0.005% " in text
     assert "valid (every feature finite) 19,999 99.995% " in text
     assert "input 20,000 100.0% " in text
+
+
+def test_top_effect_features_are_also_shown_per_quadrant(tmp_path: Path) -> None:
+    run = make_full_run(n=400, d=5)
+    effect = run.study["study"]["keep_vs_discard"]["effect_size"]
+    top = int(np.argmax(np.abs(effect)))
+    text = visible_text(build(run, tmp_path, with_plots=False))
+    section = text[text.index("The same features per quadrant") :]
+    q3 = run.study["study"]["quadrants"]["Q3"]
+    assert "Q1 (keep) Q2 (discard) Q3 (discard) Q4 (keep)" in section
+    row = section[section.index(run.study["features"][top]) :]
+    assert f"{q3['mean'][top]:#.4g} ± {q3['std'][top]:#.3g}" in row.split(run.study["features"][top])[1][:200]
