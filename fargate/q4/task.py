@@ -36,7 +36,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from q4_orchestrator import contract
 from q4_orchestrator.contract import Job, Rejection
-from q4_orchestrator.runs import RunStore
+from q4_orchestrator.runs import RunStore, key_listed
 
 from q4 import aws
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
@@ -278,18 +278,21 @@ class Task:
     def _download_inputs(self, root: Path) -> list[Path]:
         bucket = self.settings.input_bucket
         base = contract.input_root(self.job.run_id)
+        prefix = self.job.input_key if self.job.input_key is not None else str(self.job.input_prefix)
         with aws.aws_errors(f"list the inputs of run {self.job.run_id}"):
-            if self.job.input_key is not None:
-                keys = [self.job.input_key]
-            else:
-                assert self.job.input_prefix is not None
-                listing = aws.list_keys(self.s3, bucket, self.job.input_prefix)
-                keys = [item["Key"] for item in listing if contract.is_input_object(item["Key"])]
+            listing = aws.list_keys(self.s3, bucket, prefix)
+        if self.job.input_key is not None:
+            keys = [item["Key"] for item in listing if item["Key"] == self.job.input_key]
+        else:
+            keys = [item["Key"] for item in listing if contract.is_input_object(item["Key"])]
         if not keys:
+            where = (
+                f"object s3://{bucket}/{prefix} does not exist"
+                if self.job.input_key
+                else (f"prefix s3://{bucket}/{prefix} holds no .csv or .parquet object")
+            )
             raise InputError(
-                "input_not_found",
-                f"No .csv or .parquet object under s3://{bucket}/{self.job.input_prefix}; upload the inputs "
-                "there and submit again under a new run id.",
+                "input_not_found", f"The input {where}; upload it and submit again under a new run id."
             )
         paths: list[Path] = []
         for key in keys:
@@ -300,34 +303,24 @@ class Task:
                     "invalid_input_key",
                     f"The input key {key!r} has '.', '..' or empty path segments; rename the object.",
                 ) from None
-            try:
-                with aws.aws_errors(f"download s3://{bucket}/{key}"):
-                    self.inputs.append(aws.download(self.s3, bucket, key, path))
-            except TransientError as exc:
-                if isinstance(exc.__cause__, ClientError) and aws.is_not_found(exc.__cause__):
-                    raise InputError(
-                        "input_not_found",
-                        f"The input object s3://{bucket}/{key} does not exist; upload it and submit again "
-                        "under a new run id.",
-                    ) from None
-                raise
+            with aws.aws_errors(f"download s3://{bucket}/{key}"):
+                self.inputs.append(aws.download(self.s3, bucket, key, path))
             paths.append(path)
         return paths
 
     def _download_model(self, root: Path) -> Path:
         bucket, key = self.settings.artifacts_bucket, str(self.job.model_key)
         path = root / "q4_model.json"
-        try:
-            with aws.aws_errors(f"download the model s3://{bucket}/{key}"):
-                aws.download(self.s3, bucket, key, path)
-        except TransientError as exc:
-            if isinstance(exc.__cause__, ClientError) and aws.is_not_found(exc.__cause__):
-                raise ModelError(
-                    "model_not_found",
-                    f"No model at s3://{bucket}/{key}; give the key of a q4_model.json written by an "
-                    "enhanced or full run.",
-                ) from None
-            raise
+        with aws.aws_errors(f"find the model s3://{bucket}/{key}"):
+            found = key_listed(self.s3, bucket, key)
+        if not found:
+            raise ModelError(
+                "model_not_found",
+                f"No model at s3://{bucket}/{key}; give the key of a q4_model.json written by an "
+                "enhanced or full run.",
+            )
+        with aws.aws_errors(f"download the model s3://{bucket}/{key}"):
+            aws.download(self.s3, bucket, key, path)
         return path
 
     def _send_done(self, message: Mapping[str, Any]) -> None:

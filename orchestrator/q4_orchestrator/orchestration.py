@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from q4_orchestrator import contract
 from q4_orchestrator.config import OrchestratorConfig
 from q4_orchestrator.contract import Job, Rejection
-from q4_orchestrator.runs import RunStore, is_not_found
+from q4_orchestrator.runs import RunStore, key_listed
 
 TERMINAL_EXIT_CODES = (0, 2)
 
@@ -123,17 +123,13 @@ class Orchestrator:
         """Reject at once when the input object (or every input under the prefix) is missing."""
         bucket = self.config.archive_bucket
         if job.input_key is not None:
-            try:
-                self.s3.head_object(Bucket=bucket, Key=job.input_key)
-            except ClientError as exc:
-                if is_not_found(exc):
-                    raise Rejection(
-                        "input_not_found",
-                        f"No input object s3://{bucket}/{job.input_key}; "
-                        "upload it before sending the work message.",
-                        job.run_id,
-                    ) from None
-                raise
+            if not key_listed(self.s3, bucket, job.input_key):
+                raise Rejection(
+                    "input_not_found",
+                    f"No input object s3://{bucket}/{job.input_key}; upload it before sending the work "
+                    "message.",
+                    job.run_id,
+                )
             return
         assert job.input_prefix is not None
         paginator = self.s3.get_paginator("list_objects_v2")

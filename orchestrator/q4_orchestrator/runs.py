@@ -17,6 +17,7 @@ from q4_orchestrator import contract
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 PRECONDITION_CODES = {"PreconditionFailed", "412"}
+DENIED_CODES = {"AccessDenied", "403", "Forbidden"}
 
 
 def error_code(exc: ClientError) -> str:
@@ -25,6 +26,17 @@ def error_code(exc: ClientError) -> str:
 
 def is_not_found(exc: ClientError) -> bool:
     return error_code(exc) in NOT_FOUND_CODES
+
+
+def is_denied(exc: ClientError) -> bool:
+    return error_code(exc) in DENIED_CODES
+
+
+def key_listed(s3: Any, bucket: str, key: str) -> bool:
+    """Whether ``key`` exists, by listing (works where only a prefix-conditioned s3:ListBucket is granted,
+    under which GET/HEAD of a missing key answer 403 instead of 404)."""
+    response = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    return any(item["Key"] == key for item in response.get("Contents", []))
 
 
 def is_precondition_failed(exc: ClientError) -> bool:
@@ -58,7 +70,7 @@ class RunStore:
         try:
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except ClientError as exc:
-            if is_not_found(exc):
+            if self._missing(exc, key):
                 return None
             raise
         doc = json.loads(body)
@@ -68,10 +80,14 @@ class RunStore:
         try:
             self.s3.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if is_not_found(exc):
+            if self._missing(exc, key):
                 return False
             raise
         return True
+
+    def _missing(self, exc: ClientError, key: str) -> bool:
+        """A 404, or a 403 for a key that a listing shows is absent."""
+        return is_not_found(exc) or (is_denied(exc) and not key_listed(self.s3, self.bucket, key))
 
     def put_json_once(self, key: str, doc: dict[str, Any]) -> bool:
         """Create ``key`` with ``If-None-Match: *``; False when it already exists (nothing written)."""
