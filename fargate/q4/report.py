@@ -282,11 +282,7 @@ def _warnings_section(study: dict[str, Any]) -> str:
         codes.add(code)
         critical = code == "degenerate_projectors"
         label = f'<span class="critical">{_e(code)}</span>' if critical else f"<b>{_e(code)}</b>"
-        extra = (
-            " The quadrant split depends on an arbitrary choice of basis: do not trust keep vs discard."
-            if critical
-            else ""
-        )
+        extra = " Do not read meaning into keep vs discard for this run." if critical else ""
         items.append(f"<li>{label}: {_e(warning.get('message', ''))}{extra}</li>")
     rows = study.get("rows") or {}
     rejected = rows.get("rejected")

@@ -228,7 +228,7 @@ def _class_scatter(axes: Axes, points: np.ndarray, labels: np.ndarray) -> str:
         return "no points"
     spread = np.ptp(points, axis=0)
     if len(points) <= SCATTER_MAX_POINTS or not (spread > 0).all():
-        size = 14.0 if len(points) <= 500 else 5.0
+        size = 28.0 if len(points) <= 500 else 6.0
         for quadrant, color in QUADRANT_COLORS.items():
             chosen = labels == quadrant
             if chosen.any():
@@ -237,10 +237,10 @@ def _class_scatter(axes: Axes, points: np.ndarray, labels: np.ndarray) -> str:
                     points[chosen, 1],
                     s=size,
                     color=color,
-                    alpha=0.7,
+                    alpha=0.8 if len(points) <= 500 else 0.6,
                     linewidths=0,
                     rasterized=True,
-                    zorder=2,
+                    zorder=3.5,
                 )
         return f"{len(points):,} points"
     _density_image(axes, points, labels)
