@@ -9,6 +9,7 @@ Handler path: ``q4_orchestrator.handler.lambda_handler``.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import boto3
@@ -20,7 +21,7 @@ from botocore.config import Config
 from q4_orchestrator.config import OrchestratorConfig
 from q4_orchestrator.orchestration import Orchestrator
 
-logger = Logger(service="q4-orchestrator")
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or "q4-orchestrator")
 # Every record's outcome is in the response; a batch where all records failed is retried as a whole
 # by the same mechanism, so there is no need to raise.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
@@ -44,7 +45,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if "Records" in event:
 
         def record_handler(record: SQSRecord) -> str:
-            return orchestrator.accept(record.body)
+            try:
+                return orchestrator.accept(record.body)
+            except Exception:
+                logger.exception(
+                    "Work message not processed; SQS delivers it again (then the DLQ).",
+                    extra={"message_id": record.message_id},
+                )
+                raise
 
         return dict(
             process_partial_response(

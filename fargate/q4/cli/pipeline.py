@@ -229,7 +229,6 @@ def wait_for_run(
     """
     deadline = time.monotonic() + timeout
     started = time.monotonic()
-    last = ""
     while True:
         state = pipeline.state(run_id)
         if state.state == "succeeded":
@@ -245,8 +244,6 @@ def wait_for_run(
             text = f"run {run_id}: accepted, starting a task"
         else:
             text = f"run {run_id}: queued, waiting for the orchestrator"
-        if text != last:
-            last = text
         show(f"{text} ({time.monotonic() - started:.0f} s)")
         if time.monotonic() >= deadline:
             raise WaitTimeout(
