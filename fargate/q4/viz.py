@@ -17,6 +17,7 @@ Readability rules for wide tables (``d`` up to thousands of features):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,23 +85,24 @@ def render_plots(
     features = [str(name) for name in study.get("features") or []]
     scores = np.asarray(scores, dtype=np.float64).reshape(-1, 2)
     quadrants = np.asarray(quadrants).astype(np.int64).reshape(-1)
-    figures: dict[str, Figure | None] = {
-        "quadrant_scatter.png": _quadrant_scatter(scores, quadrants, er),
-        "energy.png": _energy_bars(er),
-        "scree.png": _scree(study),
-        "loadings.png": _loadings_heatmap(study, features),
-        "correlation.png": _correlation_heatmap(
-            _mask_constant(correlation, study, features), features, study
-        ),
-        "svd_embedding.png": (
+    rows = min(len(scores), len(quadrants))
+    scores, quadrants = scores[:rows], quadrants[:rows]
+    matrix = np.asarray(correlation, dtype=np.float64)
+    builders: dict[str, Callable[[], Figure | None]] = {
+        "quadrant_scatter.png": lambda: _quadrant_scatter(scores, quadrants, er),
+        "energy.png": lambda: _energy_bars(er),
+        "scree.png": lambda: _scree(study),
+        "loadings.png": lambda: _loadings_heatmap(study, features),
+        "correlation.png": lambda: _correlation_heatmap(matrix, features, study),
+        "svd_embedding.png": lambda: (
             None
             if svd_scores is None
             else _svd_embedding(np.asarray(svd_scores, np.float64), quadrants, study)
         ),
     }
     written: list[Path] = []
-    for name in PLOT_FILES:
-        figure = figures[name]
+    for name in PLOT_FILES:  # one figure at a time: peak memory is one figure
+        figure = builders[name]()
         if figure is None:
             continue
         path = viz_dir / name
@@ -285,10 +287,12 @@ def _quadrant_scatter(scores: np.ndarray, quadrants: np.ndarray, er: dict[str, A
 def _svd_embedding(svd_scores: np.ndarray, quadrants: np.ndarray, study: dict[str, Any]) -> Figure:
     figure, _ = _new_figure(7.0, 7.0)
     axes = figure.add_subplot()
-    points = svd_scores.reshape(-1, svd_scores.shape[-1])[:, :2] if svd_scores.size else np.zeros((0, 2))
-    if points.shape[1] < 2:
+    points = svd_scores.reshape(len(svd_scores), -1)[:, :2] if svd_scores.size else np.zeros((0, 2))
+    if points.shape[1] < 2:  # k = 1: the second coordinate is 0
         points = np.column_stack([points[:, 0], np.zeros(len(points))])
-    how = _class_scatter(axes, points, quadrants[: len(points)])
+    rows = min(len(points), len(quadrants))
+    points, quadrants = points[:rows], quadrants[:rows]
+    how = _class_scatter(axes, points, quadrants)
     _axes_through_zero(axes)
     ratios = _floats((study.get("svd") or {}).get("explained_variance_ratio"))
     titles = [
@@ -298,7 +302,7 @@ def _svd_embedding(svd_scores: np.ndarray, quadrants: np.ndarray, study: dict[st
     axes.set_xlabel(titles[0])
     axes.set_ylabel(titles[1])
     axes.set_title(f"Rows in the first two SVD components, coloured by Q4 quadrant\n({how})", fontsize=11)
-    _quadrant_legend(axes, quadrants[: len(points)], None)
+    _quadrant_legend(axes, quadrants, None)
     axes.grid(True, color="0.9", zorder=0)
     return figure
 
@@ -493,33 +497,40 @@ def _loadings_heatmap(study: dict[str, Any], features: list[str]) -> Figure | No
     return figure
 
 
-def _pool_max_abs(matrix: np.ndarray, cells: int) -> tuple[np.ndarray, int]:
-    """Shrink a square matrix to at most ``cells`` a side; each block keeps its entry of largest |r|."""
+def _pool_max_abs(
+    matrix: np.ndarray, cells: int, undefined: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """Shrink a square matrix to at most ``cells`` a side; each block keeps its entry of largest |r|.
+
+    Rows and columns flagged in ``undefined`` (bool, length d) count as NaN. Works one slab of block rows
+    at a time, so a d × d input is never copied whole (d = 10,000 is 800 MB of float64).
+    """
     d = matrix.shape[0]
-    block = math.ceil(d / cells)
-    if block <= 1:
-        return matrix, 1
-    size = math.ceil(d / block) * block
-    padded = np.full((size, size), np.nan)
-    padded[:d, :d] = matrix
-    side = size // block
-    tiles = padded.reshape(side, block, side, block).transpose(0, 2, 1, 3).reshape(side, side, block * block)
-    magnitude = np.where(np.isnan(tiles), -1.0, np.abs(tiles))
-    pick = magnitude.argmax(axis=2)
-    pooled = np.take_along_axis(tiles, pick[:, :, None], axis=2)[:, :, 0]
+    block = max(1, math.ceil(d / cells))
+    side = math.ceil(d / block)
+    pooled = np.empty((side, side))
+    for row in range(side):
+        slab = np.array(matrix[row * block : (row + 1) * block], dtype=np.float64)
+        if undefined is not None:
+            slab[:, undefined] = np.nan
+            slab[undefined[row * block : (row + 1) * block]] = np.nan
+        if block == 1:
+            pooled[row] = slab[0]
+            continue
+        padded = np.full((block, side * block), np.nan)
+        padded[: slab.shape[0], :d] = slab
+        tiles = padded.reshape(block, side, block).transpose(1, 0, 2).reshape(side, block * block)
+        magnitude = np.where(np.isnan(tiles), -1.0, np.abs(tiles))
+        pooled[row] = np.take_along_axis(tiles, magnitude.argmax(axis=1)[:, None], axis=1)[:, 0]
     return pooled, block
 
 
-def _mask_constant(correlation: np.ndarray, study: dict[str, Any], features: list[str]) -> np.ndarray:
-    """The correlation matrix with the rows and columns of constant features undefined (NaN)."""
-    matrix = np.array(correlation, dtype=np.float64)
-    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or len(features) != matrix.shape[0]:
-        return matrix
+def _undefined_features(study: dict[str, Any], features: list[str], d: int) -> np.ndarray:
+    """Which of the d features are constant (their correlations are undefined, whatever the matrix holds)."""
     constant = {str(name) for name in study.get("constant_columns") or []}
-    index = [i for i, name in enumerate(features) if name in constant]
-    matrix[index, :] = np.nan
-    matrix[:, index] = np.nan
-    return matrix
+    if len(features) != d:
+        return np.zeros(d, dtype=bool)
+    return np.array([name in constant for name in features], dtype=bool)
 
 
 def _correlation_heatmap(
@@ -529,7 +540,8 @@ def _correlation_heatmap(
         return None
     d = correlation.shape[0]
     names = features if len(features) == d else [f"f{i}" for i in range(d)]
-    pooled, block = _pool_max_abs(correlation, MAX_HEATMAP_CELLS)
+    undefined = _undefined_features(study or {}, features, d)
+    pooled, block = _pool_max_abs(correlation, MAX_HEATMAP_CELLS, undefined)
     size = 8.0 if d > 12 else 6.0
     figure, _ = _new_figure(size + 1.2, size)
     axes = figure.add_subplot()
@@ -554,7 +566,7 @@ def _correlation_heatmap(
         if d <= 12:
             for i in range(d):
                 for j in range(d):
-                    value = correlation[i, j]
+                    value = pooled[i, j]
                     text = "–" if not math.isfinite(value) else f"{value:.2f}"
                     axes.text(
                         j,
@@ -570,7 +582,7 @@ def _correlation_heatmap(
         axes.set_ylabel("feature index")
         if block > 1:
             title += f"\n({d:,} features, blocks of {block}×{block} show the entry of largest |r|)"
-    if np.isnan(correlation).any():
+    if np.isnan(pooled).any():
         title += "\ngrey: undefined (constant column)"
     figure.colorbar(image, ax=axes, shrink=0.8, label="r")
     axes.set_title(title, fontsize=10)

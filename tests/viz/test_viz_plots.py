@@ -162,7 +162,11 @@ def test_pooling_keeps_the_signed_entry_of_largest_magnitude() -> None:
     assert block == 2
     np.testing.assert_array_equal(pooled, [[1.0, -0.9], [-0.9, 1.0]])
     same, block = viz._pool_max_abs(matrix, 4)
-    assert block == 1 and same is matrix
+    assert block == 1
+    np.testing.assert_array_equal(same, matrix)
+    odd, block = viz._pool_max_abs(matrix[:3, :3], 2)
+    assert block == 2
+    np.testing.assert_array_equal(odd, [[1.0, -0.9], [-0.9, 1.0]])
 
 
 def test_nulls_and_nans_do_not_break_the_plots(tmp_path: Path) -> None:
@@ -209,16 +213,52 @@ def test_constant_columns_show_as_undefined_in_the_correlation_plot(tmp_path: Pa
     run = make_full_run(n=200, d=4, constant=1)
     core_style = np.nan_to_num(run.correlation, nan=0.0)
     # WHEN masked for display
-    masked = viz._mask_constant(core_style, run.study, run.study["features"])
+    undefined = viz._undefined_features(run.study, run.study["features"], 4)
+    masked, _ = viz._pool_max_abs(core_style, viz.MAX_HEATMAP_CELLS, undefined)
+    assert undefined.tolist() == [False, False, False, True]
     # THEN exactly the constant feature's row and column are undefined, the rest untouched
     assert np.isnan(masked[3]).all() and np.isnan(masked[:, 3]).all()
     np.testing.assert_array_equal(masked[:3, :3], core_style[:3, :3])
     assert not np.isnan(core_style).any()
-    figure = viz._correlation_heatmap(masked, run.study["features"], run.study)
+    figure = viz._correlation_heatmap(core_style, run.study["features"], run.study)
     assert figure is not None and "undefined" in figure.axes[0].get_title()
+    shown = np.ma.getmaskarray(figure.axes[0].images[0].get_array())
+    assert shown[3].all() and shown[:, 3].all() and not shown[:3, :3].any()
 
 
 def test_density_bins_grow_with_the_sample() -> None:
     assert viz.density_bins(5_001) == 60
     assert viz.density_bins(20_000) == 85
     assert viz.density_bins(100_000) == viz.MAX_DENSITY_BINS
+
+
+def test_pooling_matches_a_brute_force_reference() -> None:
+    rng = np.random.default_rng(3)
+    matrix = rng.uniform(-1, 1, size=(23, 23))
+    matrix[4, 7] = np.nan
+    undefined = np.zeros(23, dtype=bool)
+    undefined[[2, 22]] = True
+    pooled, block = viz._pool_max_abs(matrix, 5, undefined)
+    assert block == 5 and pooled.shape == (5, 5)
+    masked = matrix.copy()
+    masked[undefined] = np.nan
+    masked[:, undefined] = np.nan
+    for i in range(5):
+        for j in range(5):
+            tile = masked[i * 5 : (i + 1) * 5, j * 5 : (j + 1) * 5].ravel()
+            tile = tile[~np.isnan(tile)]
+            expected = tile[np.argmax(np.abs(tile))] if tile.size else np.nan
+            np.testing.assert_equal(pooled[i, j], expected)
+
+
+def test_mismatched_or_one_dimensional_samples_are_tolerated(tmp_path: Path, full_run: FullRun) -> None:
+    paths = viz.render_plots(
+        tmp_path,
+        er=full_run.er,
+        study=full_run.study,
+        scores=full_run.scores,
+        quadrants=full_run.quadrants[:-10],
+        svd_scores=full_run.svd_scores[:, :1] if full_run.svd_scores is not None else None,
+        correlation=full_run.correlation,
+    )
+    assert [p.name for p in paths] == list(viz.PLOT_FILES)
