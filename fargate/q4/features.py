@@ -63,31 +63,37 @@ def select_features(
 
 @dataclass(frozen=True)
 class FeatureBlock:
-    """The feature values of one chunk: ``values`` (m, d) float64 and per-cell ``status`` codes."""
+    """The features of one chunk.
+
+    ``values``: ``(m, d)`` float64 (column-major; NaN where a cell is not a number);
+    ``valid``: ``(m,)``; ``reasons``: the rejection reason of every invalid row, in row order.
+    """
 
     values: NDArray[np.float64]
-    status: NDArray[np.int8]  # (m, d): OK, MISSING, NOT_NUMERIC, NOT_FINITE
+    valid: NDArray[np.bool_]
+    reasons: list[str]
 
     @property
-    def valid(self) -> NDArray[np.bool_]:
-        return np.asarray(~self.status.any(axis=1))
-
-    def reasons(self, features: Sequence[str]) -> list[str]:
-        """The rejection reason of every invalid row, in row order."""
-        bad = self.status[~self.valid]
-        first = np.argmax(bad != OK, axis=1)
-        codes = bad[np.arange(bad.shape[0]), first]
-        return [f"{_REASONS[int(c)]}:{features[int(j)]}" for c, j in zip(codes, first, strict=True)]
+    def all_valid(self) -> bool:
+        return not self.reasons
 
 
 def feature_block(batch: pa.RecordBatch, features: Sequence[str]) -> FeatureBlock:
     """Convert the feature columns of a chunk to float64, classifying every cell."""
     m = batch.num_rows
-    values = np.empty((m, len(features)), dtype=np.float64)
-    status = np.zeros((m, len(features)), dtype=np.int8)
+    values = np.empty((m, len(features)), dtype=np.float64, order="F")
+    status = np.zeros((m, len(features)), dtype=np.int8, order="F")
     for j, name in enumerate(features):
         values[:, j], status[:, j] = _column(batch.column(name))
-    return FeatureBlock(values, status)
+    bad_cells = status != OK
+    valid = np.asarray(~bad_cells.any(axis=1))
+    if valid.all():
+        return FeatureBlock(values, valid, [])
+    bad = status[~valid]
+    first = np.argmax(bad != OK, axis=1)
+    codes = bad[np.arange(bad.shape[0]), first]
+    reasons = [f"{_REASONS[int(c)]}:{features[int(j)]}" for c, j in zip(codes, first, strict=True)]
+    return FeatureBlock(values, valid, reasons)
 
 
 def looks_numeric(col: pa.Array) -> bool:

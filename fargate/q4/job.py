@@ -24,7 +24,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,7 @@ from q4.progress import Progress
 from q4.projectors import Standardization, is_degenerate
 from q4.quadrants import quadrant_labels, scores
 from q4.study import QuadrantStats, study_section, svd_section
-from q4.tables import InputTable, Spill, file_sha256, iter_batches, open_inputs
+from q4.tables import InputTable, Spill, file_sha256, iter_batches, open_inputs, prefetched
 
 MODES = ("standard", "enhanced", "full")
 OUTPUT_FORMATS = ("csv", "parquet")
@@ -69,7 +70,7 @@ class JobSpec:
     svd_k: int = 10
     output_format: str = "csv"
     model_path: Path | None = None
-    chunk_rows: int = 262_144
+    chunk_rows: int = 65_536
     model_name: str | None = None  # how Q_study.json names the model (e.g. its S3 key); default: the path
 
     def validate(self) -> None:
@@ -152,10 +153,11 @@ class _Sample:
     def take(self, s: NDArray[np.float64], labels: NDArray[np.int8], svd: NDArray[np.float64] | None) -> None:
         first = (-self.seen) % self.stride
         picked = slice(first, None, self.stride)
-        self.scores.append(s[picked])
-        self.labels.append(labels[picked])
+        # copies, not views: a view would keep the whole chunk's arrays alive
+        self.scores.append(s[picked].copy())
+        self.labels.append(labels[picked].copy())
         if svd is not None:
-            self.svd.append(svd[picked, :2])
+            self.svd.append(svd[picked, :2].copy())
         self.seen += s.shape[0]
 
 
@@ -202,14 +204,15 @@ def _run(
         # ---- pass 1: read, classify, moments
         moments = Moments(d)
         n_input = 0
-        spill = Spill(scratch / "pass1.arrow", table.schema) if table.format == "csv" else None
+        spill = Spill(scratch / "pass1.arrow", table.schema, d) if table.format == "csv" else None
         task = bar.add("Reading", total=table.bytes, unit="bytes")
-        for _, batch in iter_batches(table, spec.chunk_rows, on_bytes=task.advance, digests=digests):
+        batches = iter_batches(table, spec.chunk_rows, on_bytes=task.advance, digests=digests)
+        for _, batch in prefetched(batches):
             block = feature_block(batch, features)
-            moments.update(block.values[block.valid])
+            moments.update(block.values if block.all_valid else block.values[block.valid])
             n_input += batch.num_rows
             if spill is not None:
-                spill.write(batch)
+                spill.write(batch, block)
         if spill is not None:
             spill.close()
         task.done()
@@ -256,10 +259,8 @@ def _run(
         sample = _Sample(stride=max(1, math.ceil(moments.n / PLOT_SAMPLE_ROWS)))
         task = bar.add("Projecting", total=n_input, unit="rows")
         row = 0
-        for batch in _second_pass(table, spill, spec.chunk_rows):
-            block = feature_block(batch, features)
-            valid = block.valid
-            x = block.values[valid]
+        for batch, block in prefetched(_second_pass(table, spill, features, spec.chunk_rows)):
+            x = block.values if block.all_valid else block.values[block.valid]
             z = model.std.apply(x)
             s = scores(z, model.projectors)
             labels = quadrant_labels(s)
@@ -366,12 +367,14 @@ def _check_rows(n_input: int, n_valid: int, table: InputTable) -> None:
         )
 
 
-def _second_pass(table: InputTable, spill: Spill | None, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+def _second_pass(
+    table: InputTable, spill: Spill | None, features: list[str], chunk_rows: int
+) -> Iterator[tuple[pa.RecordBatch, FeatureBlock]]:
     if spill is not None:
-        yield from spill.batches()
+        yield from spill.chunks()
     else:
         for _, batch in iter_batches(table, chunk_rows):
-            yield batch
+            yield batch, feature_block(batch, features)
 
 
 class _RowWriters:
@@ -414,6 +417,8 @@ class _RowWriters:
             )
             self.svd = TableWriter(output / f"svd_scores{ext}", svd_schema, output_format)
         self._closed = False
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="q4-write")
+        self._pending: dict[int, Future[None]] = {}
 
     def write(
         self,
@@ -424,47 +429,68 @@ class _RowWriters:
         labels: NDArray[np.int8],
         svd: NDArray[np.float64] | None,
     ) -> None:
+        """Queue one chunk's rows; each output file is written in order by a background thread."""
         valid = block.valid
         index = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
-        all_valid = bool(valid.all())
-        valid_rows = batch if all_valid else batch.filter(pa.array(valid))
+        valid_rows = batch if block.all_valid else batch.filter(pa.array(valid))
         columns = list(valid_rows.columns)
         if self.typed_features:
-            values = block.values[valid]
+            values = block.values if block.all_valid else block.values[valid]
             for j, name in enumerate(self.features):
                 columns[self.feature_index[name]] = pa.array(values[:, j])
-        valid_index = index if all_valid else index[valid]
+        valid_index = index if block.all_valid else index[valid]
         keep = (labels == 1) | (labels == 4)
         for writer, mask in ((self.keep, keep), (self.discard, ~keep)):
-            if not mask.any():
-                continue
-            picked = pa.array(mask)
-            cols = [c.filter(picked) for c in columns] if not mask.all() else columns
-            writer.write(
-                [
-                    *cols,
-                    pa.array(valid_index[mask]),
-                    pa.array(labels[mask]),
-                    pa.array(s[mask, 0]),
-                    pa.array(s[mask, 1]),
-                ]
-            )
-        if not all_valid:
+            self._submit(writer, _split_rows, writer, columns, mask, valid_index, labels, s)
+        if not block.all_valid:
             bad = ~valid
             rejected = batch.filter(pa.array(bad))
-            self.rejected.write(
-                [*rejected.columns, pa.array(index[bad]), pa.array(block.reasons(self.features), pa.string())]
+            reasons = pa.array(block.reasons, pa.string())
+            self._submit(
+                self.rejected, self.rejected.write, [*rejected.columns, pa.array(index[bad]), reasons]
             )
         if self.svd is not None and svd is not None:
-            self.svd.write([pa.array(valid_index), *(pa.array(svd[:, i]) for i in range(svd.shape[1]))])
+            columns_svd = [pa.array(valid_index), *(pa.array(svd[:, i]) for i in range(svd.shape[1]))]
+            self._submit(self.svd, self.svd.write, columns_svd)
+
+    def _submit(self, writer: TableWriter, fn: Callable[..., None], *args: Any) -> None:
+        previous = self._pending.get(id(writer))
+        if previous is not None:
+            previous.result()  # keeps each file in input order and at most one chunk queued per file
+        self._pending[id(writer)] = self._pool.submit(fn, *args)
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for writer in (self.keep, self.discard, self.rejected, self.svd):
-            if writer is not None:
-                writer.close()
+        try:
+            for future in self._pending.values():
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            for writer in (self.keep, self.discard, self.rejected, self.svd):
+                if writer is not None:
+                    writer.close()
+
+
+def _split_rows(
+    writer: TableWriter,
+    columns: list[pa.Array],
+    mask: NDArray[np.bool_],
+    index: NDArray[np.int64],
+    labels: NDArray[np.int8],
+    s: NDArray[np.float64],
+) -> None:
+    if not mask.any():
+        return
+    if mask.all():
+        picked = columns
+    else:
+        selector = pa.array(mask)
+        picked = [c.filter(selector) for c in columns]
+    writer.write(
+        [*picked, pa.array(index[mask]), pa.array(labels[mask]), pa.array(s[mask, 0]), pa.array(s[mask, 1])]
+    )
 
 
 def _study_doc(

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from q4.errors import InputError
-from q4.features import looks_numeric
+from q4.features import FeatureBlock, looks_numeric
 
 CSV_SUFFIXES = (".csv",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -30,6 +33,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 RESERVED_COLUMNS = ("q4_row", "q4_quadrant", "q4_score1", "q4_score2", "q4_reason")
 
 ProgressCallback = Callable[[int], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -224,13 +228,17 @@ class _HashingReader(io.RawIOBase):
         super().close()
 
 
+#: CSV blocks larger than this parse no faster (smaller blocks pipeline better).
+MAX_BLOCK_BYTES = 8 << 20
+
+
 def _block_size(path: Path, chunk_rows: int) -> int:
-    """A CSV block size of about ``chunk_rows`` rows (64 KiB .. 64 MiB)."""
+    """A CSV block size of about ``chunk_rows`` rows (64 KiB .. 8 MiB)."""
     with path.open("rb") as f:
         head = f.read(1 << 16)
     rows = max(1, head.count(b"\n"))
     per_row = max(1, len(head) // rows)
-    return int(min(max(per_row * chunk_rows, 1 << 16), 1 << 26))
+    return int(min(max(per_row * chunk_rows, 1 << 16), MAX_BLOCK_BYTES))
 
 
 def iter_batches(
@@ -298,7 +306,9 @@ def _iter_parquet(
     table: InputTable, path: Path, chunk_rows: int, on_bytes: ProgressCallback | None
 ) -> Iterator[pa.RecordBatch]:
     try:
-        pf = pq.ParquetFile(path)
+        # pre_buffer=False: with it, pyarrow keeps every row group read so far cached (memory grows
+        # with the file); a buffered stream reads column chunks piece by piece instead.
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
         total_rows = max(1, pf.metadata.num_rows)
         size = path.stat().st_size
         for batch in pf.iter_batches(batch_size=chunk_rows):
@@ -319,25 +329,103 @@ def _slices(batch: pa.RecordBatch, chunk_rows: int) -> Iterator[pa.RecordBatch]:
 
 
 class Spill:
-    """Pass-1 batches kept in an uncompressed Arrow IPC file, re-read memory-mapped in pass 2.
+    """Pass-1 chunks kept in an uncompressed Arrow IPC file in the scratch dir, for pass 2.
 
-    Spares the second pass from parsing the CSV again.
+    Each chunk is stored with its parsed feature values and rejection reasons, so pass 2
+    neither parses the CSV text nor converts the numbers again. Chunks are read back one
+    at a time (plain reads, not a memory map, so the resident set stays one chunk).
     """
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, d: int) -> None:
         self.path = path
+        self.d = d
+        self._columns = len(schema)
+        extra = [pa.field(f"__q4_value_{j}", pa.float64()) for j in range(d)]
+        self._schema = pa.schema([*schema, *extra, pa.field("__q4_reason", pa.string())])
         self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_file(self._sink, schema)
+        self._writer = pa.ipc.new_file(self._sink, self._schema)
 
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
+    def write(self, batch: pa.RecordBatch, block: FeatureBlock) -> None:
+        values = [pa.array(block.values[:, j]) for j in range(self.d)]
+        if block.all_valid:
+            reasons = pa.nulls(batch.num_rows, pa.string())
+        else:
+            full: list[str | None] = [None] * batch.num_rows
+            for i, reason in zip(np.flatnonzero(~block.valid), block.reasons, strict=True):
+                full[int(i)] = reason
+            reasons = pa.array(full, pa.string())
+        self._writer.write_batch(
+            pa.RecordBatch.from_arrays([*batch.columns, *values, reasons], schema=self._schema)
+        )
 
     def close(self) -> None:
         self._writer.close()
         self._sink.close()
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        with pa.memory_map(str(self.path), "r") as source:
+    def chunks(self) -> Iterator[tuple[pa.RecordBatch, FeatureBlock]]:
+        with pa.OSFile(str(self.path), "rb") as source:
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):
-                yield reader.get_batch(i)
+                stored = reader.get_batch(i)
+                m = stored.num_rows
+                values = np.empty((m, self.d), dtype=np.float64, order="F")
+                for j in range(self.d):
+                    values[:, j] = stored.column(self._columns + j).to_numpy(zero_copy_only=False)
+                reason = stored.column(self._columns + self.d)
+                if reason.null_count == m:
+                    block = FeatureBlock(values, np.ones(m, dtype=bool), [])
+                else:
+                    valid = reason.is_null().to_numpy(zero_copy_only=False)
+                    block = FeatureBlock(values, valid, reason.drop_null().to_pylist())
+                columns = stored.columns[: self._columns]
+                yield pa.RecordBatch.from_arrays(columns, schema=self._schema_in), block
+
+    @property
+    def _schema_in(self) -> pa.Schema:
+        return pa.schema(list(self._schema)[: self._columns])
+
+
+_END = object()
+
+
+def prefetched(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead.
+
+    pyarrow parses with the GIL released, so the next CSV block is parsed on the other core
+    while this thread converts and accumulates the current one. Errors are re-raised here.
+    """
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(_END)
+        except BaseException as exc:  # handed to the consumer
+            buffer.put(exc)
+
+    worker = threading.Thread(target=produce, name="q4-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)

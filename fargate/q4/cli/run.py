@@ -53,9 +53,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--chunk-rows",
         type=int,
-        default=262_144,
+        default=65_536,
         metavar="N",
-        help="rows per chunk; memory is bounded by this, not by the input (default 262144)",
+        help="rows per chunk; memory is bounded by this, not by the input (default 65536)",
     )
     parser.set_defaults(handler=handle)
 
