@@ -1,0 +1,305 @@
+"""Bring the local stack up and down: moto server, the real Terraform applied to it, the local runtime.
+
+``up`` starts three things and records them in the state directory (:mod:`q4.local.state`):
+the emulator (``python -m q4.local.moto_launcher``), the deployment (``infrastructure/`` copied to
+``<state>/terraform``, an ``*_override.tf`` pointing the provider at the emulator, ``terraform
+apply``), and the runtime (``python -m q4.local.runtime``). ``down`` stops exactly the processes
+recorded there — each checked by pid, start time and command line — and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from q4.errors import Q4Error
+from q4.local import emulator, lambda_zip, terraform
+from q4.local import state as stack_state
+from q4.local.runtime import READY_FILE, aws_env
+from q4.local.state import ProcessRecord, StackState
+
+MOTO_MARKER = "q4.local.moto_launcher"
+RUNTIME_MARKER = "q4.local.runtime"
+#: Terraform outputs `q4 local env` exports, with the variable names it uses.
+ENV_OUTPUTS = {
+    "Q4_ARCHIVE_BUCKET": "archive_bucket",
+    "Q4_ARTIFACTS_BUCKET": "artifacts_bucket",
+    "Q4_WORK_QUEUE_URL": "work_queue_url",
+    "Q4_DONE_QUEUE_URL": "done_queue_url",
+}
+#: Variables the local deployment sets (everything else keeps the module's defaults).
+LOCAL_VARIABLES: dict[str, Any] = {"force_destroy": True}
+
+Progress = Callable[[str], None]
+
+
+class StackError(Q4Error):
+    """The local stack could not be started, found or stopped."""
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+# -- status ---------------------------------------------------------------------------------------------
+
+
+def running_state(directory: Path) -> StackState | None:
+    """The recorded state when the stack is fully up (emulator and runtime alive, deployment done)."""
+    state = stack_state.load(directory)
+    if state is None or not state.ready:
+        return None
+    if state.moto is None or not state.moto.is_ours() or state.runtime is None or not state.runtime.is_ours():
+        return None
+    return state
+
+
+def _answers(endpoint_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint_url}/moto-api/", timeout=2):
+            return True
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+# -- up -------------------------------------------------------------------------------------------------
+
+
+def up(directory: Path, progress: Progress = _quiet, *, max_tasks: int = 2) -> tuple[StackState, bool]:
+    """Start the stack in ``directory`` (or find it running); returns the state and whether it was started."""
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = stack_state.load(directory)
+    if existing is not None and existing.ready and existing.moto and existing.moto.is_ours():
+        if existing.runtime and existing.runtime.is_ours():
+            return existing, False
+        progress("restarting the local runtime (the emulator is still up)")
+        existing.runtime = _start_runtime(directory, max_tasks)
+        stack_state.save(directory, existing)
+        return existing, True
+    if existing is not None:
+        progress("cleaning up a stack that did not stop cleanly")
+        down(directory)
+    _forget(directory)
+    started = time.monotonic()
+    try:
+        state = _start(directory, progress, max_tasks)
+    except BaseException:
+        down(directory)
+        raise
+    progress(f"local stack up in {time.monotonic() - started:.0f} s")
+    return state, True
+
+
+def _start(directory: Path, progress: Progress, max_tasks: int) -> StackState:
+    progress("starting the AWS emulator (moto server)")
+    server = emulator.start(log_path=directory / "moto.log")
+    state = StackState(
+        endpoint_url=server.endpoint_url,
+        region=emulator.REGION,
+        moto=ProcessRecord.of(server.process.pid, MOTO_MARKER),
+    )
+    stack_state.save(directory, state)
+
+    progress("building the orchestrator Lambda zip")
+    zip_path = lambda_zip.build(directory / "build" / "orchestrator.zip")
+
+    workdir = directory / "terraform"
+    terraform.copy_module(workdir)
+    terraform.write_emulator_override(workdir, state.endpoint_url)
+    env = terraform.terraform_env(
+        workdir, base_env={**os.environ, **aws_env(state.endpoint_url, state.region)}
+    )
+    progress("terraform init")
+    terraform.init(workdir, env)
+    _apply(
+        workdir,
+        env,
+        {**LOCAL_VARIABLES, "lambda_zip_path": str(zip_path), "region": state.region},
+        directory / "terraform.log",
+        progress,
+    )
+    state.outputs = terraform.output_json(workdir, env)
+    state.lambda_zips = {str(state.outputs["orchestrator_function_name"]): str(zip_path)}
+    stack_state.save(directory, state)
+
+    progress("starting the local runtime")
+    state.runtime = _start_runtime(directory, max_tasks)
+    state.ready = True
+    stack_state.save(directory, state)
+    return state
+
+
+def _apply(
+    workdir: Path, env: dict[str, str], variables: dict[str, Any], log_path: Path, progress: Progress
+) -> None:
+    """``terraform apply``, streaming output to ``log_path`` and progress (resources created).
+
+    (A thin wrapper beside :func:`q4.local.terraform.apply`, which captures the output instead.)
+    """
+    binary = shutil.which("terraform", path=env.get("PATH"))
+    if binary is None:
+        raise StackError(
+            "terraform_missing", "terraform is not on PATH; install Terraform >= 1.6 and try again."
+        )
+    command = [
+        binary,
+        "apply",
+        "-auto-approve",
+        "-input=false",
+        "-no-color",
+        "-parallelism=20",
+        *terraform.var_args(variables),
+    ]
+    started = time.monotonic()
+    created = 0
+    errors: list[str] = []
+    progress("terraform apply")
+    with open(log_path, "a", buffering=1) as log:
+        process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                log.write(line)
+                text = line.strip()
+                if ": Creation complete" in text:
+                    created += 1
+                    progress(
+                        f"terraform apply: {created} resources created, last {text.split(':', 1)[0]} "
+                        f"({time.monotonic() - started:.0f} s)"
+                    )
+                elif text.startswith("Error:"):
+                    errors.append(text.removeprefix("Error:").strip().rstrip("."))
+        except BaseException:  # interrupted: do not leave terraform running against a dying emulator
+            process.terminate()
+            process.wait()
+            raise
+        code = process.wait()
+    if code != 0:
+        reason = errors[0] if errors else f"exit code {code}"
+        raise StackError("terraform_failed", f"terraform apply failed: {reason} (full output in {log_path}).")
+
+
+def _start_runtime(directory: Path, max_tasks: int, timeout: float = 60.0) -> ProcessRecord:
+    ready = directory / READY_FILE
+    ready.unlink(missing_ok=True)
+    log_path = directory / "runtime.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                RUNTIME_MARKER,
+                "--state-dir",
+                str(directory),
+                "--max-tasks",
+                str(max_tasks),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    record = ProcessRecord.of(process.pid, RUNTIME_MARKER)
+    deadline = time.monotonic() + timeout
+    while not ready.exists():
+        if process.poll() is not None:
+            raise StackError("runtime_failed", f"The local runtime exited while starting; see {log_path}.")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise StackError(
+                "runtime_failed", f"The local runtime did not start within {timeout:.0f} s; see {log_path}."
+            )
+        time.sleep(0.1)
+    return record
+
+
+# -- down -----------------------------------------------------------------------------------------------
+
+
+def down(directory: Path, progress: Progress = _quiet) -> list[str]:
+    """Stop what ``up`` recorded in ``directory`` (runtime first: it stops its tasks); say what stopped."""
+    state = stack_state.load(directory)
+    stopped: list[str] = []
+    if state is None:
+        return stopped
+    if state.runtime is not None and _stop(state.runtime):
+        stopped.append(f"local runtime (pid {state.runtime.pid})")
+        progress(stopped[-1] + " stopped")
+    stopped += _stop_orphan_tasks(directory)
+    if state.moto is not None and _stop(state.moto):
+        stopped.append(f"AWS emulator (pid {state.moto.pid})")
+        progress(stopped[-1] + " stopped")
+    _forget(directory)
+    return stopped
+
+
+def _stop(record: ProcessRecord, timeout: float = 15.0) -> bool:
+    """SIGTERM then, after ``timeout``, SIGKILL the recorded process if it is still the one we started."""
+    if not record.is_ours():
+        return False
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while record.is_ours() and not stack_state.is_zombie(record.pid):
+        if time.monotonic() > deadline:
+            os.kill(record.pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    return True
+
+
+def _stop_orphan_tasks(directory: Path) -> list[str]:
+    """Task processes a runtime that died hard left behind (the ledger has their pids and start stamps)."""
+    import json
+
+    ledger = directory / "ledger.json"
+    if not ledger.exists():
+        return []
+    stopped = []
+    for arn, entry in json.loads(ledger.read_text()).items():
+        pid, stamp = entry.get("pid"), entry.get("pid_started")
+        if (
+            entry.get("status") == "running"
+            and pid
+            and stamp
+            and stack_state.process_start_stamp(pid) == stamp
+        ):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                stopped.append(f"task {arn.rsplit('/', 1)[-1]} (pid {pid})")
+            except (ProcessLookupError, PermissionError):
+                pass
+    return stopped
+
+
+def _forget(directory: Path) -> None:
+    """Drop what belonged to a stopped emulator (state, ledger, deployment, task scratch); keep the logs."""
+    for name in ("stack.json", "ledger.json", READY_FILE):
+        (directory / name).unlink(missing_ok=True)
+    for name in ("terraform", "tasks"):
+        shutil.rmtree(directory / name, ignore_errors=True)
+
+
+# -- env ------------------------------------------------------------------------------------------------
+
+
+def env_vars(state: StackState) -> dict[str, str]:
+    """The variables `q4 local env` exports: endpoint, credentials, region and the deployment's names."""
+    values = aws_env(state.endpoint_url, state.region)
+    values.update({name: str(state.outputs[output]) for name, output in ENV_OUTPUTS.items()})
+    return values
+
+
+def export_lines(state: StackState) -> str:
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env_vars(state).items())
