@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from core_helpers import matrix_csv, read_json, write_csv
-
 from q4 import Q4Estimator
 from q4.cli import main
 from q4.cli.run import default_run_id
@@ -85,8 +84,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 
 CASES = [
-    "empty_input", "header_only", "no_numeric", "one_numeric", "all_invalid", "ragged", "malformed_quote",
-    "unknown_type", "not_parquet", "missing_file", "model_features_absent", "missing_model", "unknown_feature",
+    "empty_input", "header_only", "no_numeric", "one_numeric", "all_invalid", "ragged",
+    "malformed_quote", "unknown_type", "not_parquet", "missing_file", "model_features_absent",
+    "missing_model", "unknown_feature",
 ]  # fmt: skip
 
 

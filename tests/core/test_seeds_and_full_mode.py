@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 from core_helpers import read_json, write_csv
-
 from q4 import JobSpec, energy_split, four_quadrants, learn_projectors_linear, run_job
 
 # The snippet from the original notes (seeds, "Local Testing"), verbatim except the import line:
