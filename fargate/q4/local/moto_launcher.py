@@ -6,7 +6,11 @@ Docker, and makes the messages visible again. That hides messages from the real 
 moment and counts a receive against ``maxReceiveCount`` on every send, so messages reach the DLQ
 early. The local runtime *is* the event source mapping here, so this launcher switches moto's
 poller off (the mapping itself is still created, listed and described as deployed) and then
-starts moto server unchanged.
+starts moto server.
+
+It also fills one gap Terraform trips over: moto stores an SQS queue's ``RedriveAllowPolicy``
+but never returns it, so the AWS provider waits forever for an
+``aws_sqs_queue_redrive_allow_policy`` to appear; the launcher makes the attribute readable.
 """
 
 from __future__ import annotations
@@ -28,8 +32,19 @@ def disable_builtin_sqs_lambda_poller() -> None:
     Queue.lambda_event_source_mappings = property(_mappings, _ignore)  # type: ignore[assignment]
 
 
+def support_redrive_allow_policy() -> None:
+    """Let ``GetQueueAttributes`` return the ``RedriveAllowPolicy`` that ``SetQueueAttributes`` stored."""
+    from moto.sqs.models import Queue
+
+    if "RedriveAllowPolicy" not in Queue.BASE_ATTRIBUTES:
+        Queue.BASE_ATTRIBUTES = [*Queue.BASE_ATTRIBUTES, "RedriveAllowPolicy"]
+    if not hasattr(Queue, "redrive_allow_policy"):
+        Queue.redrive_allow_policy = None  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> None:
     disable_builtin_sqs_lambda_poller()
+    support_redrive_allow_policy()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])
