@@ -279,7 +279,10 @@ def test_moto_returns_a_queues_redrive_allow_policy(aws_env):
     # Terraform's aws_sqs_queue_redrive_allow_policy waits until the policy reads back.
     sqs = boto3.client("sqs")
     url = sqs.create_queue(QueueName=f"allow-{time.monotonic_ns()}")["QueueUrl"]
-    assert "RedriveAllowPolicy" not in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert (
+        "RedriveAllowPolicy"
+        not in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    )
     policy = json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": ["arn:aws:sqs:us-east-1:1:q"]})
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedriveAllowPolicy": policy})
     named = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedriveAllowPolicy"])["Attributes"]
