@@ -1,0 +1,258 @@
+# ---------------------------------------------------------------------------------------------------------------------
+# IAM: least privilege for the task, the task's execution (image pull, logs) and the orchestrator.
+# ---------------------------------------------------------------------------------------------------------------------
+
+locals {
+  archive_input_objects = "${module.archive_bucket.arn}/run=*/input/*"
+  artifacts_run_objects = "${module.artifacts_bucket.arn}/run=*/*"
+  task_family_arn       = "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task-definition/${aws_ecs_task_definition.task.family}:*"
+  cluster_task_arns     = "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/*"
+}
+
+data "aws_iam_policy_document" "ecs_tasks_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Task execution role: ECS pulls the image and ships the container's logs.
+# ---------------------------------------------------------------------------------------------------------------------
+
+resource "aws_iam_role" "task_execution" {
+  name               = "${var.name}-task-execution"
+  description        = "ECS pulls the Q4 task image and writes its logs."
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+data "aws_iam_policy_document" "task_execution" {
+  statement {
+    sid       = "EcrAuth"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"] # GetAuthorizationToken has no resource-level permissions.
+  }
+
+  statement {
+    sid = "PullTaskImage"
+    actions = [
+      "ecr:BatchCheckLayerAvailability",
+      "ecr:BatchGetImage",
+      "ecr:GetDownloadUrlForLayer",
+    ]
+    resources = [aws_ecr_repository.task.arn]
+  }
+
+  statement {
+    sid       = "WriteTaskLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.task.arn}:log-stream:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "task_execution" {
+  name   = "pull-image-and-log"
+  role   = aws_iam_role.task_execution.id
+  policy = data.aws_iam_policy_document.task_execution.json
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Task role: what the Q4 task itself may do.
+# ---------------------------------------------------------------------------------------------------------------------
+
+resource "aws_iam_role" "task" {
+  name               = "${var.name}-task"
+  description        = "The Q4 task: reads run inputs, writes run artifacts, sends done messages."
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+data "aws_iam_policy_document" "task" {
+  statement {
+    sid       = "ReadRunInputs"
+    actions   = ["s3:GetObject"]
+    resources = [local.archive_input_objects]
+  }
+
+  statement {
+    sid       = "ListRunInputs"
+    actions   = ["s3:ListBucket"]
+    resources = [module.archive_bucket.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["run=*/input/*"]
+    }
+  }
+
+  statement {
+    sid       = "ReadArtifactsAndModels"
+    actions   = ["s3:GetObject"]
+    resources = ["${module.artifacts_bucket.arn}/*"]
+  }
+
+  statement {
+    sid       = "WriteRunArtifacts"
+    actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
+    resources = [local.artifacts_run_objects]
+  }
+
+  statement {
+    # Lets a missing key answer 404 instead of 403 when the task checks its run's job.json / MANIFEST.json.
+    sid       = "ListRunArtifacts"
+    actions   = ["s3:ListBucket"]
+    resources = [module.artifacts_bucket.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["run=*"]
+    }
+  }
+
+  statement {
+    sid       = "SendDoneMessages"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.done.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "task" {
+  name   = "q4-run-data"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.task.json
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Orchestrator role
+# ---------------------------------------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "orchestrator" {
+  name               = "${var.name}-orchestrator"
+  description        = "The Q4 orchestrator Lambda: work queue -> job.json -> ECS RunTask; crash recovery."
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+data "aws_iam_policy_document" "orchestrator" {
+  statement {
+    sid = "ConsumeWorkQueue"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = [aws_sqs_queue.work.arn]
+  }
+
+  statement {
+    sid       = "SendDoneMessages"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.done.arn]
+  }
+
+  statement {
+    sid       = "KeepFailedAsyncEvents"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dlq.arn]
+  }
+
+  statement {
+    sid       = "ReadRunInputs"
+    actions   = ["s3:GetObject"]
+    resources = [local.archive_input_objects]
+  }
+
+  statement {
+    sid       = "ListRunInputs"
+    actions   = ["s3:ListBucket"]
+    resources = [module.archive_bucket.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["run=*/input/*"]
+    }
+  }
+
+  statement {
+    sid       = "ReadWriteRunRecords"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = [local.artifacts_run_objects]
+  }
+
+  statement {
+    sid       = "ListRunRecords"
+    actions   = ["s3:ListBucket"]
+    resources = [module.artifacts_bucket.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["run=*"]
+    }
+  }
+
+  statement {
+    sid       = "LaunchTasks"
+    actions   = ["ecs:RunTask"]
+    resources = [local.task_family_arn]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.this.arn]
+    }
+  }
+
+  statement {
+    sid       = "InspectTasks"
+    actions   = ["ecs:DescribeTasks"]
+    resources = [local.cluster_task_arns]
+  }
+
+  statement {
+    sid       = "PassTaskRoles"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.task.arn, aws_iam_role.task_execution.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid       = "WriteLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.orchestrator.arn}:log-stream:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "orchestrator" {
+  name   = "orchestrate-q4-runs"
+  role   = aws_iam_role.orchestrator.id
+  policy = data.aws_iam_policy_document.orchestrator.json
+}
