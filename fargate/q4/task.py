@@ -169,7 +169,9 @@ class Task:
         self.compute = task_compute(self.environ, self.attempt)
         try:
             return self._process(started)
-        except (InputError, ModelError) as exc:
+        except (TransientError, aws.ConfigurationError):
+            raise
+        except Q4Error as exc:  # bad input, a model that does not fit, …: permanent
             return self._fail(exc, started)
 
     def _already_ended(self) -> int | None:
