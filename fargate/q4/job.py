@@ -264,7 +264,7 @@ def _run(
             z = model.std.apply(x)
             s = scores(z, model.projectors)
             labels = quadrant_labels(s)
-            svd = z @ model.components[:k].T if enhanced else None
+            svd = _svd_scores(z, model.components[:k]) if enhanced else None
             writers.write(batch, block, row, s, labels, svd)
             energy.update(z, s, labels)
             if quadrant_stats is not None:
@@ -272,40 +272,42 @@ def _run(
             sample.take(s, labels, svd)
             row += batch.num_rows
             task.advance(batch.num_rows)
-        writers.close()
         task.done()
-        timings["project_and_write"] = time.perf_counter() - clock
+        timings["project"] = time.perf_counter() - clock
 
-    # ---- documents
-    clock = time.perf_counter()
-    er = energy.to_dict()
-    rows = {
-        "input": n_input,
-        "valid": moments.n,
-        "rejected": n_input - moments.n,
-        "keep": er["keep"]["rows"],
-        "discard": er["discard"]["rows"],
-    }
-    names = list(table.names)
-    sha = [digests.get(p) or file_sha256(p) for p in table.paths]
-    input_doc = {"keys": names, "bytes": table.bytes, "format": table.format, "sha256": sha}
-    study = _study_doc(spec, model, source, input_doc, rows, features, passthrough, warnings)
-    if enhanced:
-        study["svd"] = svd_section(model.eigenvalues, model.n_samples_fit, k)
-    if quadrant_stats is not None:
-        study["study"] = study_section(quadrant_stats, model.std, model.eigenvalues, model.projectors)
-    _write_json(output / "er.json", er)
-    _write_json(output / "Q_study.json", study)
-    if enhanced:
-        (run_dir / "model").mkdir(exist_ok=True)
-        _write_json(run_dir / "model" / "q4_model.json", model.to_dict(version=__version__))
-    timings["documents"] = time.perf_counter() - clock
-
-    report: Path | None = None
-    if spec.mode == "full":
+        # ---- documents (and plots) while the writer threads finish the row files
         clock = time.perf_counter()
-        report = _render_viz(run_dir / "viz", er, study, sample, model, moments, k)
-        timings["viz"] = time.perf_counter() - clock
+        er = energy.to_dict()
+        rows = {
+            "input": n_input,
+            "valid": moments.n,
+            "rejected": n_input - moments.n,
+            "keep": er["keep"]["rows"],
+            "discard": er["discard"]["rows"],
+        }
+        sha = [digests.get(p) or file_sha256(p) for p in table.paths]
+        input_doc = {"keys": list(table.names), "bytes": table.bytes, "format": table.format, "sha256": sha}
+        study = _study_doc(spec, model, source, input_doc, rows, features, passthrough, warnings)
+        if enhanced:
+            study["svd"] = svd_section(model.eigenvalues, model.n_samples_fit, k)
+        if quadrant_stats is not None:
+            study["study"] = study_section(quadrant_stats, model.std, model.eigenvalues, model.projectors)
+        _write_json(output / "er.json", er)
+        _write_json(output / "Q_study.json", study)
+        if enhanced:
+            (run_dir / "model").mkdir(exist_ok=True)
+            _write_json(run_dir / "model" / "q4_model.json", model.to_dict(version=__version__))
+        timings["documents"] = time.perf_counter() - clock
+
+        report: Path | None = None
+        if spec.mode == "full":
+            clock = time.perf_counter()
+            report = _render_viz(run_dir / "viz", er, study, sample, model, moments, k)
+            timings["viz"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        writers.close()
+        timings["finish_writing"] = time.perf_counter() - clock
 
     artifacts = tuple(_artifacts(run_dir))
     sizes = [p.stat().st_size for p in table.paths]
@@ -417,7 +419,7 @@ class _RowWriters:
             )
             self.svd = TableWriter(output / f"svd_scores{ext}", svd_schema, output_format)
         self._closed = False
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="q4-write")
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="q4-write")
         self._pending: dict[int, Future[None]] = {}
 
     def write(
@@ -523,6 +525,14 @@ def _study_doc(
         "warnings": warnings,
         "model": {"source": source},
     }
+
+
+def _svd_scores(z: NDArray[np.float64], components: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``Z V_k`` as a column-major ``(m, k)`` array (each column contiguous for the writer)."""
+    out = np.empty((z.shape[0], components.shape[0]), dtype=np.float64, order="F")
+    for i, v in enumerate(components):
+        np.dot(z, v, out=out[:, i])
+    return out
 
 
 def _floats(values: NDArray[np.float64]) -> list[float | None]:

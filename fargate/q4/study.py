@@ -94,27 +94,54 @@ def anisotropy(eigenvalues: Array) -> dict[str, float | None]:
 
 @dataclass
 class QuadrantStats:
-    """Per-quadrant moments of the standardized rows and min / max in original units."""
+    """Per-quadrant sums of the standardized rows (and min / max in original units).
+
+    Standardized values are centred and of unit scale, so plain sums of ``z`` and ``zzᵀ`` in
+    float64 lose nothing worth a shifted update here (unlike the raw data of pass 1).
+    """
 
     d: int
-    moments: list[Moments] = field(init=False)
+    rows: NDArray[np.int64] = field(init=False)
+    sums: Array = field(init=False)
+    squares: Array = field(init=False)
     minimum: Array = field(init=False)
     maximum: Array = field(init=False)
 
     def __post_init__(self) -> None:
-        self.moments = [Moments(self.d) for _ in QUADRANTS]
+        self.rows = np.zeros(4, dtype=np.int64)
+        self.sums = np.zeros((4, self.d))
+        self.squares = np.zeros((4, self.d, self.d))
         self.minimum = np.full((4, self.d), np.inf)
         self.maximum = np.full((4, self.d), -np.inf)
 
     def update(self, x: Array, z: Array, labels: NDArray[np.int8]) -> None:
         for q in range(4):
             mask = labels == q + 1
-            if not mask.any():
+            count = int(np.count_nonzero(mask))
+            if not count:
                 continue
-            self.moments[q].update(z[mask])
+            zq = z[mask]
+            self.rows[q] += count
+            self.sums[q] += zq.sum(axis=0)
+            self.squares[q] += zq.T @ zq
             xq = x[mask]
             np.minimum(self.minimum[q], xq.min(axis=0), out=self.minimum[q])
             np.maximum(self.maximum[q], xq.max(axis=0), out=self.maximum[q])
+
+    @property
+    def moments(self) -> list[Moments]:
+        """Count, mean and co-moments of each quadrant's standardized rows."""
+        out = []
+        for q in range(4):
+            m = Moments(self.d)
+            n = int(self.rows[q])
+            if n:
+                mean = self.sums[q] / n
+                m.n = n
+                m.offset = mean
+                m.comoment = self.squares[q] - n * np.outer(mean, mean)
+            out.append(m)
+        return out
 
 
 def _group(moments: Sequence[Moments], d: int) -> Moments:
@@ -138,8 +165,9 @@ def study_section(
     d = stats.d
     quadrants: dict[str, Any] = {}
     per_quadrant: dict[str, Any] = {}
+    moments = stats.moments
     for q, name in enumerate(QUADRANTS):
-        m = stats.moments[q]
+        m = moments[q]
         if m.n:
             mean = std.mean + std.scale * m.mean
             sd = std.scale * np.sqrt(m.variance)
@@ -159,8 +187,8 @@ def study_section(
             "lambda1_over_lambda2": shape["lambda1_over_lambda2"],
             "fractional_anisotropy": shape["fractional_anisotropy"],
         }
-    keep = _group([stats.moments[0], stats.moments[3]], d)
-    discard = _group([stats.moments[1], stats.moments[2]], d)
+    keep = _group([moments[0], moments[3]], d)
+    discard = _group([moments[1], moments[2]], d)
     lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
     loadings = projectors[:2] * np.sqrt(lam[:2])[:, None]
     return {
