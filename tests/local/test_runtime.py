@@ -287,3 +287,29 @@ def test_moto_returns_a_queues_redrive_allow_policy(aws_env):
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedriveAllowPolicy": policy})
     named = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedriveAllowPolicy"])["Attributes"]
     assert json.loads(named["RedriveAllowPolicy"]) == json.loads(policy)
+
+
+def test_tls_only_bucket_policy_allows_loopback_requests_and_still_denies(aws_env):
+    # The buckets' DenyInsecureTransport statement, as deployed, must not deny requests to the local emulator,
+    # while an unconditional Deny still denies (the policy is evaluated, not ignored).
+    s3 = boto3.client("s3")
+    bucket = f"tls-only-{time.monotonic_ns()}"
+    s3.create_bucket(Bucket=bucket)
+    statement = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+    }
+    tls_only = {
+        **statement,
+        "Sid": "DenyInsecureTransport",
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [tls_only]}))
+    s3.put_object(Bucket=bucket, Key="run=a/input/x.csv", Body=b"a\n1\n")
+    s3.put_bucket_policy(
+        Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    )
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.put_object(Bucket=bucket, Key="run=a/input/y.csv", Body=b"a\n1\n")

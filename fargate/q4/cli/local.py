@@ -72,7 +72,13 @@ def progress_reporter(title: str) -> Iterator[Callable[[str], None]]:
     """A callback showing progress: a live rich status line on a terminal, plain lines otherwise."""
     if not sys.stderr.isatty():
 
+        last_count = [0.0]
+
         def plain(message: str) -> None:
+            if message.startswith("terraform apply:"):  # a count: at most one line every 10 s
+                if time.monotonic() - last_count[0] < 10:
+                    return
+                last_count[0] = time.monotonic()
             print(f"q4: {message}", file=sys.stderr, flush=True)
 
         yield plain

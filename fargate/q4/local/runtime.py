@@ -193,8 +193,11 @@ class LocalRuntime:
     def _queue_mappings(self) -> list[QueueMapping]:
         mappings = []
         pages = self.lambda_.get_paginator("list_event_source_mappings")
-        for page in pages.paginate(FunctionName=self.function.name):
+        # Filtered here by the mapping's function ARN: moto matches FunctionName literally (name vs ARN).
+        for page in pages.paginate():
             for esm in page["EventSourceMappings"]:
+                if esm.get("FunctionArn", "").split(":")[6:7] != [self.function.name]:
+                    continue
                 arn = esm.get("EventSourceArn", "")
                 if not arn.startswith("arn:aws:sqs:") or esm.get("State", "Enabled") not in (
                     "Enabled",
