@@ -161,6 +161,15 @@ class _Sample:
         self.seen += s.shape[0]
 
 
+#: A chunk holds at most about this many feature cells (wide tables get fewer rows per chunk).
+MAX_CHUNK_CELLS = 4_194_304
+
+
+def effective_chunk_rows(chunk_rows: int, d: int) -> int:
+    """``chunk_rows``, lowered for wide tables so a chunk's arrays stay ~32 MB per copy."""
+    return max(1, min(chunk_rows, max(256, MAX_CHUNK_CELLS // max(d, 1))))
+
+
 def scratch_dir() -> str | None:
     """Where spill files go: ``Q4_SCRATCH_DIR`` if set, else the system temp dir."""
     return os.environ.get("Q4_SCRATCH_DIR") or None
@@ -206,7 +215,8 @@ def _run(
         n_input = 0
         spill = Spill(scratch / "pass1.arrow", table.schema, d) if table.format == "csv" else None
         task = bar.add("Reading", total=table.bytes, unit="bytes")
-        batches = iter_batches(table, spec.chunk_rows, on_bytes=task.advance, digests=digests)
+        chunk_rows = effective_chunk_rows(spec.chunk_rows, d)
+        batches = iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests)
         for _, batch in prefetched(batches):
             block = feature_block(batch, features)
             moments.update(block.values if block.all_valid else block.values[block.valid])
@@ -259,7 +269,7 @@ def _run(
         sample = _Sample(stride=max(1, math.ceil(moments.n / PLOT_SAMPLE_ROWS)))
         task = bar.add("Projecting", total=n_input, unit="rows")
         row = 0
-        for batch, block in prefetched(_second_pass(table, spill, features, spec.chunk_rows)):
+        for batch, block in prefetched(_second_pass(table, spill, features, chunk_rows)):
             x = block.values if block.all_valid else block.values[block.valid]
             z = model.std.apply(x)
             s = scores(z, model.projectors)
