@@ -71,7 +71,6 @@ def register(subparsers: Any) -> None:
 def progress_reporter(title: str) -> Iterator[Callable[[str], None]]:
     """A callback showing progress: a live rich status line on a terminal, plain lines otherwise."""
     if not sys.stderr.isatty():
-
         last_count = [0.0]
 
         def plain(message: str) -> None:
