@@ -217,6 +217,10 @@ def attempt_from_env(environ: Mapping[str, str]) -> int:
 # ---------------------------------------------------------------- validation
 
 
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in text)
+
+
 def _check_key(field: str, value: object, run_id: str) -> str:
     if not isinstance(value, str):
         raise Rejection("invalid_type", f"'{field}' must be a string, got {type(value).__name__}.", run_id)
@@ -226,7 +230,7 @@ def _check_key(field: str, value: object, run_id: str) -> str:
             f"'{field}' must be a non-empty S3 key of at most {MAX_KEY_LENGTH} characters.",
             run_id,
         )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value) or "\\" in value:
+    if _has_control(value) or "\\" in value:
         raise Rejection(
             "invalid_key",
             f"'{field}' contains control characters or backslashes; use a plain S3 key.",
@@ -309,10 +313,10 @@ def parse_job(message: object) -> Job:
     if features is not None:
         if not isinstance(features, list) or not all(isinstance(name, str) for name in features):
             raise Rejection("invalid_type", "'features' must be a list of column names (strings).", run_id)
-        if not features or any(name == "" or "," in name for name in features):
+        if not features or any(name == "" or "," in name or _has_control(name) for name in features):
             raise Rejection(
                 "invalid_features",
-                "'features' must be a non-empty list of column names without commas.",
+                "'features' must be a non-empty list of column names without commas or control characters.",
                 run_id,
             )
         if len(set(features)) != len(features):
