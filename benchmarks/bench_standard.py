@@ -17,6 +17,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -90,21 +91,34 @@ def generate_parquet(path: Path, rows: int, cols: int, seed: int = 8) -> None:
     tmp.rename(path)
 
 
-def measure(label: str, argv: list[str], out: Path) -> dict[str, float | str]:
-    """Run ``argv`` as a child process; wall seconds and the child's peak RSS in MB."""
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    start = time.perf_counter()
-    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage
-    wall = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{label} failed with exit code {child.returncode}")
-    rss = usage.ru_maxrss / 1024  # Linux: KiB
-    print(f"  {label:<40} {wall:8.2f} s   peak RSS {rss:8.0f} MB", flush=True)
-    return {"label": label, "wall": wall, "rss": rss}
+def measure(label: str, argv: list[str], out: Path, repeat: int = 1) -> dict[str, float | str]:
+    """Run ``argv`` ``repeat`` times as a child process: median wall s, CPU s and peak RSS (MB)."""
+    walls, cpus, rsss = [], [], []
+    for _ in range(repeat):
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        start = time.perf_counter()
+        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage
+        walls.append(time.perf_counter() - start)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{label} failed with exit code {os.waitstatus_to_exitcode(status)}")
+        cpus.append(usage.ru_utime + usage.ru_stime)
+        rsss.append(usage.ru_maxrss / 1024)  # Linux: KiB
+    result: dict[str, float | str] = {
+        "label": label,
+        "wall": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "rss": max(rsss),
+        "runs": repeat,
+    }
+    print(
+        f"  {label:<44} {result['wall']:7.2f} s wall  {result['cpu']:7.2f} s CPU  "
+        f"{result['rss']:6.0f} MB peak  (median of {repeat})",
+        flush=True,
+    )
+    return result
 
 
 def q4(*args: str) -> list[str]:
@@ -117,6 +131,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--parquet-rows", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of q4 and the floor (median is kept)")
     parser.add_argument("--only", choices=("speed", "memory", "full"), action="append")
     args = parser.parse_args()
     only = set(args.only or ("speed", "memory", "full"))
@@ -124,65 +139,63 @@ def main() -> None:
     parquet_path = DATA / f"bench_{args.parquet_rows}x8.parquet"
     work = DATA / "work"
     machine = platform.processor() or platform.machine()
-    print(f"machine: {machine}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine: {machine}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load}")
 
-    results = []
+    r: dict[str, dict[str, float | str]] = {}
     if only & {"speed", "full"}:
         generate_csv(csv_path, args.rows, 16)
         print(f"input: {csv_path.name}, {csv_path.stat().st_size / 1e6:.0f} MB")
     if "speed" in only:
-        results.append(
-            measure(
-                "I/O floor (pyarrow read_csv + write_csv)",
-                [sys.executable, "-c", IO_FLOOR, str(csv_path), str(work / "floor")],
-                work / "floor",
-            )
-        )
-        results.append(
-            measure(
-                "q4 run --mode standard",
-                q4(str(csv_path), "--out", str(work / "q4"), "--run-id", "bench"),
-                work / "q4",
-            )
-        )
-        results.append(
-            measure(
-                "seeds' approach (pandas + sklearn)",
-                [sys.executable, "-c", SEEDS_APPROACH, str(csv_path), str(work / "seeds")],
-                work / "seeds",
-            )
-        )
+        floor_argv = [sys.executable, "-c", IO_FLOOR, str(csv_path), str(work / "floor")]
+        q4_argv = q4(str(csv_path), "--out", str(work / "q4"), "--run-id", "bench")
+        # interleave the repeats so a busy moment on the shared machine hits both alike
+        floors, q4s = [], []
+        for _ in range(args.repeat):
+            floors.append(measure("I/O floor (pyarrow read_csv + write_csv)", floor_argv, work / "floor"))
+            q4s.append(measure("q4 run --mode standard", q4_argv, work / "q4"))
+        r["floor"] = _median(floors)
+        r["standard"] = _median(q4s)
+        seeds_argv = [sys.executable, "-c", SEEDS_APPROACH, str(csv_path), str(work / "seeds")]
+        r["seeds"] = measure("seeds' approach (pandas + sklearn)", seeds_argv, work / "seeds")
     if "full" in only:
-        results.append(
-            measure(
-                "q4 run --mode full",
-                q4(str(csv_path), "--out", str(work / "full"), "--run-id", "bench", "--mode", "full"),
-                work / "full",
-            )
-        )
+        full_argv = q4(str(csv_path), "--out", str(work / "full"), "--run-id", "bench", "--mode", "full")
+        r["full"] = measure("q4 run --mode full", full_argv, work / "full")
     if "memory" in only:
         generate_parquet(parquet_path, args.parquet_rows, 8)
         print(f"input: {parquet_path.name}, {parquet_path.stat().st_size / 1e6:.0f} MB")
-        results.append(
-            measure(
-                "q4 run --mode standard, Parquet in/out",
-                q4(
-                    str(parquet_path),
-                    "--out",
-                    str(work / "pq"),
-                    "--run-id",
-                    "bench",
-                    "--output-format",
-                    "parquet",
-                ),
-                work / "pq",
-            )
+        pq_argv = q4(
+            str(parquet_path), "--out", str(work / "pq"), "--run-id", "bench", "--output-format", "parquet"
         )
+        r["parquet"] = measure("q4 run --mode standard, Parquet in/out", pq_argv, work / "pq")
+
     print()
-    print("| run | wall (s) | peak RSS (MB) |")
-    print("| --- | ---: | ---: |")
-    for r in results:
-        print(f"| {r['label']} | {r['wall']:.2f} | {r['rss']:.0f} |")
+    print("| run | wall (s) | CPU (s) | peak RSS (MB) |")
+    print("| --- | ---: | ---: | ---: |")
+    for item in r.values():
+        print(f"| {item['label']} | {item['wall']:.2f} | {item['cpu']:.2f} | {item['rss']:.0f} |")
+    print()
+
+    def ratio(a: str, b: str) -> float:
+        return float(r[a]["wall"]) / float(r[b]["wall"])
+
+    if "floor" in r:
+        print(f"q4 standard / I/O floor: {ratio('standard', 'floor'):.2f}x (target <= 1.25)")
+        print(f"seeds / q4 standard: {ratio('seeds', 'standard'):.1f}x (target >= 5)")
+    if "full" in r and "standard" in r:
+        print(f"q4 full / q4 standard: {ratio('full', 'standard'):.2f}x (target <= 2)")
+    if "parquet" in r:
+        print(f"Parquet 10M x 8 peak RSS: {float(r['parquet']['rss']):.0f} MB (target < 400)")
+
+
+def _median(results: list[dict[str, float | str]]) -> dict[str, float | str]:
+    return {
+        "label": results[0]["label"],
+        "wall": statistics.median(float(x["wall"]) for x in results),
+        "cpu": statistics.median(float(x["cpu"]) for x in results),
+        "rss": max(float(x["rss"]) for x in results),
+        "runs": len(results),
+    }
 
 
 if __name__ == "__main__":
