@@ -259,3 +259,40 @@ def test_task_with_an_invalid_job_environment_fails_the_run(
     assert error["code"] == "unknown_mode"
     (done,) = drain(pipeline.done_queue_url)
     assert done["status"] == "failed" and done["error"]["code"] == "unknown_mode"
+
+
+def test_compute_comes_from_the_ecs_task_metadata_endpoint(
+    pipeline: Pipeline, aws_env: dict[str, str]
+) -> None:
+    import http.server
+    import threading
+
+    metadata = {
+        "TaskARN": "arn:aws:ecs:us-east-1:123456789012:task/q4/abc",
+        "Limits": {"CPU": 2, "Memory": 8192},
+    }
+
+    class MetadataHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(metadata).encode() if self.path == "/v4/task" else b"{}"
+            self.send_response(200 if self.path == "/v4/task" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), MetadataHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        put(pipeline.archive_bucket, SEED_KEY, table())
+        job = accept(pipeline, {"input_key": SEED_KEY, "run_id": RUN_ID})
+        uri = f"http://127.0.0.1:{server.server_address[1]}/v4"
+        process = run_task(pipeline, aws_env, job, ECS_CONTAINER_METADATA_URI_V4=uri, Q4_TASK_ARN=None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert process.returncode == 0, process.stdout
+    manifest = json.loads(read(pipeline.artifacts_bucket, contract.manifest_key(RUN_ID)))
+    assert manifest["compute"] == {"task_arn": metadata["TaskARN"], "cpu": 2, "memory": 8192, "attempt": 1}
