@@ -6,7 +6,6 @@ locals {
   archive_input_objects = "${module.archive_bucket.arn}/run=*/input/*"
   artifacts_run_objects = "${module.artifacts_bucket.arn}/run=*/*"
   task_family_arn       = "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task-definition/${aws_ecs_task_definition.task.family}:*"
-  cluster_task_arns     = "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/*"
 }
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
@@ -224,12 +223,6 @@ data "aws_iam_policy_document" "orchestrator" {
       variable = "ecs:cluster"
       values   = [aws_ecs_cluster.this.arn]
     }
-  }
-
-  statement {
-    sid       = "InspectTasks"
-    actions   = ["ecs:DescribeTasks"]
-    resources = [local.cluster_task_arns]
   }
 
   statement {

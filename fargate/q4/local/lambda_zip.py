@@ -55,8 +55,20 @@ def _run(args: Sequence[str], what: str) -> str:
 
 def export_requirements() -> str:
     """The ``lambda`` group pinned from uv.lock, as a requirements file (no hashes, no project)."""
-    return _run(["uv", "export", "--only-group", DEPENDENCY_GROUP, "--frozen", "--no-hashes",
-                 "--no-emit-project", "--no-header", "--no-annotate"], "export the lambda dependency group")
+    return _run(
+        [
+            "uv",
+            "export",
+            "--only-group",
+            DEPENDENCY_GROUP,
+            "--frozen",
+            "--no-hashes",
+            "--no-emit-project",
+            "--no-header",
+            "--no-annotate",
+        ],
+        "export the lambda dependency group",
+    )
 
 
 def install_dependencies(requirements: str, target: Path) -> None:
@@ -65,9 +77,28 @@ def install_dependencies(requirements: str, target: Path) -> None:
     req_file.write_text(requirements)
     if not requirements.strip() or all(ln.startswith("#") for ln in requirements.splitlines() if ln.strip()):
         return
-    _run(["uv", "pip", "install", "--quiet", "--target", str(target), "--requirement", str(req_file),
-          "--python-version", TARGET_PYTHON, "--python-platform", TARGET_PLATFORM, "--only-binary", ":all:",
-          "--no-compile", "--link-mode", "copy"], "install the lambda dependencies")
+    _run(
+        [
+            "uv",
+            "pip",
+            "install",
+            "--quiet",
+            "--target",
+            str(target),
+            "--requirement",
+            str(req_file),
+            "--python-version",
+            TARGET_PYTHON,
+            "--python-platform",
+            TARGET_PLATFORM,
+            "--only-binary",
+            ":all:",
+            "--no-compile",
+            "--link-mode",
+            "copy",
+        ],
+        "install the lambda dependencies",
+    )
 
 
 def _files(root: Path) -> Iterator[Path]:
@@ -98,14 +129,17 @@ def write_zip(staging: Path, out: Path) -> Path:
 def build(out: Path = DEFAULT_ZIP, *, with_dependencies: bool = True) -> Path:
     """Build the orchestrator zip at ``out`` and return its path."""
     if not (PACKAGE_DIR / "__init__.py").is_file():
-        raise LambdaZipError("lambda_zip_failed", f"{PACKAGE_DIR} is not a Python package; run from a q4 checkout.")
+        raise LambdaZipError(
+            "lambda_zip_failed", f"{PACKAGE_DIR} is not a Python package; run from a q4 checkout."
+        )
     with tempfile.TemporaryDirectory(prefix="q4-lambda-") as tmp:
         staging = Path(tmp) / "package"
         staging.mkdir()
         if with_dependencies:
             install_dependencies(export_requirements(), staging)
-        shutil.copytree(PACKAGE_DIR, staging / PACKAGE_DIR.name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            PACKAGE_DIR, staging / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
         return write_zip(staging, out)
 
 
@@ -115,7 +149,9 @@ def source_code_hash(path: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m q4.local.lambda_zip", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m q4.local.lambda_zip", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_ZIP, help="zip to write (default: %(default)s)")
     args = parser.parse_args(argv)
     try:

@@ -37,9 +37,25 @@ OVERRIDE_NAME = "q4_emulator_override.tf"
 
 # Services the module talks to; each gets the emulator endpoint in the override.
 EMULATED_SERVICES = (
-    "cloudwatch", "configservice", "ec2", "ecr", "ecs", "events", "iam", "lambda", "logs", "s3", "sqs", "sts",
+    "cloudwatch",
+    "configservice",
+    "ec2",
+    "ecr",
+    "ecs",
+    "events",
+    "iam",
+    "lambda",
+    "logs",
+    "s3",
+    "sqs",
+    "sts",
 )
-_SKIPPED_IN_COPY = (".terraform", "terraform.tfstate", "terraform.tfstate.backup", ".terraform.tfstate.lock.info")
+_SKIPPED_IN_COPY = (
+    ".terraform",
+    "terraform.tfstate",
+    "terraform.tfstate.backup",
+    ".terraform.tfstate.lock.info",
+)
 
 
 class TerraformError(Q4Error):
@@ -47,10 +63,12 @@ class TerraformError(Q4Error):
 
 
 def _mirror_roots() -> list[Path]:
-    """Where a filesystem mirror may live: Terraform's implied local mirror dirs, then common install roots."""
+    """Where a filesystem mirror may live: implied local mirror dirs, then common install roots."""
     home = Path.home()
     data_home = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
-    data_dirs = [Path(p) for p in (os.environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share").split(":") if p]
+    data_dirs = [
+        Path(p) for p in (os.environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share").split(":") if p
+    ]
     implied = [home / ".terraform.d" / "plugins", data_home / "terraform" / "plugins"]
     implied += [d / "terraform" / "plugins" for d in data_dirs]
     return [*implied, Path("/opt"), Path("/usr/local/share"), Path("/usr/share"), home]
@@ -72,13 +90,16 @@ def _search(root: Path, max_depth: int) -> Path | None:
                 children = sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink())
             except OSError:
                 continue
-            next_level += [p for p in children if p.name not in {".terraform", ".git", "node_modules", ".venv"}]
+            next_level += [
+                p for p in children if p.name not in {".terraform", ".git", "node_modules", ".venv"}
+            ]
         level = next_level
     return None
 
 
-def find_plugin_mirror(environ: Mapping[str, str] | None = None, roots: Iterable[Path] | None = None,
-                       max_depth: int = 3) -> Path | None:
+def find_plugin_mirror(
+    environ: Mapping[str, str] | None = None, roots: Iterable[Path] | None = None, max_depth: int = 3
+) -> Path | None:
     """The filesystem mirror directory holding the AWS provider, or None to use the registry.
 
     ``Q4_TF_PLUGIN_MIRROR`` wins when set (an empty value disables the search); otherwise the first of
@@ -106,18 +127,19 @@ def find_plugin_mirror(environ: Mapping[str, str] | None = None, roots: Iterable
 
 
 def cli_config(mirror: Path) -> str:
-    """A Terraform CLI configuration: hashicorp/aws from ``mirror``, every other provider from its registry."""
+    """A Terraform CLI configuration: hashicorp/aws from ``mirror``, other providers from their registry."""
     path = json.dumps(str(mirror))
     return (
         "provider_installation {\n"
-        f"  filesystem_mirror {{\n    path    = {path}\n    include = [\"{AWS_PROVIDER}\"]\n  }}\n"
-        f"  direct {{\n    exclude = [\"{AWS_PROVIDER}\"]\n  }}\n"
+        f'  filesystem_mirror {{\n    path    = {path}\n    include = ["{AWS_PROVIDER}"]\n  }}\n'
+        f'  direct {{\n    exclude = ["{AWS_PROVIDER}"]\n  }}\n'
         "}\n"
     )
 
 
-def terraform_env(workdir: Path, base_env: Mapping[str, str] | None = None,
-                  mirror: Path | None | bool = True) -> dict[str, str]:
+def terraform_env(
+    workdir: Path, base_env: Mapping[str, str] | None = None, mirror: Path | bool | None = True
+) -> dict[str, str]:
     """Environment for running terraform in ``workdir``.
 
     ``mirror=True`` looks for a plugin mirror (:func:`find_plugin_mirror`), a path uses that mirror,
@@ -139,7 +161,7 @@ def terraform_env(workdir: Path, base_env: Mapping[str, str] | None = None,
 
 
 def copy_module(dest: Path, source: Path = MODULE_DIR) -> Path:
-    """Copy the Terraform module to ``dest`` (without state, caches or local overrides) and return ``dest``."""
+    """Copy the Terraform module to ``dest`` (without state, caches or overrides); returns ``dest``."""
 
     def ignore(directory: str, names: list[str]) -> list[str]:
         return [n for n in names if n in _SKIPPED_IN_COPY or n.endswith("_override.tf")]
@@ -154,8 +176,8 @@ def emulator_override(endpoint_url: str) -> str:
     return (
         "# Written by q4.local.terraform for an emulator; never commit.\n"
         'provider "aws" {\n'
-        "  access_key                  = \"testing\"\n"
-        "  secret_key                  = \"testing\"\n"
+        '  access_key                  = "testing"\n'
+        '  secret_key                  = "testing"\n'
         "  skip_credentials_validation = true\n"
         "  skip_metadata_api_check     = true\n"
         "  skip_region_validation      = true\n"
@@ -172,19 +194,34 @@ def write_emulator_override(workdir: Path, endpoint_url: str) -> Path:
     return path
 
 
-def run(workdir: Path, args: Sequence[str], env: Mapping[str, str], *, capture: bool = True,
-        timeout: float | None = 1800) -> subprocess.CompletedProcess[str]:
+def run(
+    workdir: Path,
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    capture: bool = True,
+    timeout: float | None = 1800,
+) -> subprocess.CompletedProcess[str]:
     """Run ``terraform <args>`` in ``workdir``; raise :class:`TerraformError` with its last error lines."""
     binary = shutil.which("terraform", path=env.get("PATH"))
     if binary is None:
-        raise TerraformError("terraform_missing",
-                             "terraform is not on PATH; install Terraform >= 1.6 and try again.")
+        raise TerraformError(
+            "terraform_missing", "terraform is not on PATH; install Terraform >= 1.6 and try again."
+        )
     try:
-        result = subprocess.run([binary, *args], cwd=workdir, env=dict(env), text=True, timeout=timeout,
-                                capture_output=capture, check=False)
+        result = subprocess.run(
+            [binary, *args],
+            cwd=workdir,
+            env=dict(env),
+            text=True,
+            timeout=timeout,
+            capture_output=capture,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
-        raise TerraformError("terraform_timeout",
-                             f"terraform {args[0]} did not finish within {timeout:.0f} s.") from exc
+        raise TerraformError(
+            "terraform_timeout", f"terraform {args[0]} did not finish within {timeout:.0f} s."
+        ) from exc
     if result.returncode != 0:
         tail = _error_summary(result.stderr or "")
         raise TerraformError(
@@ -224,8 +261,14 @@ def init(workdir: Path, env: Mapping[str, str], *, backend: bool = False) -> Non
 
 def validate(workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
     """``terraform validate -json`` (after :func:`init`); returns its report, raises when invalid."""
-    result = subprocess.run(["terraform", "validate", "-json", "-no-color"], cwd=workdir, env=dict(env),
-                            text=True, capture_output=True, check=False)
+    result = subprocess.run(
+        ["terraform", "validate", "-json", "-no-color"],
+        cwd=workdir,
+        env=dict(env),
+        text=True,
+        capture_output=True,
+        check=False,
+    )
     report: dict[str, Any] = json.loads(result.stdout or "{}")
     if not report.get("valid"):
         messages = "; ".join(d.get("summary", "") for d in report.get("diagnostics", []))
@@ -233,18 +276,30 @@ def validate(workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
     return report
 
 
-def apply(workdir: Path, env: Mapping[str, str], variables: Mapping[str, Any] | None = None, *,
-          parallelism: int = 10, capture: bool = True, timeout: float | None = 1800) -> None:
+def apply(
+    workdir: Path,
+    env: Mapping[str, str],
+    variables: Mapping[str, Any] | None = None,
+    *,
+    parallelism: int = 10,
+    capture: bool = True,
+    timeout: float | None = 1800,
+) -> None:
     """``terraform apply -auto-approve`` with ``variables``."""
     args = ["apply", "-auto-approve", "-input=false", "-no-color", f"-parallelism={parallelism}"]
     run(workdir, [*args, *var_args(variables)], env, capture=capture, timeout=timeout)
 
 
-def destroy(workdir: Path, env: Mapping[str, str], variables: Mapping[str, Any] | None = None, *,
-            capture: bool = True) -> None:
+def destroy(
+    workdir: Path, env: Mapping[str, str], variables: Mapping[str, Any] | None = None, *, capture: bool = True
+) -> None:
     """``terraform destroy -auto-approve`` with the same ``variables`` as the apply."""
-    run(workdir, ["destroy", "-auto-approve", "-input=false", "-no-color", *var_args(variables)], env,
-        capture=capture)
+    run(
+        workdir,
+        ["destroy", "-auto-approve", "-input=false", "-no-color", *var_args(variables)],
+        env,
+        capture=capture,
+    )
 
 
 def output_json(workdir: Path, env: Mapping[str, str]) -> dict[str, Any]:
