@@ -210,6 +210,11 @@ def _run(
     with ExitStack() as stack, Progress(enabled=progress) as bar:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="q4-", dir=scratch_dir())))
         digests: dict[Path, str] = {}
+        # CSV files are hashed as they are parsed; Parquet files (read by row group) on the side.
+        hasher = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="q4-sha256"))
+        parquet_digests = (
+            {p: hasher.submit(file_sha256, p) for p in table.paths} if table.format == "parquet" else {}
+        )
         # ---- pass 1: read, classify, moments
         moments = Moments(d)
         n_input = 0
@@ -295,7 +300,7 @@ def _run(
             "keep": er["keep"]["rows"],
             "discard": er["discard"]["rows"],
         }
-        sha = [digests.get(p) or file_sha256(p) for p in table.paths]
+        sha = [digests[p] if p in digests else parquet_digests[p].result() for p in table.paths]
         input_doc = {"keys": list(table.names), "bytes": table.bytes, "format": table.format, "sha256": sha}
         study = _study_doc(spec, model, source, input_doc, rows, features, passthrough, warnings)
         if enhanced:
