@@ -175,9 +175,18 @@ def _check_names(columns: Sequence[str], path: Path) -> None:
 
 
 def _csv_error(path: Path, exc: Exception) -> InputError:
+    problem = " ".join(str(exc).split())
+    if "UTF8" in problem or "utf-8" in problem.lower():
+        return InputError(
+            "malformed_csv",
+            f"The CSV file {path.name} is not UTF-8 text; save it as UTF-8 and run again.",
+            {"input": str(path), "problem": problem},
+        )
+    if len(problem) > 160:
+        problem = problem[:157] + "..."
     return InputError(
         "malformed_csv",
-        f"The CSV file {path.name} cannot be parsed ({str(exc).strip()}); "
+        f"The CSV file {path.name} cannot be parsed ({problem}); "
         "fix it so every row has as many fields as the header.",
         {"input": str(path), "problem": str(exc)},
     )

@@ -63,6 +63,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     (d / "ragged.csv").write_text("a,b,c\n1,2,3\n4,5\n6,7,8\n")
     (d / "quote.csv").write_text('a,b,c\n1,2,3\n4,"5,6\n')
     (d / "table.txt").write_text("a,b\n1,2\n3,4\n")
+    (d / "latin1.csv").write_bytes("a,b,name\n1,2,Jos\u00e9\n3,4,Ren\u00e9e\n".encode("latin-1"))
     (d / "fake.parquet").write_text("not parquet at all")
     model = Q4Estimator().fit(np.random.default_rng(1).standard_normal((10, 3))).save(d / "model.json")
     good = _good_csv(d)
@@ -75,6 +76,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "ragged": ([str(d / "ragged.csv")], "cannot be parsed"),
         "malformed_quote": ([str(d / "quote.csv")], "cannot be parsed"),
         "unknown_type": ([str(d / "table.txt")], "neither a .csv nor a .parquet"),
+        "not_utf8": ([str(d / "latin1.csv")], "not UTF-8"),
         "not_parquet": ([str(d / "fake.parquet")], "cannot be read"),
         "missing_file": ([str(d / "nope.csv")], "does not exist"),
         "model_features_absent": ([str(good), "--model", str(model)], "missing from the input"),
@@ -86,7 +88,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 CASES = [
     "empty_input", "header_only", "no_numeric", "one_numeric", "all_invalid", "ragged",
     "malformed_quote", "unknown_type", "not_parquet", "missing_file", "model_features_absent",
-    "missing_model", "unknown_feature",
+    "missing_model", "unknown_feature", "not_utf8",
 ]  # fmt: skip
 
 
