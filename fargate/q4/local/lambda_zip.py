@@ -102,7 +102,7 @@ def install_dependencies(requirements: str, target: Path) -> None:
 
 
 def _files(root: Path) -> Iterator[Path]:
-    for path in sorted(root.rglob("*")):
+    for path in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
         parts = path.relative_to(root).parts
         if path.is_dir() or parts[0] in _EXCLUDED_TOP_LEVEL or any(part in _EXCLUDED_DIRS for part in parts):
             continue
