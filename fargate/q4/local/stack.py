@@ -37,6 +37,10 @@ ENV_OUTPUTS = {
     "Q4_WORK_QUEUE_URL": "work_queue_url",
     "Q4_DONE_QUEUE_URL": "done_queue_url",
 }
+#: The local stack's region. Not us-east-1 or any region the aws CLI v1 maps to a legacy SQS host: for
+#: those it forces `--endpoint-url https://<region>.queue.amazonaws.com` and ignores AWS_ENDPOINT_URL, so the
+#: README's `aws sqs send-message` would leave the machine.
+LOCAL_REGION = "eu-central-2"
 #: Variables the local deployment sets (everything else keeps the module's defaults).
 LOCAL_VARIABLES: dict[str, Any] = {"force_destroy": True}
 
@@ -105,7 +109,7 @@ def _start(directory: Path, progress: Progress, max_tasks: int) -> StackState:
     server = emulator.start(log_path=directory / "moto.log")
     state = StackState(
         endpoint_url=server.endpoint_url,
-        region=emulator.REGION,
+        region=LOCAL_REGION,
         moto=ProcessRecord.of(server.process.pid, MOTO_MARKER),
     )
     stack_state.save(directory, state)
