@@ -127,17 +127,18 @@ def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str,
     """Numeric-looking columns, judged on the first 1 MiB of the first CSV file with data rows."""
     for path in paths:
         try:
-            reader = pcsv.open_csv(
-                path,
-                read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES),
-                convert_options=pcsv.ConvertOptions(column_types=schema, strings_can_be_null=False),
-            )
-            try:
-                sample = reader.read_next_batch()
-            except StopIteration:
-                continue
-            finally:
-                reader.close()
+            with path.open("rb") as raw:  # a plain file: pyarrow reads only the blocks asked for
+                reader = pcsv.open_csv(
+                    raw,
+                    read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES, use_threads=False),
+                    convert_options=pcsv.ConvertOptions(column_types=schema, strings_can_be_null=False),
+                )
+                try:
+                    sample = reader.read_next_batch()
+                except StopIteration:
+                    continue
+                finally:
+                    reader.close()
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             raise _csv_error(path, exc) from None
         if sample.num_rows:
@@ -194,9 +195,10 @@ def _csv_error(path: Path, exc: Exception) -> InputError:
 
 def _csv_schema(path: Path) -> pa.Schema:
     try:
-        reader = pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=1 << 20))
-        schema = reader.schema
-        reader.close()
+        with path.open("rb") as raw:
+            reader = pcsv.open_csv(raw, read_options=pcsv.ReadOptions(block_size=1 << 20, use_threads=False))
+            schema = reader.schema
+            reader.close()
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _csv_error(path, exc) from None
     return schema
