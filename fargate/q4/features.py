@@ -51,6 +51,12 @@ def select_features(
                 {"not_numeric": not_numeric},
             )
     if len(chosen) < 2:
+        if features is not None:
+            raise InputError(
+                "too_few_features",
+                f"Only {len(chosen)} feature column was named; Q4 needs at least 2 numeric feature columns.",
+                {"features": chosen},
+            )
         found = "no numeric column" if not chosen else f"only one numeric column ({chosen[0]!r})"
         raise InputError(
             "too_few_features",
