@@ -18,7 +18,6 @@ from typing import Any
 
 import boto3
 import pytest
-
 from q4.local import state as stack_state
 
 pytestmark = pytest.mark.slow
@@ -41,12 +40,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     state_dir = tmp_path_factory.mktemp("stack") / "state"
     env = _clean_env(state_dir)
     started = time.monotonic()
-    up = subprocess.run([Q4, "local", "up", "--detach"], env=env, cwd=REPO, capture_output=True, text=True,
-                        timeout=600, check=False)
+    up = subprocess.run(
+        [Q4, "local", "up", "--detach"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     up_seconds = time.monotonic() - started
     try:
         assert up.returncode == 0, up.stderr[-3000:]
-        exports = subprocess.run([Q4, "local", "env"], env=env, capture_output=True, text=True, check=True).stdout
+        exports = subprocess.run(
+            [Q4, "local", "env"], env=env, capture_output=True, text=True, check=True
+        ).stdout
         aws = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
         aws = {key: shlex.split(value)[0] for key, value in aws.items()}
         print(f"\nlocal stack up in {up_seconds:.0f} s", file=sys.stderr)
@@ -56,24 +64,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def _clients(aws: dict[str, str]) -> tuple[Any, Any]:
-    session = boto3.session.Session(aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
-                                    aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"], region_name=aws["AWS_REGION"])
-    return (session.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"]),
-            session.client("sqs", endpoint_url=aws["AWS_ENDPOINT_URL"]))
+    session = boto3.session.Session(
+        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+        region_name=aws["AWS_REGION"],
+    )
+    return (
+        session.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"]),
+        session.client("sqs", endpoint_url=aws["AWS_ENDPOINT_URL"]),
+    )
 
 
 def _done_message(aws: dict[str, str], run_id: str, timeout: float = 180) -> dict[str, Any]:
     _, sqs = _clients(aws)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for message in sqs.receive_message(QueueUrl=aws["Q4_DONE_QUEUE_URL"], MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=1).get("Messages", []):
+        for message in sqs.receive_message(
+            QueueUrl=aws["Q4_DONE_QUEUE_URL"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", []):
             body = json.loads(message["Body"])
             if body.get("run_id") == run_id:
                 sqs.delete_message(QueueUrl=aws["Q4_DONE_QUEUE_URL"], ReceiptHandle=message["ReceiptHandle"])
                 return dict(body)
-            sqs.change_message_visibility(QueueUrl=aws["Q4_DONE_QUEUE_URL"],
-                                          ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+            sqs.change_message_visibility(
+                QueueUrl=aws["Q4_DONE_QUEUE_URL"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
     raise AssertionError(f"no done message for {run_id} within {timeout} s")
 
 
@@ -83,28 +98,46 @@ def _ledger(state_dir: Path) -> dict[str, Any]:
 
 
 def _sample(path: Path, rows: int = 300) -> Path:
-    lines = ["id,f_1,f_2,f_3"] + [f"r{i},{(i * 7) % 13 - 6},{(i * 5) % 11 - 5}.5,{i % 3}" for i in range(rows)]
+    lines = ["id,f_1,f_2,f_3"] + [
+        f"r{i},{(i * 7) % 13 - 6},{(i * 5) % 11 - 5}.5,{i % 3}" for i in range(rows)
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def test_env_exports_the_deployment_and_up_again_reuses_it(stack):
     aws = stack["aws"]
-    assert set(aws) == {"AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
-                        "AWS_SECRET_ACCESS_KEY", "Q4_ARCHIVE_BUCKET", "Q4_ARTIFACTS_BUCKET", "Q4_WORK_QUEUE_URL",
-                        "Q4_DONE_QUEUE_URL"}
+    assert set(aws) == {
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "Q4_ARCHIVE_BUCKET",
+        "Q4_ARTIFACTS_BUCKET",
+        "Q4_WORK_QUEUE_URL",
+        "Q4_DONE_QUEUE_URL",
+    }
     assert aws["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
     # The values are terraform's outputs, and they name live resources in the emulator.
     outputs = json.loads((stack["state_dir"] / "stack.json").read_text())["outputs"]
     assert aws["Q4_WORK_QUEUE_URL"] == outputs["work_queue_url"]
     s3, sqs = _clients(aws)
     s3.head_bucket(Bucket=aws["Q4_ARCHIVE_BUCKET"])
-    attributes = sqs.get_queue_attributes(QueueUrl=aws["Q4_WORK_QUEUE_URL"], AttributeNames=["All"])["Attributes"]
+    attributes = sqs.get_queue_attributes(QueueUrl=aws["Q4_WORK_QUEUE_URL"], AttributeNames=["All"])[
+        "Attributes"
+    ]
     assert "RedrivePolicy" in attributes
     # A second `up` says so and reuses the same processes.
     before = stack_state.load(stack["state_dir"])
-    again = subprocess.run([Q4, "local", "up", "--detach"], env=stack["env"], capture_output=True, text=True,
-                           timeout=60, check=True)
+    again = subprocess.run(
+        [Q4, "local", "up", "--detach"],
+        env=stack["env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "already up" in again.stderr
     after = stack_state.load(stack["state_dir"])
     assert before is not None and after is not None
@@ -115,28 +148,60 @@ def test_submit_wait_runs_through_the_queue(stack, tmp_path):
     data = _sample(tmp_path / "table.csv")
     env = {**stack["env"], **stack["aws"]}
     started = time.monotonic()
-    result = subprocess.run([Q4, "submit", str(data), "--run-id", "submit-wait-1", "--mode", "enhanced", "--wait",
-                             "--timeout", "240"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [
+            Q4,
+            "submit",
+            str(data),
+            "--run-id",
+            "submit-wait-1",
+            "--mode",
+            "enhanced",
+            "--wait",
+            "--timeout",
+            "240",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     latency = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     print(f"\nq4 submit --wait (enhanced, 300 rows): {latency:.1f} s", file=sys.stderr)
     s3, _ = _clients(stack["aws"])
-    manifest = json.loads(s3.get_object(Bucket=stack["aws"]["Q4_ARTIFACTS_BUCKET"],
-                                        Key="run=submit-wait-1/MANIFEST.json")["Body"].read())
+    manifest = json.loads(
+        s3.get_object(Bucket=stack["aws"]["Q4_ARTIFACTS_BUCKET"], Key="run=submit-wait-1/MANIFEST.json")[
+            "Body"
+        ].read()
+    )
     assert manifest["status"] == "succeeded"
     assert any(a["key"].endswith("model/q4_model.json") for a in manifest["artifacts"])
     # The task ran as a local process with a real exit code, and its STOPPED event reached the orchestrator.
-    entries = [e for e in _ledger(stack["state_dir"]).values()
-               if any(env_.get("value") == "submit-wait-1"
-                      for o in e["task"].get("overrides", {}).get("containerOverrides", [])
-                      for env_ in o.get("environment", []))]
+    entries = [
+        e
+        for e in _ledger(stack["state_dir"]).values()
+        if any(
+            env_.get("value") == "submit-wait-1"
+            for o in e["task"].get("overrides", {}).get("containerOverrides", [])
+            for env_ in o.get("environment", [])
+        )
+    ]
     assert [(e["status"], e["exit_code"]) for e in entries] == [("delivered", 0)]
 
 
 def test_e2e_script_passes_against_the_local_stack(stack):
     env = {**stack["env"], "AWS": str(BIN / "aws"), "PYTHON": sys.executable, "TIMEOUT": "240"}
-    result = subprocess.run(["bash", str(REPO / "scripts" / "test_q4_pipeline.sh")], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "test_q4_pipeline.sh")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout
 
@@ -150,8 +215,15 @@ aws s3 cp {shlex.quote(str(data))} "s3://$Q4_ARCHIVE_BUCKET/run=2025-08-25-001/i
 aws sqs send-message --queue-url "$Q4_WORK_QUEUE_URL" \\
   --message-body '{{"input_key":"run=2025-08-25-001/input/mydata.csv","run_id":"2025-08-25-001"}}'
 """
-    result = subprocess.run(["bash", "-c", script], env=stack["env"], cwd=REPO, capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        env=stack["env"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     done = _done_message(stack["aws"], "2025-08-25-001")
     assert done["status"] == "succeeded", done
@@ -161,9 +233,10 @@ aws sqs send-message --queue-url "$Q4_WORK_QUEUE_URL" \\
 def test_bad_message_is_rejected_and_never_launched(stack):
     _, sqs = _clients(stack["aws"])
     tasks_before = len(_ledger(stack["state_dir"]))
-    sqs.send_message(QueueUrl=stack["aws"]["Q4_WORK_QUEUE_URL"],
-                     MessageBody=json.dumps({"run_id": "bad-1", "input_key": "run=bad-1/input/x.csv",
-                                             "colour": "blue"}))
+    sqs.send_message(
+        QueueUrl=stack["aws"]["Q4_WORK_QUEUE_URL"],
+        MessageBody=json.dumps({"run_id": "bad-1", "input_key": "run=bad-1/input/x.csv", "colour": "blue"}),
+    )
     done = _done_message(stack["aws"], "bad-1", timeout=60)
     assert done["status"] == "rejected"
     assert done["error"]["code"]
@@ -175,8 +248,9 @@ def test_down_stops_everything_it_started(stack):
     state = stack_state.load(stack["state_dir"])
     assert state is not None and state.moto is not None and state.runtime is not None
     assert state.moto.is_ours() and state.runtime.is_ours()
-    result = subprocess.run([Q4, "local", "down"], env=stack["env"], capture_output=True, text=True, timeout=120,
-                            check=False)
+    result = subprocess.run(
+        [Q4, "local", "down"], env=stack["env"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert not state.moto.is_ours() and not state.runtime.is_ours()
     # No process whose command line names this state dir is left (runtime, tasks), and the endpoint is closed.
@@ -184,5 +258,7 @@ def test_down_stops_everything_it_started(stack):
     assert str(stack["state_dir"]) not in leftovers
     with pytest.raises(Exception):  # noqa: B017 - any connection error
         _clients(stack["aws"])[1].list_queues()
-    env_after = subprocess.run([Q4, "local", "env"], env=stack["env"], capture_output=True, text=True, check=False)
+    env_after = subprocess.run(
+        [Q4, "local", "env"], env=stack["env"], capture_output=True, text=True, check=False
+    )
     assert env_after.returncode != 0 and "not running" in env_after.stderr
