@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
         help=f"local stack state directory (default: ${stack_state.STATE_DIR_ENV} or ./.q4/local)",
     )
     demo.add_argument(
-        "--to", type=Path, default=Path("q4-demo"), help="where to download the run (default: q4-demo)"
+        "--to", type=Path, default=Path(".q4") / "demo", help="where to download the run (default: .q4/demo)"
     )
     demo.add_argument("--rows", type=int, default=2000, help="rows of sample data (default 2000)")
     demo.add_argument(
