@@ -73,6 +73,12 @@ variable "max_receive_count" {
   }
 }
 
+variable "restrict_dlq_sources" {
+  description = "Allow only the work queue to use the DLQ (redrive allow policy); plain moto server never reports it back, so emulators set false."
+  type        = bool
+  default     = true
+}
+
 variable "message_retention_seconds" {
   description = "Retention of work and done messages in seconds, 60-1209600 (the DLQ always keeps 14 days)."
   type        = number
@@ -128,7 +134,7 @@ variable "sqs_batch_size" {
 }
 
 variable "event_source_mapping_enabled" {
-  description = "Whether the work queue triggers the orchestrator (the local stack sets false and polls the queue itself)."
+  description = "Whether the work queue triggers the orchestrator; false on a plain moto server, whose own poller would try to run the function in Docker."
   type        = bool
   default     = true
 }
@@ -218,7 +224,7 @@ variable "task_cpu_architecture" {
 variable "chunk_rows" {
   description = "Rows per chunk of the streamed Q4 computation (Q4_CHUNK_ROWS), 1000-10000000: bounds task memory."
   type        = number
-  default     = 262144
+  default     = 65536
 
   validation {
     condition     = var.chunk_rows >= 1000 && var.chunk_rows <= 10000000

@@ -313,3 +313,42 @@ def state_resources(workdir: Path, env: Mapping[str, str]) -> list[str]:
     """Addresses of the resources in the state (``terraform state list``)."""
     result = run(workdir, ["state", "list"], env)
     return [line for line in result.stdout.splitlines() if line]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m q4.local.terraform`` for shell scripts.
+
+    ``cli-config DIR`` prints ``export TF_CLI_CONFIG_FILE=...`` when a provider mirror exists (nothing
+    otherwise); ``copy DIR [ENDPOINT]`` copies the module to DIR and, with ENDPOINT, writes the emulator
+    override there.
+    """
+    import argparse
+    import shlex
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m q4.local.terraform", description=main.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    config = commands.add_parser("cli-config", help="write a mirror CLI config, print its export")
+    config.add_argument("directory", type=Path)
+    copy = commands.add_parser("copy", help="copy infrastructure/ (optionally with an emulator override)")
+    copy.add_argument("directory", type=Path)
+    copy.add_argument("endpoint", nargs="?")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "cli-config":
+            environ = {k: v for k, v in os.environ.items() if k != "TF_CLI_CONFIG_FILE"}
+            env = terraform_env(args.directory, base_env=environ)
+            if "TF_CLI_CONFIG_FILE" in env:
+                print(f"export TF_CLI_CONFIG_FILE={shlex.quote(env['TF_CLI_CONFIG_FILE'])}")
+        else:
+            copy_module(args.directory)
+            if args.endpoint:
+                write_emulator_override(args.directory, args.endpoint)
+    except Q4Error as exc:
+        print(f"q4.local.terraform: error: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -36,11 +36,11 @@ variable "extra_policy_json" {
   default     = null
 }
 
-#checkov:skip=CKV_AWS_18:Access logging needs a separate log bucket per account; CloudTrail data events are the recommended audit path and are an account-level choice.
-#checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; inputs are the user's copies and artifacts are reproducible from them.
-#checkov:skip=CKV_AWS_145:SSE-S3 (AES256) is used so that any reader with IAM access can decrypt without a KMS key policy; set a KMS key in a fork if required.
-#checkov:skip=CKV2_AWS_62:The pipeline is driven by SQS work messages, not by S3 event notifications.
 resource "aws_s3_bucket" "this" {
+  #checkov:skip=CKV_AWS_18:Access logging needs a separate log bucket per account; CloudTrail data events are the recommended audit path and are an account-level choice.
+  #checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; inputs are the user's copies and artifacts are reproducible from them.
+  #checkov:skip=CKV_AWS_145:SSE-S3 (AES256) is used so that any reader with IAM access can decrypt without a KMS key policy; set a KMS key in a fork if required.
+  #checkov:skip=CKV2_AWS_62:The pipeline is driven by SQS work messages, not by S3 event notifications.
   bucket        = var.bucket_name
   force_destroy = var.force_destroy
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Deploy the Q4 control plane once: build the Lambda zip, terraform apply infrastructure/, build and push the
+# task image to the stack's ECR repository.
+#
+#   scripts/deploy.sh [terraform apply options...]      e.g. -var region=eu-west-1 -var-file=prod.tfvars
+#
+# Environment:
+#   IMAGE_TAG       tag of the task image (default: git-<short sha>, plus -dirty-<time> for uncommitted trees);
+#                   ECR tags are immutable, so every build gets a new tag.
+#   SKIP_IMAGE=1    do not build or push the image (default when no docker engine answers).
+#   AWS_ENDPOINT_URL  deploy to an emulator instead (docker-compose's moto or LocalStack): Terraform runs in a
+#                   copy under build/emulator-terraform with the endpoint override; no image is pushed.
+#   AUTO_APPROVE=0  let terraform ask before applying (default: apply without asking).
+# Credentials and region come from the usual AWS chain (AWS_PROFILE, AWS_REGION, ...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+
+say() { printf '== %s\n' "$*"; }
+die() { printf 'deploy: %s\n' "$*" >&2; exit 1; }
+
+command -v terraform >/dev/null 2>&1 || die "terraform is not on PATH; install Terraform >= 1.6 and try again."
+command -v uv >/dev/null 2>&1 || die "uv is not on PATH; install uv (https://docs.astral.sh/uv/) and try again."
+
+if [ -z "${IMAGE_TAG:-}" ]; then
+    IMAGE_TAG="git-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
+    if [ -n "$(git status --porcelain -- fargate orchestrator pyproject.toml uv.lock 2>/dev/null)" ]; then
+        IMAGE_TAG="${IMAGE_TAG}-dirty-$(date -u +%Y%m%d%H%M%S)"
+    fi
+fi
+
+say "building the orchestrator zip"
+ZIP="$ROOT/build/orchestrator.zip"
+scripts/build_lambda_zip.sh "$ZIP"
+
+if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
+    WORKDIR="$ROOT/build/emulator-terraform"
+    say "terraform against the emulator at $AWS_ENDPOINT_URL (in $WORKDIR)"
+    uv run python -m q4.local.terraform copy "$WORKDIR" "$AWS_ENDPOINT_URL"
+    SKIP_IMAGE=1
+    EXTRA_VARS=(-var force_destroy=true -var event_source_mapping_enabled=false -var restrict_dlq_sources=false)
+else
+    WORKDIR="$ROOT/infrastructure"
+    EXTRA_VARS=()
+fi
+# Offline machines keep the AWS provider in a filesystem mirror: use it when there is one.
+eval "$(uv run python -m q4.local.terraform cli-config "$ROOT/build/terraform-cli")"
+if [ -n "${TF_CLI_CONFIG_FILE:-}" ] && [ ! -f "$TF_CLI_CONFIG_FILE" ]; then unset TF_CLI_CONFIG_FILE; fi
+
+APPROVE=(-auto-approve)
+[ "${AUTO_APPROVE:-1}" = "0" ] && APPROVE=()
+
+say "terraform init"
+terraform -chdir="$WORKDIR" init -input=false
+
+repository_url() { terraform -chdir="$WORKDIR" output -raw ecr_repository_url 2>/dev/null || true; }
+
+docker_ready() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+if [ "${SKIP_IMAGE:-}" != "1" ] && ! docker_ready; then
+    echo "deploy: no docker engine answers; the image is not built (set SKIP_IMAGE=1 to silence this)." >&2
+    SKIP_IMAGE=1
+fi
+
+push_image() {
+    local repo="$1" registry="${1%%/*}" region
+    region="$(terraform -chdir="$WORKDIR" output -raw region)"
+    say "building and pushing $repo:$IMAGE_TAG"
+    aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry"
+    docker build --platform linux/amd64 -f fargate/Dockerfile -t "$repo:$IMAGE_TAG" .
+    docker push "$repo:$IMAGE_TAG"
+}
+
+# Push before the apply when the repository already exists, so the new task definition never names a
+# missing image; on the first deployment the repository only exists after the apply.
+REPO="$(repository_url)"
+PUSHED=0
+if [ "${SKIP_IMAGE:-}" != "1" ] && [ -n "$REPO" ]; then
+    push_image "$REPO"
+    PUSHED=1
+fi
+
+say "terraform apply (image tag $IMAGE_TAG)"
+terraform -chdir="$WORKDIR" apply -input=false "${APPROVE[@]}" \
+    -var "lambda_zip_path=$ZIP" -var "image_tag=$IMAGE_TAG" "${EXTRA_VARS[@]}" "$@"
+
+if [ "${SKIP_IMAGE:-}" != "1" ] && [ "$PUSHED" = "0" ]; then
+    push_image "$(repository_url)"
+fi
+
+say "deployed"
+terraform -chdir="$WORKDIR" output
