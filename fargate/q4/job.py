@@ -170,6 +170,14 @@ def effective_chunk_rows(chunk_rows: int, d: int) -> int:
     return max(1, min(chunk_rows, max(256, MAX_CHUNK_CELLS // max(d, 1))))
 
 
+def single_threaded_blas() -> Any:
+    """BLAS on one thread during the passes: its products are small here, and spinning BLAS
+    threads starve the reader and writer threads on a small machine."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def scratch_dir() -> str | None:
     """Where spill files go: ``Q4_SCRATCH_DIR`` if set, else the system temp dir."""
     return os.environ.get("Q4_SCRATCH_DIR") or None
@@ -219,17 +227,20 @@ def _run(
         moments = Moments(d)
         n_input = 0
         spill = Spill(scratch / "pass1.arrow", table.schema, d) if table.format == "csv" else None
+        if spill is not None:
+            stack.callback(spill.close)
         task = bar.add("Reading", total=table.bytes, unit="bytes")
         chunk_rows = effective_chunk_rows(spec.chunk_rows, d)
         batches = iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests)
-        for _, batch in prefetched(batches):
-            block = feature_block(batch, features)
-            moments.update(block.values if block.all_valid else block.values[block.valid])
-            n_input += batch.num_rows
+        with single_threaded_blas():
+            for _, batch in prefetched(batches):
+                block = feature_block(batch, features)
+                moments.update(block.values if block.all_valid else block.values[block.valid])
+                n_input += batch.num_rows
+                if spill is not None:
+                    spill.write(batch, block)
             if spill is not None:
-                spill.write(batch, block)
-        if spill is not None:
-            spill.close()
+                spill.close()
         task.done()
         timings["read"] = time.perf_counter() - clock
 
@@ -274,19 +285,20 @@ def _run(
         sample = _Sample(stride=max(1, math.ceil(moments.n / PLOT_SAMPLE_ROWS)))
         task = bar.add("Projecting", total=n_input, unit="rows")
         row = 0
-        for batch, block in prefetched(_second_pass(table, spill, features, chunk_rows)):
-            x = block.values if block.all_valid else block.values[block.valid]
-            z = model.std.apply(x)
-            s = scores(z, model.projectors)
-            labels = quadrant_labels(s)
-            svd = _svd_scores(z, model.components[:k]) if enhanced else None
-            writers.write(batch, block, row, s, labels, svd)
-            energy.update(z, s, labels)
-            if quadrant_stats is not None:
-                quadrant_stats.update(x, z, labels)
-            sample.take(s, labels, svd)
-            row += batch.num_rows
-            task.advance(batch.num_rows)
+        with single_threaded_blas():
+            for batch, block in prefetched(_second_pass(table, spill, features, chunk_rows)):
+                x = block.values if block.all_valid else block.values[block.valid]
+                z = model.std.apply(x)
+                s = scores(z, model.projectors)
+                labels = quadrant_labels(s)
+                svd = _svd_scores(z, model.components[:k]) if enhanced else None
+                writers.write(batch, block, row, s, labels, svd)
+                energy.update(z, s, labels)
+                if quadrant_stats is not None:
+                    quadrant_stats.update(x, z, labels)
+                sample.take(s, labels, svd)
+                row += batch.num_rows
+                task.advance(batch.num_rows)
         task.done()
         timings["project"] = time.perf_counter() - clock
 

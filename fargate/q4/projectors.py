@@ -37,7 +37,9 @@ class Standardization:
 
     def apply(self, x: Array) -> Array:
         """Standardize rows ``x`` of shape ``(m, d)``."""
-        z = ((x - self.shift) - self.offset) / self.scale
+        z = np.subtract(x, self.shift)  # one new array, then in place
+        z -= self.offset
+        z /= self.scale
         if self.constant.any():
             z[:, self.constant] = 0.0
         return z

@@ -15,6 +15,7 @@ import io
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -378,6 +379,11 @@ class Spill:
         self._schema = pa.schema([*schema, *extra, pa.field("__q4_reason", pa.string())])
         self._sink = pa.OSFile(str(path), "wb")
         self._writer = pa.ipc.new_file(self._sink, self._schema)
+        # written by a background thread (pyarrow releases the GIL), one chunk queued at most
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="q4-spill"
+        )
+        self._pending: Future[None] | None = None
 
     def write(self, batch: pa.RecordBatch, block: FeatureBlock) -> None:
         values = [pa.array(block.values[:, j]) for j in range(self.d)]
@@ -388,13 +394,23 @@ class Spill:
             for i, reason in zip(np.flatnonzero(~block.valid), block.reasons, strict=True):
                 full[int(i)] = reason
             reasons = pa.array(full, pa.string())
-        self._writer.write_batch(
-            pa.RecordBatch.from_arrays([*batch.columns, *values, reasons], schema=self._schema)
-        )
+        stored = pa.RecordBatch.from_arrays([*batch.columns, *values, reasons], schema=self._schema)
+        if self._pending is not None:
+            self._pending.result()
+        assert self._pool is not None, "the spill file is closed"
+        self._pending = self._pool.submit(self._writer.write_batch, stored)
 
     def close(self) -> None:
-        self._writer.close()
-        self._sink.close()
+        if self._pool is None:
+            return
+        try:
+            if self._pending is not None:
+                self._pending.result()
+        finally:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            self._writer.close()
+            self._sink.close()
 
     def chunks(self) -> Iterator[tuple[pa.RecordBatch, FeatureBlock]]:
         with pa.OSFile(str(self.path), "rb") as source:
