@@ -97,6 +97,15 @@ def _ledger(state_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _run_of(entry: dict[str, Any]) -> str | None:
+    """The Q4_RUN_ID a ledger entry's task was launched with."""
+    for override in entry["task"].get("overrides", {}).get("containerOverrides", []):
+        for variable in override.get("environment", []):
+            if variable["name"] == "Q4_RUN_ID":
+                return str(variable["value"])
+    return None
+
+
 def _sample(path: Path, rows: int = 300) -> Path:
     lines = ["id,f_1,f_2,f_3"] + [
         f"r{i},{(i * 7) % 13 - 6},{(i * 5) % 11 - 5}.5,{i % 3}" for i in range(rows)
@@ -178,16 +187,15 @@ def test_submit_wait_runs_through_the_queue(stack, tmp_path):
     )
     assert manifest["status"] == "succeeded"
     assert any(a["key"].endswith("model/q4_model.json") for a in manifest["artifacts"])
-    # The task ran as a local process with a real exit code, and its STOPPED event reached the orchestrator.
-    entries = [
-        e
-        for e in _ledger(stack["state_dir"]).values()
-        if any(
-            env_.get("value") == "submit-wait-1"
-            for o in e["task"].get("overrides", {}).get("containerOverrides", [])
-            for env_ in o.get("environment", [])
-        )
-    ]
+    # The task ran as a local process with a real exit code, and its STOPPED event reached the orchestrator
+    # (shortly after the done message, which the task sends before it exits).
+    deadline = time.monotonic() + 20
+    while True:
+        entries = [e for e in _ledger(stack["state_dir"]).values() if _run_of(e) == "submit-wait-1"]
+        done = [(e["status"], e["exit_code"]) for e in entries] == [("delivered", 0)]
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert [(e["status"], e["exit_code"]) for e in entries] == [("delivered", 0)]
 
 
@@ -242,6 +250,23 @@ def test_bad_message_is_rejected_and_never_launched(stack):
     assert done["error"]["code"]
     time.sleep(2)
     assert len(_ledger(stack["state_dir"])) == tasks_before
+
+
+def test_demo_reuses_the_stack_and_ends_with_the_report_path(stack, tmp_path):
+    result = subprocess.run(
+        [Q4, "demo", "--to", str(tmp_path / "demo"), "--rows", "500"],
+        env=stack["env"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = Path(result.stdout.strip().splitlines()[-1].removeprefix("Report: "))
+    assert report.is_file() and report.name == "report.html"
+    assert report.is_relative_to(tmp_path / "demo")
+    assert (report.parent.parent / "MANIFEST.json").is_file()
 
 
 def test_down_stops_everything_it_started(stack):
