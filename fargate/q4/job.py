@@ -24,6 +24,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
@@ -56,6 +57,9 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STUDY_SCHEMA = "q4.study/v1"
 #: At most this many rows (a fixed stride sample of the valid rows) reach the plots.
 PLOT_SAMPLE_ROWS = 100_000
+#: Chunks each output file may queue for its writer thread in full mode (lets the plots overlap the
+#: writing); 1 otherwise, which keeps memory lowest.
+FULL_MODE_QUEUE_CHUNKS = 3
 #: Directories under the run directory that run_job writes (and removes again on failure).
 OUTPUT_DIRS = ("output", "model", "viz")
 
@@ -278,7 +282,14 @@ def _run(
         enhanced = spec.mode in ("enhanced", "full")
         output = run_dir / "output"
         output.mkdir(exist_ok=True)
-        writers = _RowWriters(output, table, features, spec.output_format, svd_k=k if enhanced else 0)
+        writers = _RowWriters(
+            output,
+            table,
+            features,
+            spec.output_format,
+            svd_k=k if enhanced else 0,
+            queue_chunks=FULL_MODE_QUEUE_CHUNKS if spec.mode == "full" else 1,
+        )
         stack.callback(writers.close)
         energy = EnergyTally()
         quadrant_stats = QuadrantStats(d) if spec.mode == "full" else None
@@ -410,7 +421,14 @@ class _RowWriters:
     """Q_keep, Q_discard, Q_rejected (and svd_scores) for one run."""
 
     def __init__(
-        self, output: Path, table: InputTable, features: list[str], output_format: str, *, svd_k: int
+        self,
+        output: Path,
+        table: InputTable,
+        features: list[str],
+        output_format: str,
+        *,
+        svd_k: int,
+        queue_chunks: int = 1,
     ) -> None:
         ext = ".parquet" if output_format == "parquet" else ".csv"
         self.features = features
@@ -446,8 +464,9 @@ class _RowWriters:
             )
             self.svd = TableWriter(output / f"svd_scores{ext}", svd_schema, output_format)
         self._closed = False
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="q4-write")
-        self._pending: dict[int, Future[None]] = {}
+        self.queue_chunks = queue_chunks
+        self._threads: dict[int, ThreadPoolExecutor] = {}
+        self._pending: dict[int, deque[Future[None]]] = {}
 
     def write(
         self,
@@ -483,20 +502,27 @@ class _RowWriters:
             self._submit(self.svd, self.svd.write, columns_svd)
 
     def _submit(self, writer: TableWriter, fn: Callable[..., None], *args: Any) -> None:
-        previous = self._pending.get(id(writer))
-        if previous is not None:
-            previous.result()  # keeps each file in input order and at most one chunk queued per file
-        self._pending[id(writer)] = self._pool.submit(fn, *args)
+        """Queue a write on the writer's own thread (so each file stays in input order)."""
+        key = id(writer)
+        if key not in self._threads:
+            self._threads[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="q4-write")
+            self._pending[key] = deque()
+        queued = self._pending[key]
+        while len(queued) >= self.queue_chunks:
+            queued.popleft().result()
+        queued.append(self._threads[key].submit(fn, *args))
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            for future in self._pending.values():
-                future.result()
+            for queued in self._pending.values():
+                for future in queued:
+                    future.result()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            for thread in self._threads.values():
+                thread.shutdown(wait=True, cancel_futures=True)
             for writer in (self.keep, self.discard, self.rejected, self.svd):
                 if writer is not None:
                     writer.close()
