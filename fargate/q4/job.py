@@ -24,9 +24,8 @@ import re
 import shutil
 import tempfile
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from q4.features import FeatureBlock, feature_block, select_features
 from q4.manifest import sha256_file
 from q4.model import Q4Model, fit_model, json_number, load_model
 from q4.moments import Moments
-from q4.outputs import TableWriter, content_type
+from q4.outputs import RowWriters, content_type
 from q4.progress import Progress
 from q4.projectors import Standardization, is_degenerate
 from q4.quadrants import quadrant_labels, scores
@@ -282,7 +281,7 @@ def _run(
         enhanced = spec.mode in ("enhanced", "full")
         output = run_dir / "output"
         output.mkdir(exist_ok=True)
-        writers = _RowWriters(
+        writers = RowWriters(
             output,
             table,
             features,
@@ -415,137 +414,6 @@ def _second_pass(
     else:
         for _, batch in iter_batches(table, chunk_rows):
             yield batch, feature_block(batch, features)
-
-
-class _RowWriters:
-    """Q_keep, Q_discard, Q_rejected (and svd_scores) for one run."""
-
-    def __init__(
-        self,
-        output: Path,
-        table: InputTable,
-        features: list[str],
-        output_format: str,
-        *,
-        svd_k: int,
-        queue_chunks: int = 1,
-    ) -> None:
-        ext = ".parquet" if output_format == "parquet" else ".csv"
-        self.features = features
-        # CSV input to Parquet output: features become float64 columns (the values parsed).
-        self.typed_features = output_format == "parquet" and table.format == "csv"
-        base = table.schema
-        if self.typed_features:
-            feature_set = set(features)
-            base = pa.schema(
-                [pa.field(f.name, pa.float64()) if f.name in feature_set else f for f in table.schema]
-            )
-        self.feature_index = {name: i for i, name in enumerate(base.names) if name in set(features)}
-        split_schema = pa.schema(
-            [
-                *base,
-                pa.field("q4_row", pa.int64()),
-                pa.field("q4_quadrant", pa.int8()),
-                pa.field("q4_score1", pa.float64()),
-                pa.field("q4_score2", pa.float64()),
-            ]
-        )
-        rejected_schema = pa.schema(
-            [*table.schema, pa.field("q4_row", pa.int64()), pa.field("q4_reason", pa.string())]
-        )
-        self.keep = TableWriter(output / f"Q_keep{ext}", split_schema, output_format)
-        self.discard = TableWriter(output / f"Q_discard{ext}", split_schema, output_format)
-        self.rejected = TableWriter(output / f"Q_rejected{ext}", rejected_schema, output_format)
-        self.svd: TableWriter | None = None
-        if svd_k:
-            svd_schema = pa.schema(
-                [pa.field("q4_row", pa.int64())]
-                + [pa.field(f"svd_{i + 1}", pa.float64()) for i in range(svd_k)]
-            )
-            self.svd = TableWriter(output / f"svd_scores{ext}", svd_schema, output_format)
-        self._closed = False
-        self.queue_chunks = queue_chunks
-        self._threads: dict[int, ThreadPoolExecutor] = {}
-        self._pending: dict[int, deque[Future[None]]] = {}
-
-    def write(
-        self,
-        batch: pa.RecordBatch,
-        block: FeatureBlock,
-        first_row: int,
-        s: NDArray[np.float64],
-        labels: NDArray[np.int8],
-        svd: NDArray[np.float64] | None,
-    ) -> None:
-        """Queue one chunk's rows; each output file is written in order by a background thread."""
-        valid = block.valid
-        index = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
-        valid_rows = batch if block.all_valid else batch.filter(pa.array(valid))
-        columns = list(valid_rows.columns)
-        if self.typed_features:
-            values = block.values if block.all_valid else block.values[valid]
-            for j, name in enumerate(self.features):
-                columns[self.feature_index[name]] = pa.array(values[:, j])
-        valid_index = index if block.all_valid else index[valid]
-        keep = (labels == 1) | (labels == 4)
-        for writer, mask in ((self.keep, keep), (self.discard, ~keep)):
-            self._submit(writer, _split_rows, writer, columns, mask, valid_index, labels, s)
-        if not block.all_valid:
-            bad = ~valid
-            rejected = batch.filter(pa.array(bad))
-            reasons = pa.array(block.reasons, pa.string())
-            self._submit(
-                self.rejected, self.rejected.write, [*rejected.columns, pa.array(index[bad]), reasons]
-            )
-        if self.svd is not None and svd is not None:
-            columns_svd = [pa.array(valid_index), *(pa.array(svd[:, i]) for i in range(svd.shape[1]))]
-            self._submit(self.svd, self.svd.write, columns_svd)
-
-    def _submit(self, writer: TableWriter, fn: Callable[..., None], *args: Any) -> None:
-        """Queue a write on the writer's own thread (so each file stays in input order)."""
-        key = id(writer)
-        if key not in self._threads:
-            self._threads[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="q4-write")
-            self._pending[key] = deque()
-        queued = self._pending[key]
-        while len(queued) >= self.queue_chunks:
-            queued.popleft().result()
-        queued.append(self._threads[key].submit(fn, *args))
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            for queued in self._pending.values():
-                for future in queued:
-                    future.result()
-        finally:
-            for thread in self._threads.values():
-                thread.shutdown(wait=True, cancel_futures=True)
-            for writer in (self.keep, self.discard, self.rejected, self.svd):
-                if writer is not None:
-                    writer.close()
-
-
-def _split_rows(
-    writer: TableWriter,
-    columns: list[pa.Array],
-    mask: NDArray[np.bool_],
-    index: NDArray[np.int64],
-    labels: NDArray[np.int8],
-    s: NDArray[np.float64],
-) -> None:
-    if not mask.any():
-        return
-    if mask.all():
-        picked = columns
-    else:
-        selector = pa.array(mask)
-        picked = [c.filter(selector) for c in columns]
-    writer.write(
-        [*picked, pa.array(index[mask]), pa.array(labels[mask]), pa.array(s[mask, 0]), pa.array(s[mask, 1])]
-    )
 
 
 def _study_doc(
