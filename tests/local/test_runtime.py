@@ -40,7 +40,8 @@ def handler(event, context):
                     "subnets": os.environ["SUBNETS"].split(","),
                     "securityGroups": os.environ["SECURITY_GROUPS"].split(","), "assignPublicIp": "ENABLED"}},
                 overrides={"containerOverrides": [{"name": "app", "environment": [
-                    {"name": "EXIT", "value": str(body["exit"])}]}]},
+                    {"name": "EXIT", "value": str(body["exit"])},
+                    {"name": "SLEEP", "value": str(body.get("sleep", 0))}]}]},
             )
         return {"batchItemFailures": failures}
     boto3.client("sqs").send_message(QueueUrl=os.environ["EVENTS_QUEUE"], MessageBody=json.dumps(event))
@@ -55,7 +56,7 @@ def _has_q4():
 """
 
 TASK_PROGRAM = (
-    "import os, pathlib, sys; "
+    "import os, pathlib, sys, time; time.sleep(float(os.environ['SLEEP'])); "
     "pathlib.Path(os.environ['Q4_SCRATCH_DIR'], 'seen.txt').write_text(os.environ['Q4_TASK_ARN'] + ' ' + "
     "os.environ['STATIC'] + ' ' + os.getcwd()); "
     "sys.exit(int(os.environ['EXIT']))"
@@ -313,3 +314,24 @@ def test_tls_only_bucket_policy_allows_loopback_requests_and_still_denies(aws_en
     )
     with pytest.raises(s3.exceptions.ClientError):
         s3.put_object(Bucket=bucket, Key="run=a/input/y.csv", Body=b"a\n1\n")
+
+
+def test_restarted_runtime_adopts_a_running_task_and_reports_its_exit_code(toy_deployment):
+    deployment = toy_deployment
+    # GIVEN a runtime that started a 2-second task exiting 5, then died without stopping it
+    first = LocalRuntime(deployment["config"])
+    boto3.client("sqs").send_message(
+        QueueUrl=deployment["work"], MessageBody=json.dumps({"exit": 5, "sleep": 2})
+    )
+    _until(first, lambda: first.processes)
+    # (the first runtime is never ticked again: as if it had been killed)
+    # WHEN a new runtime takes over the same state dir
+    second = LocalRuntime(deployment["config"])
+    received: list[dict[str, Any]] = []
+    _until(second, lambda: received.extend(_events(deployment["events"])) or received)
+    # THEN the task was not started again, and its real exit code reached the rule target
+    assert second.processes == {}
+    assert [event["detail"]["containers"][0]["exitCode"] for event in received] == [5]
+    assert [rec.status for rec in second.ledger.tasks.values()] == ["delivered"]
+    for process in first.processes.values():  # reap the orphan in this test process
+        process.wait()
