@@ -335,3 +335,24 @@ def test_restarted_runtime_adopts_a_running_task_and_reports_its_exit_code(toy_d
     assert [rec.status for rec in second.ledger.tasks.values()] == ["delivered"]
     for process in first.processes.values():  # reap the orphan in this test process
         process.wait()
+
+
+def test_at_most_max_tasks_run_at_once_and_the_rest_wait(toy_deployment):
+    deployment = toy_deployment
+    runtime = LocalRuntime(deployment["config"])  # max_tasks = 2
+    sqs = boto3.client("sqs")
+    for _ in range(3):
+        sqs.send_message(QueueUrl=deployment["work"], MessageBody=json.dumps({"exit": 0, "sleep": 1.5}))
+    received: list[dict[str, Any]] = []
+    peak = 0
+
+    def all_delivered() -> bool:
+        nonlocal peak
+        peak = max(peak, sum(1 for process in runtime.processes.values() if process.poll() is None))
+        received.extend(_events(deployment["events"]))
+        return len(received) == 3
+
+    _until(runtime, all_delivered, timeout=40)
+    assert peak == 2
+    intervals = sorted((rec.started_at, rec.stopped_at) for rec in runtime.ledger.tasks.values())
+    assert intervals[2][0] >= min(intervals[0][1], intervals[1][1])  # the third waited for a free slot

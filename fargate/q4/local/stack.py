@@ -9,6 +9,7 @@ recorded there — each checked by pid, start time and command line — and noth
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import shutil
@@ -18,7 +19,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +81,31 @@ def _answers(endpoint_url: str) -> bool:
 # -- up -------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """Hold ``<state>/.lock`` so that two `up`/`down` commands never work on one state dir at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(
+                "stack_busy",
+                f"Another `q4 local up` or `q4 local down` is working on {directory}; wait for it to finish.",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def up(directory: Path, progress: Progress = _quiet, *, max_tasks: int = 2) -> tuple[StackState, bool]:
     """Start the stack in ``directory`` (or find it running); returns the state and whether it was started."""
-    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory):
+        return _up(directory, progress, max_tasks)
+
+
+def _up(directory: Path, progress: Progress, max_tasks: int) -> tuple[StackState, bool]:
     existing = stack_state.load(directory)
     if existing is not None and existing.ready and existing.moto and existing.moto.is_ours():
         if existing.runtime and existing.runtime.is_ours():
@@ -92,13 +116,13 @@ def up(directory: Path, progress: Progress = _quiet, *, max_tasks: int = 2) -> t
         return existing, True
     if existing is not None:
         progress("cleaning up a stack that did not stop cleanly")
-        down(directory)
+        _down(directory, progress)
     _forget(directory)
     started = time.monotonic()
     try:
         state = _start(directory, progress, max_tasks)
     except BaseException:
-        down(directory)
+        _down(directory, _quiet)
         raise
     progress(f"local stack up in {time.monotonic() - started:.0f} s")
     return state, True
@@ -234,6 +258,13 @@ def _start_runtime(directory: Path, max_tasks: int, timeout: float = 60.0) -> Pr
 
 def down(directory: Path, progress: Progress = _quiet) -> list[str]:
     """Stop what ``up`` recorded in ``directory`` (runtime first: it stops its tasks); say what stopped."""
+    if not stack_state.state_file(directory).exists():
+        return []
+    with _exclusive(directory):
+        return _down(directory, progress)
+
+
+def _down(directory: Path, progress: Progress) -> list[str]:
     state = stack_state.load(directory)
     stopped: list[str] = []
     if state is None:
