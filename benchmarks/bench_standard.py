@@ -159,8 +159,16 @@ def main() -> None:
         seeds_argv = [sys.executable, "-c", SEEDS_APPROACH, str(csv_path), str(work / "seeds")]
         r["seeds"] = measure("seeds' approach (pandas + sklearn)", seeds_argv, work / "seeds")
     if "full" in only:
+        std_argv = q4(str(csv_path), "--out", str(work / "q4"), "--run-id", "bench")
         full_argv = q4(str(csv_path), "--out", str(work / "full"), "--run-id", "bench", "--mode", "full")
-        r["full"] = measure("q4 run --mode full", full_argv, work / "full")
+        stds, fulls = [], []
+        for _ in range(args.repeat):  # interleaved with standard runs, like the floor above
+            if "speed" not in only:
+                stds.append(measure("q4 run --mode standard", std_argv, work / "q4"))
+            fulls.append(measure("q4 run --mode full", full_argv, work / "full"))
+        if stds:
+            r["standard"] = _median(stds)
+        r["full"] = _median(fulls)
     if "memory" in only:
         generate_parquet(parquet_path, args.parquet_rows, 8)
         print(f"input: {parquet_path.name}, {parquet_path.stat().st_size / 1e6:.0f} MB")
