@@ -115,11 +115,16 @@ def build_error(
 
 
 def local_compute() -> dict[str, Any]:
-    """Compute info for a local run: the machine, not a task."""
+    """Compute info for a local run: the machine (cpu = cores, memory = MiB), not a task."""
+    try:
+        memory: int | None = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        memory = None
     return {
         "task_arn": None,
+        "cpu": os.cpu_count(),
+        "memory": memory,
         "host": platform.node(),
-        "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
     }
 
