@@ -117,6 +117,8 @@ def test_work_queue_redrives_to_dlq_and_outlasts_six_lambda_timeouts(
     redrive = json.loads(work["RedrivePolicy"])
     assert redrive["deadLetterTargetArn"] == dlq["QueueArn"]
     assert int(redrive["maxReceiveCount"]) == 5
+    allowed = json.loads(dlq["RedriveAllowPolicy"])
+    assert allowed == {"redrivePermission": "byQueue", "sourceQueueArns": [work["QueueArn"]]}
     for url in (outputs["work_queue_url"], outputs["dlq_url"], outputs["done_queue_url"]):
         attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["SqsManagedSseEnabled"])
         assert attributes["Attributes"]["SqsManagedSseEnabled"] == "true", url
@@ -176,6 +178,7 @@ def test_work_queue_event_source_mapping_reports_batch_item_failures(
     assert mapping["EventSourceArn"] == work_arn
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["BatchSize"] == 10
+    assert mapping["State"] == "Disabled", "event_source_mapping_enabled = false must reach the mapping"
 
 
 def test_stopped_task_events_of_this_cluster_reach_the_orchestrator(
