@@ -229,17 +229,21 @@ class LocalRuntime:
         for mapping in self.mappings:
             self._poll(mapping)
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: threading.Event, max_failed_ticks: int = 60) -> None:
+        """Tick until ``stop`` is set, or until ``max_failed_ticks`` ticks in a row failed (emulator gone)."""
+        failed = 0
         while not stop.is_set():
             try:
                 self.tick()
+                failed = 0
             except Exception:  # keep serving; the log says what went wrong
-                log.exception("runtime tick failed")
+                failed += 1
+                log.exception("runtime tick failed (%d in a row)", failed)
+                if failed >= max_failed_ticks:
+                    log.error("giving up after %d failed ticks in a row", failed)
+                    break
                 stop.wait(1.0)
         self.shutdown()
-
-    def busy(self) -> bool:
-        return any(rec.status in ("pending", "running", "exited") for rec in self.ledger.tasks.values())
 
     def shutdown(self, grace_s: float = 5.0) -> None:
         """Stop the task processes this runtime started (their process groups), then save the ledger."""
@@ -464,8 +468,19 @@ class LocalRuntime:
         targets = self._matching_lambda_targets(event)
         failures = 0
         for target_arn in targets:
+            try:
+                function = self._function(target_arn)
+            except lambda_host.LambdaCodeError as exc:
+                failures += 1
+                log.warning(
+                    "STOPPED event of %s not sent to %s: %s",
+                    _task_id(record.task_arn),
+                    target_arn,
+                    exc.message,
+                )
+                continue
             outcome = lambda_host.invoke(
-                self._function(target_arn),
+                function,
                 event,
                 self.config.aws_env,
                 runtime_dir=self.runtime_dir,

@@ -10,6 +10,7 @@ recorded there — each checked by pid, start time and command line — and noth
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shlex
 import shutil
@@ -296,8 +297,6 @@ def _stop(record: ProcessRecord, timeout: float = 15.0) -> bool:
 
 def _stop_orphan_tasks(directory: Path) -> list[str]:
     """Task processes a runtime that died hard left behind (the ledger has their pids and start stamps)."""
-    import json
-
     ledger = directory / "ledger.json"
     if not ledger.exists():
         return []
