@@ -11,10 +11,12 @@
 #   AWS_ENDPOINT_URL  deploy to an emulator instead (docker-compose's moto or LocalStack): Terraform runs in a
 #                   copy under build/emulator-terraform with the endpoint override; no image is pushed.
 #   AUTO_APPROVE=0  let terraform ask before applying (default: apply without asking).
+#   Q4_BUILD_DIR    where the zip, the CLI config and the emulator copy go (default: build/).
 # Credentials and region come from the usual AWS chain (AWS_PROFILE, AWS_REGION, ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
+BUILD="${Q4_BUILD_DIR:-$ROOT/build}"
 
 say() { printf '== %s\n' "$*"; }
 die() { printf 'deploy: %s\n' "$*" >&2; exit 1; }
@@ -30,21 +32,22 @@ if [ -z "${IMAGE_TAG:-}" ]; then
 fi
 
 say "building the orchestrator zip"
-ZIP="$ROOT/build/orchestrator.zip"
+ZIP="$BUILD/orchestrator.zip"
 scripts/build_lambda_zip.sh "$ZIP"
 
 if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
-    WORKDIR="$ROOT/build/emulator-terraform"
+    WORKDIR="$BUILD/emulator-terraform"
     say "terraform against the emulator at $AWS_ENDPOINT_URL (in $WORKDIR)"
     uv run python -m q4.local.terraform copy "$WORKDIR" "$AWS_ENDPOINT_URL"
     SKIP_IMAGE=1
+    # Later -var arguments (yours) win over these.
     EXTRA_VARS=(-var force_destroy=true -var event_source_mapping_enabled=false -var restrict_dlq_sources=false)
 else
     WORKDIR="$ROOT/infrastructure"
     EXTRA_VARS=()
 fi
 # Offline machines keep the AWS provider in a filesystem mirror: use it when there is one.
-eval "$(uv run python -m q4.local.terraform cli-config "$ROOT/build/terraform-cli")"
+eval "$(uv run python -m q4.local.terraform cli-config "$BUILD/terraform-cli")"
 if [ -n "${TF_CLI_CONFIG_FILE:-}" ] && [ ! -f "$TF_CLI_CONFIG_FILE" ]; then unset TF_CLI_CONFIG_FILE; fi
 
 APPROVE=(-auto-approve)

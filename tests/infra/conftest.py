@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from q4.local import emulator, lambda_zip
 from q4.local import terraform as tf
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -50,23 +53,25 @@ def private_emulator() -> Iterator[emulator.Emulator]:
 def deployed_stack(
     terraform_binary: str,
     private_emulator: emulator.Emulator,
-    orchestrator_zip: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, object]:
-    """ONE `terraform apply` of infrastructure/ against moto server; returns the outputs and the env used."""
-    workdir = tf.copy_module(tmp_path_factory.mktemp("tf-apply") / "infrastructure")
-    tf.write_emulator_override(workdir, private_emulator.endpoint_url)
-    env = tf.terraform_env(workdir, base_env={**os.environ, **private_emulator.env})
-    tf.init(workdir, env)
+    """ONE deployment of infrastructure/ to moto server by scripts/deploy.sh (its emulator mode, the path
+    docker-compose users take); returns the outputs, the variables given and the terraform work dir."""
+    build = tmp_path_factory.mktemp("deploy")
     variables = {
-        "force_destroy": True,
-        "event_source_mapping_enabled": False,
-        "lambda_zip_path": str(orchestrator_zip),
         "lambda_timeout": 45,
         "task_cpu": 512,
         "task_memory": 2048,
         "task_ephemeral_storage_gib": 30,
         "log_retention_days": 14,
+        "restrict_dlq_sources": True,  # the emulator launcher reads RedriveAllowPolicy back: check it too
     }
-    tf.apply(workdir, env, variables, parallelism=20)
-    return {"outputs": tf.output_json(workdir, env), "variables": variables, "workdir": workdir, "env": env}
+    env = {**os.environ, **private_emulator.env, "Q4_BUILD_DIR": str(build), "SKIP_IMAGE": "1"}
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "deploy.sh"), "-no-color", "-parallelism=20", *tf.var_args(variables)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"deploy.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    workdir = build / "emulator-terraform"
+    outputs = tf.output_json(workdir, tf.terraform_env(build / "terraform-cli", base_env=env))
+    return {"outputs": outputs, "variables": variables, "workdir": workdir, "zip": build / "orchestrator.zip"}

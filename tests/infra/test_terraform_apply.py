@@ -1,4 +1,4 @@
-"""One real `terraform apply` of infrastructure/ against moto server, checked through boto3."""
+"""One real deployment (scripts/deploy.sh: terraform apply) to moto server, checked through boto3."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import boto3
 import pytest
-from q4.local import emulator
+from q4.local import emulator, lambda_zip
 
 pytestmark = pytest.mark.slow
 
@@ -124,8 +124,11 @@ def test_work_queue_redrives_to_dlq_and_outlasts_six_lambda_timeouts(
         assert attributes["Attributes"]["SqsManagedSseEnabled"] == "true", url
 
 
-def test_orchestrator_function_configuration(aws: Any, outputs: dict[str, Any]) -> None:
+def test_orchestrator_function_configuration(
+    aws: Any, outputs: dict[str, Any], deployed_stack: dict[str, Any]
+) -> None:
     function = aws("lambda").get_function_configuration(FunctionName=outputs["orchestrator_function_name"])
+    assert function["CodeSha256"] == lambda_zip.source_code_hash(deployed_stack["zip"])
     assert function["Handler"] == "q4_orchestrator.handler.lambda_handler"
     assert function["Runtime"] == "python3.12"
     env = function["Environment"]["Variables"]
@@ -212,7 +215,9 @@ def test_task_definition_runs_the_dockerfile_command_read_only_with_scratch(
     (container,) = task["containerDefinitions"]
     assert container["name"] == "q4"
     assert container["command"] == dockerfile_cmd()
-    assert container["image"] == f"{outputs['ecr_repository_url']}:latest"
+    # deploy.sh tags images git-<sha>[-dirty-<time>]: ECR tags are immutable.
+    assert container["image"] == outputs["task_image"]
+    assert container["image"].startswith(f"{outputs['ecr_repository_url']}:git-")
     assert container["readonlyRootFilesystem"] is True
     (mount,) = container["mountPoints"]
     env = {item["name"]: item["value"] for item in container["environment"]}
