@@ -71,6 +71,7 @@ def register(subparsers: Any) -> None:
 def progress_reporter(title: str) -> Iterator[Callable[[str], None]]:
     """A callback showing progress: a live rich status line on a terminal, plain lines otherwise."""
     if not sys.stderr.isatty():
+        started_plain = time.monotonic()
         last_count = [0.0]
 
         def plain(message: str) -> None:
@@ -78,6 +79,7 @@ def progress_reporter(title: str) -> Iterator[Callable[[str], None]]:
                 if time.monotonic() - last_count[0] < 10:
                     return
                 last_count[0] = time.monotonic()
+                message += f" ({time.monotonic() - started_plain:.0f} s)"
             print(f"q4: {message}", file=sys.stderr, flush=True)
 
         yield plain

@@ -189,7 +189,6 @@ def _apply(
         "-parallelism=20",
         *terraform.var_args(variables),
     ]
-    started = time.monotonic()
     created = 0
     errors: list[str] = []
     progress("terraform apply")
@@ -204,10 +203,7 @@ def _apply(
                 text = line.strip()
                 if ": Creation complete" in text:
                     created += 1
-                    progress(
-                        f"terraform apply: {created} resources created, last {text.split(':', 1)[0]} "
-                        f"({time.monotonic() - started:.0f} s)"
-                    )
+                    progress(f"terraform apply: {created} resources created")
                 elif text.startswith("Error:"):
                     errors.append(text.removeprefix("Error:").strip().rstrip("."))
         except BaseException:  # interrupted: do not leave terraform running against a dying emulator
