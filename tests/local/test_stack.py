@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -267,6 +268,39 @@ def test_demo_reuses_the_stack_and_ends_with_the_report_path(stack, tmp_path):
     assert report.is_file() and report.name == "report.html"
     assert report.is_relative_to(tmp_path / "demo")
     assert (report.parent.parent / "MANIFEST.json").is_file()
+
+
+def test_crashed_task_is_relaunched_through_the_stopped_event(stack, tmp_path):
+    # GIVEN a run whose first task process is killed (SIGKILL: exit code 137, a crash)
+    s3, sqs = _clients(stack["aws"])
+    data = _sample(tmp_path / "crash.csv", rows=5000)
+    s3.upload_file(str(data), stack["aws"]["Q4_ARCHIVE_BUCKET"], "run=crash-1/input/crash.csv")
+    sqs.send_message(
+        QueueUrl=stack["aws"]["Q4_WORK_QUEUE_URL"],
+        MessageBody=json.dumps({"run_id": "crash-1", "input_key": "run=crash-1/input/crash.csv"}),
+    )
+    deadline = time.monotonic() + 60
+    killed = None
+    while killed is None and time.monotonic() < deadline:
+        for entry in _ledger(stack["state_dir"]).values():
+            if _run_of(entry) == "crash-1" and entry["status"] == "running" and entry["pid"]:
+                os.killpg(entry["pid"], signal.SIGKILL)
+                killed = entry["task_arn"]
+        time.sleep(0.05)
+    assert killed is not None
+    # WHEN the runtime reports its STOPPED event, THEN the orchestrator relaunches and attempt 2 succeeds
+    done = _done_message(stack["aws"], "crash-1")
+    assert (done["status"], done["attempt"]) == ("succeeded", 2), done
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        entries = sorted(
+            (e for e in _ledger(stack["state_dir"]).values() if _run_of(e) == "crash-1"),
+            key=lambda e: e["created_at"],
+        )
+        if [e["status"] for e in entries] == ["delivered", "delivered"]:
+            break
+        time.sleep(0.2)
+    assert [(e["task_arn"] == killed, e["exit_code"]) for e in entries] == [(True, 137), (False, 0)]
 
 
 def test_down_stops_everything_it_started(stack):
