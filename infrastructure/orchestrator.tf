@@ -94,6 +94,43 @@ resource "aws_cloudwatch_event_target" "task_stopped" {
   rule      = aws_cloudwatch_event_rule.task_stopped.name
   target_id = "orchestrator"
   arn       = aws_lambda_function.orchestrator.arn
+
+  retry_policy {
+    maximum_event_age_in_seconds = 86400
+    maximum_retry_attempts       = 185
+  }
+
+  # Events EventBridge could not deliver at all (e.g. throttled for a day) are kept, like failed invocations.
+  dead_letter_config {
+    arn = aws_sqs_queue.dlq.arn
+  }
+}
+
+data "aws_iam_policy_document" "dlq" {
+  statement {
+    sid       = "EventBridgeUndeliveredTaskEvents"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dlq.arn]
+
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values   = [aws_cloudwatch_event_rule.task_stopped.arn]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "dlq" {
+  queue_url = aws_sqs_queue.dlq.id
+  policy    = data.aws_iam_policy_document.dlq.json
+
+  # After the redrive-allow policy: moto (not AWS) drops a queue's Policy when another attribute is set.
+  depends_on = [aws_sqs_queue_redrive_allow_policy.dlq]
 }
 
 resource "aws_lambda_permission" "task_stopped" {

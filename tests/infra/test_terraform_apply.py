@@ -201,6 +201,14 @@ def test_stopped_task_events_of_this_cluster_reach_the_orchestrator(
     function_arn = aws("lambda").get_function(FunctionName=outputs["orchestrator_function_name"])
     assert target["Arn"] == function_arn["Configuration"]["FunctionArn"]
 
+    # Undeliverable events land in the DLQ, which lets exactly this rule send to it.
+    sqs = aws("sqs")
+    dlq = sqs.get_queue_attributes(QueueUrl=outputs["dlq_url"], AttributeNames=["QueueArn", "Policy"])
+    assert target["DeadLetterConfig"] == {"Arn": dlq["Attributes"]["QueueArn"]}
+    (allow,) = _policy_statements(dlq["Attributes"]["Policy"])
+    assert allow["Principal"] == {"Service": "events.amazonaws.com"}
+    assert allow["Condition"] == {"ArnEquals": {"aws:SourceArn": rule["Arn"]}}
+
 
 def test_task_definition_runs_the_dockerfile_command_read_only_with_scratch(
     aws: Any, outputs: dict[str, Any], variables: dict[str, Any]
