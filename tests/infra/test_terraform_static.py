@@ -92,3 +92,28 @@ def test_emulator_override_points_every_used_service_at_the_endpoint(tmp_path: P
     assert services == set(tf.EMULATED_SERVICES)
     used = {"s3", "sqs", "ecs", "ecr", "iam", "lambda", "events", "logs", "ec2", "sts", "configservice"}
     assert used <= services
+
+
+def test_out_of_range_inputs_are_refused_with_the_variables_own_message(
+    initialized_module: tuple[Path, dict[str, str]],
+) -> None:
+    workdir, env = initialized_module
+    offline = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    offline |= {
+        "AWS_ACCESS_KEY_ID": "invalid",
+        "AWS_SECRET_ACCESS_KEY": "invalid",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    bad = {"config_recording": "everything", "task_cpu": 300, "lambda_timeout": 901, "name": "Q4_Prod"}
+    with pytest.raises(tf.TerraformError) as raised:
+        tf.run(
+            workdir,
+            ["plan", "-input=false", "-no-color", "-refresh=false", *tf.var_args(bad)],
+            offline,
+            timeout=120,
+        )
+    stderr = raised.value.details["stderr"]
+    assert "config_recording must be off, minimal or broad." in stderr
+    assert "task_cpu must be one of 256, 512, 1024, 2048, 4096, 8192, 16384." in stderr
+    assert "lambda_timeout must be between 3 and 900 seconds." in stderr
+    assert "The name must be 2-20 lowercase letters" in stderr

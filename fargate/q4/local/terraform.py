@@ -227,7 +227,7 @@ def run(
         raise TerraformError(
             "terraform_failed",
             f"terraform {args[0]} failed in {workdir}: {tail or 'see its output above'}.",
-            {"returncode": result.returncode, "stderr": (result.stderr or "")[-4000:]},
+            {"returncode": result.returncode, "stderr": (result.stderr or "")[-16000:]},
         )
     return result
 
