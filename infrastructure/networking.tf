@@ -24,6 +24,13 @@ data "aws_subnets" "default" {
     name   = "default-for-az"
     values = ["true"]
   }
+
+  lifecycle {
+    postcondition {
+      condition     = length(self.ids) > 0
+      error_message = "The default VPC has no default subnets; set subnet_ids to the subnets the tasks should run in."
+    }
+  }
 }
 
 data "aws_subnet" "first_given" {
