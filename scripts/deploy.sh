@@ -7,7 +7,7 @@
 # Environment:
 #   IMAGE_TAG       tag of the task image (default: git-<short sha>, plus -dirty-<time> for uncommitted trees);
 #                   ECR tags are immutable, so every build gets a new tag.
-#   SKIP_IMAGE=1    do not build or push the image (default when no docker engine answers).
+#   SKIP_IMAGE=1    do not build or push the image (then set IMAGE_TAG to a tag already in the repository).
 #   AWS_ENDPOINT_URL  deploy to an emulator instead (docker-compose's moto or LocalStack): Terraform runs in a
 #                   copy under build/emulator-terraform with the endpoint override; no image is pushed.
 #   AUTO_APPROVE=0  let terraform ask before applying (default: apply without asking).
@@ -60,15 +60,17 @@ repository_url() { terraform -chdir="$WORKDIR" output -raw ecr_repository_url 2>
 
 docker_ready() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
 if [ "${SKIP_IMAGE:-}" != "1" ] && ! docker_ready; then
-    echo "deploy: no docker engine answers; the image is not built (set SKIP_IMAGE=1 to silence this)." >&2
-    SKIP_IMAGE=1
+    die "no docker engine answers; start Docker, or set SKIP_IMAGE=1 with IMAGE_TAG=<a tag already in ECR>."
 fi
 
 push_image() {
     local repo="$1" registry="${1%%/*}" region
     region="$(terraform -chdir="$WORKDIR" output -raw region)"
     say "building and pushing $repo:$IMAGE_TAG"
-    aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry"
+    local aws_cli=(aws)
+    command -v aws >/dev/null 2>&1 || aws_cli=(uv run aws)
+    "${aws_cli[@]}" ecr get-login-password --region "$region" \
+        | docker login --username AWS --password-stdin "$registry"
     docker build --platform linux/amd64 -f fargate/Dockerfile -t "$repo:$IMAGE_TAG" .
     docker push "$repo:$IMAGE_TAG"
 }
