@@ -31,6 +31,11 @@ if [ -z "${IMAGE_TAG:-}" ]; then
     fi
 fi
 
+docker_ready() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+if [ -z "${AWS_ENDPOINT_URL:-}" ] && [ "${SKIP_IMAGE:-}" != "1" ] && ! docker_ready; then
+    die "no docker engine answers; start Docker, or set SKIP_IMAGE=1 with IMAGE_TAG=<a tag already in ECR>."
+fi
+
 say "building the orchestrator zip"
 ZIP="$BUILD/orchestrator.zip"
 scripts/build_lambda_zip.sh "$ZIP"
@@ -58,10 +63,6 @@ terraform -chdir="$WORKDIR" init -input=false
 
 repository_url() { terraform -chdir="$WORKDIR" output -raw ecr_repository_url 2>/dev/null || true; }
 
-docker_ready() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
-if [ "${SKIP_IMAGE:-}" != "1" ] && ! docker_ready; then
-    die "no docker engine answers; start Docker, or set SKIP_IMAGE=1 with IMAGE_TAG=<a tag already in ECR>."
-fi
 
 push_image() {
     local repo="$1" registry="${1%%/*}" region
