@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from q4.local import emulator
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[emulator.Emulator]:
-    """A real moto server on a free loopback port (shared by the session; reset it if you need a clean one)."""
+    """A real moto server on a free loopback port, shared by the session (reset it for a clean one)."""
     server = emulator.start()
     yield server
     server.stop()

@@ -34,8 +34,12 @@ class Q4Error(Exception):
         self.details = dict(details or {})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "details": self.details,
-                "retryable": self.retryable}
+        return {
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+            "retryable": self.retryable,
+        }
 
 
 class InputError(Q4Error):
