@@ -42,7 +42,6 @@ from q4 import aws
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
 
 logger = logging.getLogger("q4.task")
-DEFAULT_CHUNK_ROWS = 262_144
 _STANDARD_RECORD_KEYS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -96,7 +95,7 @@ class TaskSettings:
     input_bucket: str
     artifacts_bucket: str
     done_queue_url: str
-    chunk_rows: int
+    chunk_rows: int | None  # None: the core's default (JobSpec.chunk_rows)
     scratch_dir: str | None
 
     @classmethod
@@ -110,7 +109,8 @@ class TaskSettings:
             return value
 
         try:
-            chunk_rows = int(environ.get("Q4_CHUNK_ROWS", "") or DEFAULT_CHUNK_ROWS)
+            raw = environ.get("Q4_CHUNK_ROWS", "").strip()
+            chunk_rows = int(raw) if raw else None
         except ValueError:
             raise aws.ConfigurationError(
                 "missing_configuration", "Q4_CHUNK_ROWS is not an integer; set it to a row count."
@@ -216,8 +216,8 @@ class Task:
                 svd_k=self.job.svd_k,
                 output_format=self.job.output_format,
                 model_path=model_path,
-                chunk_rows=self.settings.chunk_rows,
                 model_name=self.job.model_key,
+                **({"chunk_rows": self.settings.chunk_rows} if self.settings.chunk_rows else {}),
             )
             run_dir = work / "out" / contract.run_prefix(run_id).rstrip("/")
             result = run_job(paths, run_dir, spec, input_names=[i["key"] for i in self.inputs])
