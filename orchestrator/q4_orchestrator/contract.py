@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 DONE_SCHEMA = "q4.done/v1"
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline, which would let "r\n" through.
+RUN_ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 MODES = ("standard", "enhanced", "full")
 OUTPUT_FORMATS = ("csv", "parquet")
 DEFAULT_MODE = "standard"
@@ -28,6 +29,10 @@ SVD_K_RANGE = (1, 1000)
 INPUT_SUFFIXES = (".csv", ".parquet")
 FIELDS = ("run_id", "input_key", "input_prefix", "mode", "model_key", "features", "svd_k", "output_format")
 MAX_KEY_LENGTH = 1024
+#: Values echoed in a rejection are cut to this many characters (a done message must fit in SQS's 256 KiB).
+MAX_ECHO = 80
+#: At most this many unknown field names are named in an ``unknown_field`` rejection.
+MAX_ECHO_FIELDS = 5
 # ECS RunTask limits (containerOverrides JSON <= 8192 chars; we leave room for the static part).
 MAX_FEATURES_ENV_LENGTH = 6000
 MAX_CLIENT_TOKEN_LENGTH = 64
@@ -217,8 +222,23 @@ def attempt_from_env(environ: Mapping[str, str]) -> int:
 # ---------------------------------------------------------------- validation
 
 
+def is_valid_run_id(run_id: str) -> bool:
+    """SPEC §4: ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`` and no ``..``."""
+    return bool(RUN_ID_PATTERN.match(run_id)) and ".." not in run_id
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, cut to :data:`MAX_ECHO` characters: rejections echo values but stay small."""
+    text = repr(value)
+    return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 3] + "..."
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in text)
+    """Control characters, and what UTF-8 / S3's XML listings cannot carry (lone surrogates, U+FFFE/F)."""
+    return any(
+        ord(ch) < 32 or 127 <= ord(ch) < 160 or 0xD800 <= ord(ch) < 0xE000 or ch in "\ufffe\uffff"
+        for ch in text
+    )
 
 
 def _check_key(field: str, value: object, run_id: str) -> str:
@@ -233,14 +253,16 @@ def _check_key(field: str, value: object, run_id: str) -> str:
     if _has_control(value) or "\\" in value:
         raise Rejection(
             "invalid_key",
-            f"'{field}' contains control characters or backslashes; use a plain S3 key.",
+            f"'{field}' contains control characters, characters UTF-8 cannot encode or backslashes; "
+            "use a plain S3 key.",
             run_id,
         )
     segments = value.split("/")
     if value.startswith("/") or any(seg in (".", "..") for seg in segments) or "//" in value:
         raise Rejection(
             "path_traversal",
-            f"'{field}' {value!r} contains '.', '..' or empty path segments; give a plain key without them.",
+            f"'{field}' {_shown(value)} contains '.', '..' or empty path segments; "
+            "give a plain key without them.",
             run_id,
         )
     return value
@@ -252,7 +274,7 @@ def _check_input(field: str, value: object, run_id: str) -> str:
     if not key.startswith(root) or (key == root and field == "input_key"):
         raise Rejection(
             "wrong_prefix",
-            f"'{field}' {key!r} must lie under {root!r} in the archive bucket; upload the input there.",
+            f"'{field}' {_shown(key)} must lie under {root!r} in the archive bucket; upload the input there.",
             run_id,
         )
     return key
@@ -267,12 +289,14 @@ def parse_job(message: object) -> Job:
             "'run_id' and 'input_key' or 'input_prefix'.",
         )
     raw_run_id = message.get("run_id")
-    run_id_hint = raw_run_id if isinstance(raw_run_id, str) else None
+    # an unusable run id travels back as the raw string only when it is of a sane length
+    run_id_hint = raw_run_id if isinstance(raw_run_id, str) and len(raw_run_id) <= MAX_KEY_LENGTH else None
     unknown = sorted(str(name) for name in message if name not in FIELDS)
     if unknown:
+        more = f" and {len(unknown) - MAX_ECHO_FIELDS} more" if len(unknown) > MAX_ECHO_FIELDS else ""
         raise Rejection(
             "unknown_field",
-            f"Unknown field(s) {', '.join(repr(n) for n in unknown)}; allowed "
+            f"Unknown field(s) {', '.join(_shown(n) for n in unknown[:MAX_ECHO_FIELDS])}{more}; allowed "
             f"fields are {', '.join(FIELDS)}.",
             run_id_hint,
         )
@@ -281,12 +305,12 @@ def parse_job(message: object) -> Job:
     if not isinstance(raw_run_id, str):
         raise Rejection("invalid_type", f"'run_id' must be a string, got {type(raw_run_id).__name__}.")
     run_id = raw_run_id
-    if not RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+    if not is_valid_run_id(run_id):
         raise Rejection(
             "invalid_run_id",
-            f"run_id {run_id!r} is not valid; use 1-64 letters, digits, '.', "
+            f"run_id {_shown(run_id)} is not valid; use 1-64 letters, digits, '.', "
             "'_' or '-', starting with a letter or digit, without '..'.",
-            run_id,
+            run_id_hint,
         )
 
     has_key, has_prefix = message.get("input_key") is not None, message.get("input_prefix") is not None
@@ -303,7 +327,9 @@ def parse_job(message: object) -> Job:
     if not isinstance(mode, str):
         raise Rejection("invalid_type", f"'mode' must be a string, got {type(mode).__name__}.", run_id)
     if mode not in MODES:
-        raise Rejection("unknown_mode", f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.", run_id)
+        raise Rejection(
+            "unknown_mode", f"Unknown mode {_shown(mode)}; use one of {', '.join(MODES)}.", run_id
+        )
 
     model_key = message.get("model_key")
     if model_key is not None:
@@ -316,7 +342,8 @@ def parse_job(message: object) -> Job:
         if not features or any(name == "" or "," in name or _has_control(name) for name in features):
             raise Rejection(
                 "invalid_features",
-                "'features' must be a non-empty list of column names without commas or control characters.",
+                "'features' must be a non-empty list of column names without commas, control characters "
+                "or characters UTF-8 cannot encode.",
                 run_id,
             )
         if len(set(features)) != len(features):
@@ -345,7 +372,7 @@ def parse_job(message: object) -> Job:
     if output_format not in OUTPUT_FORMATS:
         raise Rejection(
             "unknown_output_format",
-            f"Unknown output_format {output_format!r}; use {' or '.join(OUTPUT_FORMATS)}.",
+            f"Unknown output_format {_shown(output_format)}; use {' or '.join(OUTPUT_FORMATS)}.",
             run_id,
         )
 
@@ -361,11 +388,13 @@ def parse_job(message: object) -> Job:
     )
 
 
-def parse_message_body(body: str) -> Job:
-    """Decode and validate an SQS message body; raises :class:`Rejection`."""
+def parse_message_body(body: str | bytes) -> Job:
+    """Decode and validate an SQS message body; raises :class:`Rejection` (and nothing else)."""
     try:
         message = json.loads(body)
-    except (json.JSONDecodeError, TypeError):
+    # ValueError: also bytes that are not UTF-8/16/32 and integers beyond Python's 4300-digit limit;
+    # RecursionError: arrays/objects nested deeper than the interpreter's stack allows
+    except (ValueError, TypeError, RecursionError):
         raise Rejection(
             "invalid_json",
             "The work message is not valid JSON; send a JSON object such as "
@@ -397,7 +426,7 @@ def done_message(
         "status": status,
         "mode": mode,
         "artifacts_bucket": artifacts_bucket,
-        "artifacts_prefix": run_prefix(run_id) if run_id and RUN_ID_PATTERN.match(run_id) else None,
+        "artifacts_prefix": run_prefix(run_id) if run_id and is_valid_run_id(run_id) else None,
         "attempt": attempt,
         "duration_s": duration_s,
         "duplicate": duplicate,
