@@ -1,0 +1,526 @@
+"""Faults on the shared local stack (issue #5, item 2): each run still ends exactly once.
+
+- a task SIGKILLed mid-upload (artifacts partly uploaded, no MANIFEST.json): `q4 status`/`q4 fetch`/`q4 runs`
+  never show it complete; the STOPPED event relaunches it and attempt 2 commits;
+- the same work message and the same STOPPED events delivered again and out of order, through the deployed
+  orchestrator exactly as the runtime invokes it (`lambda_host.invoke` on the deployed function);
+- a crash between commit and send (a STOPPED event with a crash exit code for a committed attempt): the
+  done message is re-sent once, with the same content;
+- RunTask failing (a `failures` entry) and throttled (ThrottlingException) for real on the orchestrator's
+  HTTP path to ECS: a fault-injecting proxy named by `AWS_ENDPOINT_URL_ECS` in the deployed function's
+  environment; SQS redelivers, then the DLQ;
+- the local runtime SIGKILLed and restarted (`q4 local up --detach`) while runs are in flight, and stopped
+  gracefully (SIGTERM: its tasks die with it) and restarted;
+
+and committed artifacts are never overwritten: every committed run's object versions and sha256 are
+snapshotted when it commits and compared at the end of the module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import http.server
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+from q4.local import lambda_host
+from q4.local import state as stack_state
+from q4.local.runtime import LocalRuntime, RuntimeConfig, TaskRecord
+
+pytestmark = pytest.mark.slow
+
+DONE: dict[str, list[dict[str, Any]]] = {}  # every done message this module has drained, by run id
+COMMITTED: dict[str, dict[str, Any]] = {}  # run id -> snapshot taken when it committed
+REPO = Path(__file__).resolve().parents[2]
+Q4 = str(Path(sys.executable).parent / "q4")
+
+
+def load_bench() -> ModuleType:
+    """benchmarks/load.py (data generation, done-queue draining, bucket audit), imported by path."""
+    name = "q4_bench_load"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "load.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def clients(aws: dict[str, str]) -> dict[str, Any]:
+    session = boto3.session.Session(
+        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+        region_name=aws["AWS_REGION"],
+    )
+    return {
+        name: session.client(name, endpoint_url=aws["AWS_ENDPOINT_URL"]) for name in ("s3", "sqs", "lambda")
+    }
+
+
+def submit(stack: dict[str, Any], run_id: str, rows: int, mode: str = "standard", copies: int = 1) -> str:
+    """Upload a generated table and send its work message ``copies`` times; returns the message body."""
+    aws = stack["aws"]
+    c = clients(aws)
+    c["s3"].put_object(
+        Bucket=aws["Q4_ARCHIVE_BUCKET"],
+        Key=f"run={run_id}/input/table.csv",
+        Body=load_bench().table(rows, seed=rows),
+    )
+    body = json.dumps({"run_id": run_id, "input_key": f"run={run_id}/input/table.csv", "mode": mode})
+    for _ in range(copies):
+        c["sqs"].send_message(QueueUrl=aws["Q4_WORK_QUEUE_URL"], MessageBody=body)
+    return body
+
+
+def drain(stack: dict[str, Any], run_ids: list[str], timeout: float = 240, settle: float = 3) -> None:
+    """Drain the done queue into DONE until every run id has a message, then ``settle`` s more."""
+    aws = stack["aws"]
+    load_bench().drain(
+        clients(aws)["sqs"], aws["Q4_DONE_QUEUE_URL"], run_ids, timeout, settle, done=DONE, sent={}
+    )
+    missing = [run_id for run_id in run_ids if run_id not in DONE]
+    assert not missing, f"no done message for {missing} within {timeout} s"
+
+
+def drain_until(stack: dict[str, Any], run_id: str, count: int, timeout: float = 60) -> None:
+    """Drain until DONE holds ``count`` done messages of ``run_id``."""
+    deadline = time.monotonic() + timeout
+    while len(DONE.get(run_id, [])) < count:
+        assert time.monotonic() < deadline, (
+            f"{run_id}: {len(DONE.get(run_id, []))} done messages, want {count}"
+        )
+        drain(stack, [run_id], settle=1)
+
+
+def tasks_of(stack: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
+    """The runtime's ledger entries of a run, oldest first."""
+    path = stack["state_dir"] / "ledger.json"
+    entries = json.loads(path.read_text()).values() if path.exists() else []
+    mine = [e for e in entries if _run_of(e) == run_id]
+    return sorted(mine, key=lambda e: e["created_at"])
+
+
+def _run_of(entry: dict[str, Any]) -> str | None:
+    for override in entry["task"].get("overrides", {}).get("containerOverrides", []):
+        for variable in override.get("environment", []):
+            if variable["name"] == "Q4_RUN_ID":
+                return str(variable["value"])
+    return None
+
+
+def keys_of(stack: dict[str, Any], run_id: str) -> set[str]:
+    s3 = clients(stack["aws"])["s3"]
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket=stack["aws"]["Q4_ARTIFACTS_BUCKET"], Prefix=f"run={run_id}/"
+    )
+    return {item["Key"].removeprefix(f"run={run_id}/") for page in pages for item in page.get("Contents", [])}
+
+
+def q4(stack: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
+    """The `q4` console script as a user runs it after `eval "$(q4 local env)"`."""
+    return subprocess.run(
+        [Q4, *args],
+        env={**stack["env"], **stack["aws"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def snapshot(stack: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Every object version under the run (attempts/ bookkeeping aside) with the sha256 of its bytes."""
+    s3 = clients(stack["aws"])["s3"]
+    bucket = stack["aws"]["Q4_ARTIFACTS_BUCKET"]
+    versions: dict[str, list[str]] = {}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=f"run={run_id}/"):
+        for version in page.get("Versions", []):
+            if "/attempts/" not in version["Key"]:
+                versions.setdefault(version["Key"], []).append(version["VersionId"])
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key=f"run={run_id}/MANIFEST.json")["Body"].read())
+    sha = {}
+    for artifact in manifest["artifacts"]:
+        body = s3.get_object(Bucket=bucket, Key=f"run={run_id}/{artifact['key']}")["Body"].read()
+        sha[artifact["key"]] = hashlib.sha256(body).hexdigest()
+        assert sha[artifact["key"]] == artifact["sha256"], f"{run_id}: {artifact['key']} != manifest"
+    latest = {
+        key: s3.head_object(Bucket=bucket, Key=key)["VersionId"] for key in versions if not key.endswith("/")
+    }
+    return {"versions": {k: sorted(v) for k, v in versions.items()}, "latest": latest, "sha256": sha}
+
+
+def commit_snapshot(stack: dict[str, Any], run_id: str) -> None:
+    COMMITTED[run_id] = snapshot(stack, run_id)
+
+
+def runtime_record(stack: dict[str, Any]) -> stack_state.ProcessRecord:
+    state = stack_state.load(stack["state_dir"])
+    assert state is not None and state.runtime is not None and state.runtime.is_ours(), "runtime not up"
+    return state.runtime
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def restart_runtime(stack: dict[str, Any], sig: signal.Signals) -> subprocess.CompletedProcess[str]:
+    """Stop the runtime with ``sig``, wait until it is gone, and bring it back with `q4 local up --detach`."""
+    record = runtime_record(stack)
+    os.kill(record.pid, sig)
+    wait_until(lambda: not record.is_ours(), 30, "the runtime to stop", interval=0.1)
+    up = subprocess.run(
+        [Q4, "local", "up", "--detach"],
+        env=stack["env"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert up.returncode == 0, up.stderr
+    assert "restarting the local runtime" in up.stderr, up.stderr
+    assert runtime_record(stack).pid != record.pid
+    return up
+
+
+def deliver_stopped(stack: dict[str, Any], records: list[TaskRecord]) -> list[Any]:
+    """Send STOPPED events to the deployed orchestrator the way the runtime does; returns each outcome."""
+    runtime = LocalRuntime(RuntimeConfig.from_stack(stack["state_dir"]))
+    outcomes = []
+    for record in records:
+        event = runtime.stopped_event(record)
+        targets = runtime._matching_lambda_targets(event)
+        assert len(targets) == 1, targets
+        invocation = lambda_host.invoke(
+            runtime._function(targets[0]),
+            event,
+            runtime.config.aws_env,
+            runtime_dir=runtime.runtime_dir,
+            log_path=runtime.invocation_log,
+        )
+        assert invocation.ok, invocation.error
+        outcomes.append(invocation.result["outcome"])
+    return outcomes
+
+
+def without_duplicate_flag(message: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in message.items() if key != "duplicate"}
+
+
+# ---------------------------------------------------------------- kill mid-upload
+
+
+def test_task_killed_mid_upload_never_looks_complete(stack, tmp_path):
+    # GIVEN a large run whose task is uploading its artifacts
+    run_id = "fault-upload-1"
+    submit(stack, run_id, rows=200_000)
+    state_dir: Path = stack["state_dir"]
+
+    def uploading() -> dict[str, Any] | None:
+        for entry in tasks_of(stack, run_id):
+            log = state_dir / "tasks" / entry["task_arn"].rsplit("/", 1)[-1] / "task.log"
+            if entry["status"] == "running" and log.exists() and "Q4 job finished." in log.read_text():
+                return entry
+        return None
+
+    entry = wait_until(uploading, 240, "the task to start uploading", interval=0.02)
+    wait_until(lambda: any(k.startswith("output/") for k in keys_of(stack, run_id)), 30, "a first artifact")
+    # WHEN the runtime is frozen (so nothing relaunches yet) and the task is SIGKILLed mid-upload
+    runtime = runtime_record(stack)
+    os.kill(runtime.pid, signal.SIGSTOP)
+    try:
+        os.killpg(entry["pid"], signal.SIGKILL)
+        partial = keys_of(stack, run_id)
+        assert "MANIFEST.json" not in partial, "the upload finished before the kill; use a larger input"
+        assert "ERROR.json" not in partial and any(k.startswith("output/") for k in partial), partial
+        # THEN the partial run never looks complete to the user commands
+        status = q4(stack, "status", run_id, "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["state"] == "accepted"
+        fetch = q4(stack, "fetch", run_id, "--to", str(tmp_path / "partial"))
+        assert fetch.returncode != 0 and "has not finished" in fetch.stderr, fetch.stderr
+        assert not (tmp_path / "partial").exists()
+        runs = q4(stack, "runs", "--json")
+        assert {"run_id": run_id, "state": "accepted"} in json.loads(runs.stdout)
+    finally:
+        os.kill(runtime.pid, signal.SIGCONT)
+    # AND the STOPPED event (exit 137) relaunches it; attempt 2 commits and is the only terminal state
+    drain(stack, [run_id])
+    assert [(m["status"], m["attempt"], m["duplicate"]) for m in DONE[run_id]] == [("succeeded", 2, False)]
+    keys = keys_of(stack, run_id)
+    assert "MANIFEST.json" in keys and "ERROR.json" not in keys
+    wait_until(lambda: [e["status"] for e in tasks_of(stack, run_id)] == ["delivered"] * 2, 30, "events")
+    assert [e["exit_code"] for e in tasks_of(stack, run_id)] == [137, 0]
+    fetched = q4(stack, "fetch", run_id, "--to", str(tmp_path / "complete"))  # verifies every sha256
+    assert fetched.returncode == 0, fetched.stderr
+    commit_snapshot(stack, run_id)
+
+
+# ---------------------------------------------------------------- duplicates, out of order
+
+
+def test_duplicate_work_messages_and_stopped_events_change_nothing(stack):
+    run_id = "fault-upload-1"
+    assert run_id in COMMITTED, "needs test_task_killed_mid_upload_never_looks_complete"
+    original = DONE[run_id][0]
+    tasks_before = tasks_of(stack, run_id)
+    # WHEN the same work message arrives twice more
+    body = json.dumps({"run_id": run_id, "input_key": f"run={run_id}/input/table.csv", "mode": "standard"})
+    sqs = clients(stack["aws"])["sqs"]
+    for _ in range(2):
+        sqs.send_message(QueueUrl=stack["aws"]["Q4_WORK_QUEUE_URL"], MessageBody=body)
+    # AND both STOPPED events are delivered again, out of order (attempt 2's, attempt 1's twice, attempt 2's)
+    first, second = (TaskRecord(**entry) for entry in tasks_before)
+    outcomes = deliver_stopped(stack, [second, first, first, second])
+    # THEN the stale attempt-1 crash relaunches nothing, and attempt 2's exit 0 was already reported
+    assert outcomes == ["reported", "stale", "stale", "reported"]
+    drain_until(stack, run_id, 3)
+    duplicates = DONE[run_id][1:]
+    assert [m["duplicate"] for m in duplicates] == [True, True]
+    assert all(without_duplicate_flag(m) == without_duplicate_flag(original) for m in duplicates)
+    # WHEN attempt 2 "crashed between commit and send" (its STOPPED event carries a crash exit code)
+    crashed = TaskRecord(**{**tasks_before[1], "exit_code": 1})
+    assert deliver_stopped(stack, [crashed, crashed]) == ["resent", "stale"]
+    # THEN the done message is re-sent once, with exactly the original content
+    drain(stack, [run_id], settle=3)
+    assert DONE[run_id][3:] == [original]
+    # AND nothing was launched and nothing committed was rewritten
+    assert len(tasks_of(stack, run_id)) == len(tasks_before)
+    assert snapshot(stack, run_id) == COMMITTED[run_id]
+
+
+# ---------------------------------------------------------------- RunTask failing and throttled
+
+
+class EcsFaultProxy(http.server.ThreadingHTTPServer):
+    """Forwards every request to the emulator, except RunTask calls, which are answered by ``script``:
+    ``"failures"`` (200 with a failures entry, no task), ``"throttle"`` (400 ThrottlingException) or
+    ``"pass"``; a run id in ``always_fail`` gets a failures entry every time."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = urlsplit(upstream)
+        self.script: list[str] = []
+        self.always_fail: set[str] = set()
+        self.served: list[tuple[str, str]] = []  # (run id, answer)
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: EcsFaultProxy
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.headers.get("X-Amz-Target", "").endswith(".RunTask"):
+            run_id = _override_run_id(json.loads(body))
+            with self.server.lock:
+                if run_id in self.server.always_fail:
+                    answer = "failures"
+                else:
+                    answer = self.server.script.pop(0) if self.server.script else "pass"
+                self.server.served.append((run_id, answer))
+            if answer == "failures":
+                return self._answer(200, {"tasks": [], "failures": [{"reason": "RESOURCE:MEMORY"}]})
+            if answer == "throttle":
+                return self._answer(400, {"__type": "ThrottlingException", "message": "Rate exceeded"})
+        upstream = self.server.upstream
+        connection = http.client.HTTPConnection(str(upstream.hostname), upstream.port, timeout=60)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+        connection.request("POST", self.path, body=body, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        connection.close()
+
+    def _answer(self, status: int, doc: dict[str, Any]) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _override_run_id(request: dict[str, Any]) -> str:
+    for override in request.get("overrides", {}).get("containerOverrides", []):
+        for variable in override.get("environment", []):
+            if variable.get("name") == "Q4_RUN_ID":
+                return str(variable.get("value"))
+    return ""
+
+
+@pytest.fixture
+def ecs_fault_proxy(stack: dict[str, Any]) -> Iterator[EcsFaultProxy]:
+    """The deployed function's ECS calls go through an EcsFaultProxy (AWS_ENDPOINT_URL_ECS in its
+    environment; the runtime is restarted to read it), and the work queue's visibility timeout is 3 s
+    (deployed: 6 x the function timeout) so redeliveries come quickly. All restored afterwards."""
+    aws = stack["aws"]
+    c = clients(aws)
+    function = json.loads((stack["state_dir"] / "stack.json").read_text())["outputs"][
+        "orchestrator_function_name"
+    ]
+    variables = c["lambda"].get_function_configuration(FunctionName=function)["Environment"]["Variables"]
+    visibility = c["sqs"].get_queue_attributes(
+        QueueUrl=aws["Q4_WORK_QUEUE_URL"], AttributeNames=["VisibilityTimeout"]
+    )["Attributes"]["VisibilityTimeout"]
+    proxy = EcsFaultProxy(aws["AWS_ENDPOINT_URL"])
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        c["lambda"].update_function_configuration(
+            FunctionName=function,
+            Environment={"Variables": {**variables, "AWS_ENDPOINT_URL_ECS": proxy.url}},
+        )
+        c["sqs"].set_queue_attributes(
+            QueueUrl=aws["Q4_WORK_QUEUE_URL"], Attributes={"VisibilityTimeout": "3"}
+        )
+        restart_runtime(stack, signal.SIGTERM)
+        yield proxy
+    finally:
+        c["lambda"].update_function_configuration(FunctionName=function, Environment={"Variables": variables})
+        c["sqs"].set_queue_attributes(
+            QueueUrl=aws["Q4_WORK_QUEUE_URL"], Attributes={"VisibilityTimeout": visibility}
+        )
+        restart_runtime(stack, signal.SIGTERM)
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_runtask_failures_and_throttling_are_retried_then_dead_lettered(stack, ecs_fault_proxy):
+    proxy = ecs_fault_proxy
+    aws = stack["aws"]
+    # GIVEN RunTask answers: one failures entry, then throttling on 4 calls in a row (boto3's standard
+    # retry mode makes 4 attempts per call), then normally; and always a failures entry for another run
+    proxy.script = ["failures", "throttle", "throttle", "throttle", "throttle"]
+    proxy.always_fail = {"fault-dlq-1"}
+    # WHEN both runs are submitted
+    submit(stack, "fault-dlq-1", rows=100)
+    time.sleep(0.5)
+    submit(stack, "fault-runtask-1", rows=100)
+    # THEN the first run is launched by a redelivery of its message, once, and succeeds
+    drain(stack, ["fault-runtask-1"], timeout=120, settle=0)
+    assert [(m["status"], m["attempt"]) for m in DONE["fault-runtask-1"]] == [("succeeded", 1)]
+    answers = [answer for run_id, answer in proxy.served if run_id == "fault-runtask-1"]
+    assert answers[:5] == ["failures", "throttle", "throttle", "throttle", "throttle"], proxy.served
+    assert answers[5:] == ["pass"], proxy.served
+    assert len(tasks_of(stack, "fault-runtask-1")) == 1
+    # AND the always-failing run's message reaches the DLQ after maxReceiveCount (5) receives; the run
+    # stays `accepted` (job.json, no launch), with no task, no terminal object and no done message
+    sqs = clients(aws)["sqs"]
+    dlq = json.loads((stack["state_dir"] / "stack.json").read_text())["outputs"]["dlq_url"]
+
+    def in_dlq() -> list[dict[str, Any]]:
+        messages = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0).get(
+            "Messages", []
+        )
+        return [m for m in messages if json.loads(m["Body"]).get("run_id") == "fault-dlq-1"]
+
+    dead = wait_until(in_dlq, 90, "the DLQ", interval=0.5)
+    sqs.delete_message(QueueUrl=dlq, ReceiptHandle=dead[0]["ReceiptHandle"])
+    assert sum(1 for run_id, _ in proxy.served if run_id == "fault-dlq-1") == 5, proxy.served
+    assert tasks_of(stack, "fault-dlq-1") == []
+    assert keys_of(stack, "fault-dlq-1") == {"job.json"}
+    status = q4(stack, "status", "fault-dlq-1", "--json")
+    assert json.loads(status.stdout)["state"] == "accepted", status.stdout
+    drain(stack, [], timeout=0, settle=2)
+    assert "fault-dlq-1" not in DONE
+    commit_snapshot(stack, "fault-runtask-1")
+
+
+# ---------------------------------------------------------------- runtime restarts
+
+
+def test_runtime_restarts_while_runs_are_in_flight(stack):
+    # GIVEN four runs in flight, each work message sent twice
+    runs = [f"fault-restart-{i}" for i in range(4)]
+    for i, run_id in enumerate(runs):
+        submit(stack, run_id, rows=(10_000, 30_000)[i % 2], mode=("standard", "enhanced")[i % 2], copies=2)
+    keys = clients(stack["aws"])["s3"]
+
+    def launched() -> bool:
+        for run_id in runs:
+            listing = keys.list_objects_v2(
+                Bucket=stack["aws"]["Q4_ARTIFACTS_BUCKET"], Prefix=f"run={run_id}/attempts/1.json"
+            )
+            if not listing.get("Contents"):
+                return False
+        return any(e["status"] == "running" for run_id in runs for e in tasks_of(stack, run_id))
+
+    wait_until(launched, 120, "every run to be launched and one task running", interval=0.2)
+    # WHEN the runtime is SIGKILLed (its tasks live on) and restarted a little later
+    time.sleep(1.0)
+    restart_runtime(stack, signal.SIGKILL)
+    # THEN running tasks are adopted, none is rerun, and every run ends once
+    drain(stack, runs, timeout=240, settle=3)
+    for run_id in runs:
+        assert [(m["status"], m["attempt"]) for m in DONE[run_id]] == [("succeeded", 1)], DONE[run_id]
+        assert len(tasks_of(stack, run_id)) == 1
+        assert {"MANIFEST.json", "ERROR.json"} & keys_of(stack, run_id) == {"MANIFEST.json"}
+        commit_snapshot(stack, run_id)
+
+    # GIVEN a run whose task is running WHEN the runtime is stopped gracefully (it terminates its tasks)
+    run_id = "fault-restart-term"
+    submit(stack, run_id, rows=50_000, mode="full")
+    wait_until(lambda: any(e["status"] == "running" for e in tasks_of(stack, run_id)), 120, "the task to run")
+    time.sleep(0.5)
+    restart_runtime(stack, signal.SIGTERM)
+    # THEN the restarted runtime reports the lost task (no exit code), attempt 2 runs and the run ends once
+    drain(stack, [run_id], timeout=240, settle=3)
+    assert [(m["status"], m["attempt"]) for m in DONE[run_id]] == [("succeeded", 2)], DONE[run_id]
+    lost, second = tasks_of(stack, run_id)
+    assert (lost["exit_code"], second["exit_code"]) == (None, 0)
+    commit_snapshot(stack, run_id)
+
+
+# ---------------------------------------------------------------- committed artifacts
+
+
+def test_committed_artifacts_were_never_overwritten(stack):
+    """Runs that committed earlier in this module: same object versions and sha256 after every fault."""
+    assert len(COMMITTED) >= 6, sorted(COMMITTED)
+    for run_id, before in COMMITTED.items():
+        assert snapshot(stack, run_id) == before, run_id
+    # and the runtime still serves after all the restarts: nothing left in the work queue
+    sqs = clients(stack["aws"])["sqs"]
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=stack["aws"]["Q4_WORK_QUEUE_URL"],
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert attributes == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"}
