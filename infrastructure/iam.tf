@@ -4,8 +4,24 @@
 
 locals {
   archive_input_objects = "${module.archive_bucket.arn}/run=*/input/*"
-  artifacts_run_objects = "${module.artifacts_bucket.arn}/run=*/*"
-  task_family_arn       = "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task-definition/${aws_ecs_task_definition.task.family}:*"
+  artifacts_run         = "${module.artifacts_bucket.arn}/run=*"
+  # A run's state documents: the accepted job (orchestrator), then MANIFEST.json or ERROR.json.
+  run_state_objects = ["${local.artifacts_run}/job.json", "${local.artifacts_run}/MANIFEST.json", "${local.artifacts_run}/ERROR.json"]
+  # What the task writes: its artifacts (q4.job.OUTPUT_DIRS) and the terminal document.
+  task_written_objects = [
+    "${local.artifacts_run}/output/*",
+    "${local.artifacts_run}/model/*",
+    "${local.artifacts_run}/viz/*",
+    "${local.artifacts_run}/MANIFEST.json",
+    "${local.artifacts_run}/ERROR.json",
+  ]
+  # What the orchestrator writes: job.json, launch records (+ the re-send notice) and ERROR.json (task_crashed).
+  orchestrator_written_objects = [
+    "${local.artifacts_run}/job.json",
+    "${local.artifacts_run}/attempts/*",
+    "${local.artifacts_run}/ERROR.json",
+  ]
+  task_family_arn = "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task-definition/${aws_ecs_task_definition.task.family}:*"
 }
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
@@ -95,15 +111,18 @@ data "aws_iam_policy_document" "task" {
   }
 
   statement {
-    sid       = "ReadArtifactsAndModels"
+    # The run's state documents and saved models only: never another run's data outputs (output/, viz/)
+    # nor the orchestrator's launch records. The role is shared by every run, so "the run's own" cannot be
+    # expressed here (see docs/reliability.md, "Least privilege").
+    sid       = "ReadRunStateAndModels"
     actions   = ["s3:GetObject"]
-    resources = ["${module.artifacts_bucket.arn}/*"]
+    resources = concat(local.run_state_objects, ["${local.artifacts_run}/model/q4_model.json"])
   }
 
   statement {
     sid       = "WriteRunArtifacts"
     actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
-    resources = [local.artifacts_run_objects]
+    resources = local.task_written_objects
   }
 
   statement {
@@ -178,12 +197,7 @@ data "aws_iam_policy_document" "orchestrator" {
   }
 
   statement {
-    sid       = "ReadRunInputs"
-    actions   = ["s3:GetObject"]
-    resources = [local.archive_input_objects]
-  }
-
-  statement {
+    # Input existence is checked by listing; the orchestrator never reads data.
     sid       = "ListRunInputs"
     actions   = ["s3:ListBucket"]
     resources = [module.archive_bucket.arn]
@@ -196,9 +210,15 @@ data "aws_iam_policy_document" "orchestrator" {
   }
 
   statement {
-    sid       = "ReadWriteRunRecords"
-    actions   = ["s3:GetObject", "s3:PutObject"]
-    resources = [local.artifacts_run_objects]
+    sid       = "ReadRunRecords"
+    actions   = ["s3:GetObject"]
+    resources = concat(local.run_state_objects, ["${local.artifacts_run}/attempts/*"])
+  }
+
+  statement {
+    sid       = "WriteRunRecords"
+    actions   = ["s3:PutObject"]
+    resources = local.orchestrator_written_objects
   }
 
   statement {

@@ -278,7 +278,11 @@ def test_task_role_reads_only_run_inputs_writes_only_artifacts_sends_only_done(
         if any(a.startswith("sqs:") for a in actions):
             assert actions == ["sqs:SendMessage"] and resources == [done_arn]
     writes = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
-    assert [_as_list(s["Resource"]) for s in writes] == [[f"{artifacts}/run=*/*"]]
+    assert [sorted(_as_list(s["Resource"])) for s in writes] == [
+        sorted(
+            f"{artifacts}/run=*/{k}" for k in ("output/*", "model/*", "viz/*", "MANIFEST.json", "ERROR.json")
+        )
+    ], "the task writes its artifacts and terminal document, never job.json or launch records"
     listing = _by_sid(statements)["ListRunInputs"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": "run=*/input/*"}}
 
