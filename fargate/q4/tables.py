@@ -178,10 +178,20 @@ def _check_names(columns: Sequence[str], path: Path) -> None:
 
 def _csv_error(path: Path, exc: Exception) -> InputError:
     problem = " ".join(str(exc).split())
+    # pyarrow quotes the offending row: keep the sentence printable (NULs, escapes) on one line
+    problem = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in problem)
     if "UTF8" in problem or "utf-8" in problem.lower():
         return InputError(
             "malformed_csv",
             f"The CSV file {path.name} is not UTF-8 text; save it as UTF-8 and run again.",
+            {"input": str(path), "problem": problem},
+        )
+    if "straddling object" in problem:
+        return InputError(
+            "malformed_csv",
+            f"The CSV file {path.name} has a row longer than the reader's block "
+            f"({MAX_BLOCK_BYTES >> 20} MiB at most) or a quote that is never closed; "
+            "shorten the row or close the quote.",
             {"input": str(path), "problem": problem},
         )
     if len(problem) > 160:
@@ -194,12 +204,20 @@ def _csv_error(path: Path, exc: Exception) -> InputError:
     )
 
 
+#: Byte order marks of UTF-16 / UTF-32 text (UTF-8's own BOM is fine: pyarrow skips it).
+_OTHER_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+
+
 def _csv_schema(path: Path) -> pa.Schema:
+    with path.open("rb") as f:
+        if f.read(4).startswith(_OTHER_BOMS):
+            raise _csv_error(path, UnicodeDecodeError("utf-8", b"", 0, 1, "a UTF-16/32 byte order mark"))
     try:
         with path.open("rb") as raw:
             reader = pcsv.open_csv(raw, read_options=pcsv.ReadOptions(block_size=1 << 20, use_threads=False))
             schema = reader.schema
             reader.close()
+        schema.names  # noqa: B018 -- decodes the header: a header that is not UTF-8 fails here, not later
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _csv_error(path, exc) from None
     return schema
@@ -208,12 +226,21 @@ def _csv_schema(path: Path) -> pa.Schema:
 def _parquet_schema(path: Path) -> pa.Schema:
     try:
         return pq.ParquetFile(path).schema_arrow
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(
-            "malformed_parquet",
-            f"The Parquet file {path.name} cannot be read ({exc}); check that it is a complete Parquet file.",
-            {"input": str(path)},
-        ) from None
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, MemoryError):  # out of memory is a crash (retried), not a bad file
+            raise
+        raise _parquet_error(path, exc) from None
+
+
+def _parquet_error(path: Path, exc: Exception) -> InputError:
+    problem = " ".join(str(exc).split())  # pyarrow's messages may span lines: one sentence
+    if len(problem) > 160:
+        problem = problem[:157] + "..."
+    return InputError(
+        "malformed_parquet",
+        f"The Parquet file {path.name} cannot be read ({problem}); check that it is a complete Parquet file.",
+        {"input": str(path), "problem": str(exc)},
+    )
 
 
 class _HashingReader(io.RawIOBase):
@@ -331,12 +358,10 @@ def _iter_parquet(
             if on_bytes is not None:
                 on_bytes(int(size * batch.num_rows / total_rows))
             yield pa.RecordBatch.from_arrays(batch.columns, schema=table.schema)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(
-            "malformed_parquet",
-            f"The Parquet file {path.name} cannot be read ({exc}); check that it is a complete Parquet file.",
-            {"input": str(path)},
-        ) from None
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, MemoryError):  # out of memory is a crash (retried), not a bad file
+            raise
+        raise _parquet_error(path, exc) from None
 
 
 class _Rebatcher:

@@ -1,0 +1,317 @@
+"""Hostile tables through the real ``run_job``: CSVs with quotes, embedded newlines, BOMs, control and
+unicode characters, mixed types; Parquet files of every column type, truncated or corrupted; random bytes.
+
+For every input: ``run_job`` succeeds or raises a :class:`q4.errors.Q4Error` (one sentence), nothing else;
+every file written lands under ``OUT/run=<id>/`` (the scratch dir is left empty, the input dir untouched);
+and a succeeded run puts every input row in exactly one of keep / discard / rejected, values unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from q4.errors import Q4Error
+from q4.job import JobSpec, RunResult, run_job
+
+HOSTILE = settings.get_profile("hostile")
+RUN_ID = "h"
+RESERVED = {"q4_row", "q4_quadrant", "q4_score1", "q4_score2", "q4_reason"}
+#: What the core accepts as a number (docs/decisions/core.md), ASCII digits only.
+NUMBER = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|(?i:nan|inf|infinity))", re.ASCII)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Q4_SCRATCH_DIR for the module: spill files must go there and be gone afterwards."""
+    path = tmp_path_factory.mktemp("scratch")
+    old = os.environ.get("Q4_SCRATCH_DIR")
+    os.environ["Q4_SCRATCH_DIR"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["Q4_SCRATCH_DIR"]
+    else:
+        os.environ["Q4_SCRATCH_DIR"] = old
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def run_hostile(inputs: list[Path], work: Path, scratch: Path, **spec: Any) -> RunResult | Q4Error:
+    """Run the real job; check the no-crash and no-escape properties whatever happens."""
+    input_dir = inputs[0].parent
+    before = {p: p.read_bytes() for p in files_under(input_dir)}
+    out = work / "out"
+    try:
+        outcome: RunResult | Q4Error = run_job(inputs, out / f"run={RUN_ID}", JobSpec(run_id=RUN_ID, **spec))
+    except Q4Error as exc:  # anything else fails the test: a crash
+        outcome = exc
+        assert exc.message.endswith(".") and "\n" not in exc.message, exc.message
+        assert "Traceback" not in exc.message
+        event(f"error: {exc.code}")
+    else:
+        event("succeeded")
+    assert {p.relative_to(out).parts[0] for p in out.rglob("*")} <= {f"run={RUN_ID}"}
+    assert list(scratch.iterdir()) == []  # spill files cleaned up, nothing else written there
+    assert {p: p.read_bytes() for p in files_under(input_dir)} == before  # inputs never modified
+    if isinstance(outcome, Q4Error):  # a failed run leaves nothing that looks like results
+        assert files_under(out) == set()
+    return outcome
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """An output CSV read with Python's own RFC 4180 reader (independent of pyarrow)."""
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def check_partition_csv(result: RunResult, header: list[str], rows: list[list[str]]) -> None:
+    """Every input row in exactly one output, in input order, every input value unchanged (as text)."""
+    output = result.run_dir / "output"
+    features = set(_study(result)["features"])
+    seen: dict[int, str] = {}
+    for name in ("keep", "discard", "rejected"):
+        out_header, out_rows = read_csv_rows(output / f"Q_{name}.csv")
+        extra = (
+            ["q4_row", "q4_reason"]
+            if name == "rejected"
+            else ["q4_row", "q4_quadrant", "q4_score1", "q4_score2"]
+        )
+        assert out_header == header + extra
+        order = [int(r[len(header)]) for r in out_rows]
+        assert order == sorted(order)
+        for r, i in zip(out_rows, order, strict=True):
+            assert i not in seen
+            seen[i] = name
+            assert r[: len(header)] == rows[i], (name, i)  # values unchanged, byte for byte
+            cells = dict(zip(header, rows[i], strict=True))
+            if name == "rejected":
+                kind, _, column = r[-1].partition(":")
+                assert kind in {"missing", "not_numeric", "not_finite"} and column in features
+                assert not _finite_number(cells[column])
+            else:
+                assert all(_finite_number(cells[f]) for f in features), rows[i]
+                s1 = float(r[-2])
+                quadrant = int(r[-3])
+                assert (quadrant in (1, 4)) == (name == "keep") and (s1 >= 0) == (name == "keep")
+    assert sorted(seen) == list(range(len(rows)))
+    assert result.rows["input"] == len(rows)
+
+
+def _finite_number(cell: str) -> bool:
+    text = cell.strip(" \t")
+    return bool(NUMBER.fullmatch(text)) and math.isfinite(float(text))
+
+
+def _study(result: RunResult) -> dict[str, Any]:
+    import json
+
+    return json.loads((result.run_dir / "output" / "Q_study.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- CSV strategies
+
+hostile_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=12
+) | st.sampled_from(
+    ['"', '""', ",", "\n", "a\nb", '"quoted"', "\ufeff", "\x00", "\u2028", "😀", " ", "NA", "-"]
+)
+numeric_cells = (
+    st.floats(-1e150, 1e150, allow_nan=False).map(repr)
+    | st.integers(-(10**20), 10**20).map(str)
+    | st.sampled_from(["", "nan", "inf", "-Infinity", "1e400", " 2.5 ", "\t7", "ERR", "0x10", "1_000", "+.5",
+                       "1e200", "5.", "\u22121", "\u0661", "1,5", '"3"', "NULL", "1e-400", "-0"])
+)  # fmt: skip
+names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), min_size=1, max_size=10
+) | st.sampled_from(["a", "..", "../x", "/etc/passwd", "run=x", "\x00", "\ufeffid", "a,b", 'q"', "é"])
+
+
+@st.composite
+def csv_tables(draw: st.DrawFn) -> tuple[list[str], list[list[str]], bytes]:
+    """``(header, rows, file bytes)``: 2-3 numeric-looking columns, some text columns, hostile cells."""
+    n_num = draw(st.integers(2, 3))
+    header = draw(
+        st.lists(names, min_size=n_num, max_size=n_num + 3, unique=True).filter(
+            lambda h: not RESERVED & set(h)
+        )
+    )
+    n = draw(st.integers(0, 25) | st.integers(3, 25))
+    rows = []
+    for _ in range(n):
+        row = []
+        for j in range(len(header)):
+            if j < n_num:
+                # mostly plain numbers so the column stays numeric; hostile cells now and then
+                plain = st.floats(-1e6, 1e6, allow_nan=False).map(repr) | st.integers(-999, 999).map(str)
+                row.append(draw(plain if draw(st.integers(0, 4)) else numeric_cells))
+            else:
+                row.append(draw(hostile_text))
+        rows.append(row)
+    buffer = io.StringIO()
+    quoting = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]))
+    terminator = draw(st.sampled_from(["\n", "\r\n"]))
+    csv.writer(buffer, quoting=quoting, lineterminator=terminator).writerows([header, *rows])
+    data = buffer.getvalue().encode("utf-8")
+    if draw(st.booleans()):
+        data = b"\xef\xbb\xbf" + data  # a UTF-8 BOM, as Excel writes it
+    return header, rows, data
+
+
+def _parses_as_written(header: list[str], rows: list[list[str]]) -> bool:
+    """Whether pyarrow's CSV dialect reads these cells back as written (Python's writer may differ):
+    pyarrow skips empty lines, so a row of one empty cell cannot exist."""
+    return all(any(c != "" for c in row) or len(row) > 1 for row in rows)
+
+
+@settings(HOSTILE, max_examples=200)
+@given(table=csv_tables(), chunk_rows=st.sampled_from([1, 3, 65_536]))
+def test_hostile_csv_never_crashes_and_keeps_every_row(
+    tmp_path_factory: pytest.TempPathFactory, scratch: Path, table: tuple[list[str], list[list[str]], bytes],
+    chunk_rows: int,
+) -> None:  # fmt: skip
+    header, rows, data = table
+    work = tmp_path_factory.mktemp("csv")
+    (work / "in").mkdir()
+    src = work / "in" / "table.csv"
+    src.write_bytes(data)
+    outcome = run_hostile([src], work, scratch, chunk_rows=chunk_rows)
+    if isinstance(outcome, RunResult):
+        assert _parses_as_written(header, rows)
+        check_partition_csv(outcome, header, rows)
+    else:
+        assert outcome.code in {
+            "too_few_rows", "too_few_features", "duplicate_columns", "reserved_column", "malformed_csv",
+            "values_too_large",
+        }, outcome.message  # fmt: skip
+
+
+# ---------------------------------------------------------------- Parquet strategies
+
+PARQUET_TYPES: dict[str, Any] = {
+    "int8": (pa.int8(), st.integers(-128, 127)),
+    "uint64": (pa.uint64(), st.integers(0, 2**64 - 1)),
+    "int64": (pa.int64(), st.integers(-(2**63), 2**63 - 1)),
+    "float32": (pa.float32(), st.floats(width=32)),
+    "float64": (pa.float64(), st.floats()),
+    "bool": (pa.bool_(), st.booleans()),
+    "string": (pa.string(), st.text(max_size=8)),
+    "binary": (pa.binary(), st.binary(max_size=6)),
+    "date": (pa.date32(), st.dates()),
+    "decimal": (pa.decimal128(10, 3), st.decimals(-1000, 1000, places=3, allow_nan=False)),
+    "list": (pa.list_(pa.int32()), st.lists(st.integers(-5, 5), max_size=3)),
+    "struct": (pa.struct([("x", pa.int16())]), st.fixed_dictionaries({"x": st.integers(-5, 5)})),
+    "null": (pa.null(), st.none()),
+}
+
+
+@st.composite
+def parquet_tables(draw: st.DrawFn) -> pa.Table:
+    kinds = draw(st.lists(st.sampled_from(sorted(PARQUET_TYPES)), min_size=1, max_size=6))
+    n = draw(st.integers(0, 20))
+    columns = {}
+    for j, kind in enumerate(kinds):
+        arrow_type, values = PARQUET_TYPES[kind]
+        cells = draw(st.lists(st.none() | values, min_size=n, max_size=n))
+        columns[f"{kind}_{j}"] = pa.array(cells, arrow_type)
+    # two plain float columns most of the time, so many runs get as far as the split
+    if draw(st.integers(0, 3)):
+        columns["x"] = pa.array(draw(st.lists(st.floats(-1e3, 1e3), min_size=n, max_size=n)), pa.float64())
+        columns["y"] = pa.array(draw(st.lists(st.integers(-50, 50), min_size=n, max_size=n)), pa.int32())
+    return pa.table(columns)
+
+
+@settings(HOSTILE, max_examples=150)
+@given(table=parquet_tables(), output_format=st.sampled_from(["csv", "parquet"]))
+def test_hostile_parquet_never_crashes_and_keeps_every_value(
+    tmp_path_factory: pytest.TempPathFactory, scratch: Path, table: pa.Table, output_format: str
+) -> None:
+    work = tmp_path_factory.mktemp("pq")
+    (work / "in").mkdir()
+    src = work / "in" / "table.parquet"
+    pq.write_table(table, src)
+    outcome = run_hostile([src], work, scratch, output_format=output_format, chunk_rows=7)
+    if isinstance(outcome, Q4Error):
+        assert outcome.code in {
+            "too_few_rows",
+            "too_few_features",
+            "unsupported_column_type",
+            "values_too_large",
+        }
+        return
+    output = outcome.run_dir / "output"
+    seen = []
+    for name in ("keep", "discard", "rejected"):
+        if output_format == "parquet":
+            part = pq.read_table(output / f"Q_{name}.parquet")
+            index = part["q4_row"].to_pylist()
+            expected = table.take(pa.array(index, pa.int64()))
+            assert part.select(table.column_names).schema == expected.schema  # types kept
+            assert _cells(part.select(table.column_names)) == _cells(expected)  # values unchanged
+        else:
+            _, out_rows = read_csv_rows(output / f"Q_{name}.csv")
+            index = [int(r[table.num_columns]) for r in out_rows]
+        assert index == sorted(index)
+        seen += index
+    assert sorted(seen) == list(range(table.num_rows))
+
+
+def _cells(table: pa.Table) -> list[list[Any]]:
+    """Python values, with NaN made comparable (NaN != NaN)."""
+    return [
+        ["NaN" if isinstance(v, float) and math.isnan(v) else v for v in col.to_pylist()]
+        for col in table.columns
+    ]
+
+
+# ---------------------------------------------------------------- broken files
+
+
+@st.composite
+def broken_files(draw: st.DrawFn) -> tuple[str, bytes]:
+    """Random bytes, a good file cut short, or a good file with bytes flipped; named .csv or .parquet."""
+    good_pq = io.BytesIO()
+    pq.write_table(pa.table({"a": [1.0, 2.0, 3.0, 4.0], "b": [4, 1, 3, 2], "t": list("wxyz")}), good_pq)
+    good = {
+        "parquet": good_pq.getvalue(),
+        "csv": b'a,b,t\n1.0,4,w\n2.0,1,x\n3.0,3,"y"\n4.0,2,z\n',
+    }
+    suffix = draw(st.sampled_from(["csv", "parquet"]))
+    base = good[draw(st.sampled_from(["csv", "parquet"]))]
+    how = draw(st.sampled_from(["random", "truncated", "flipped"]))
+    if how == "random":
+        data = draw(st.binary(max_size=300))
+    elif how == "truncated":
+        data = base[: draw(st.integers(0, len(base) - 1))]
+    else:
+        data = bytearray(base)
+        for _ in range(draw(st.integers(1, 4))):
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        data = bytes(data)
+    return suffix, data
+
+
+@settings(HOSTILE, max_examples=300)
+@given(broken=broken_files())
+def test_broken_files_fail_with_a_clear_error(
+    tmp_path_factory: pytest.TempPathFactory, scratch: Path, broken: tuple[str, bytes]
+) -> None:
+    suffix, data = broken
+    work = tmp_path_factory.mktemp("broken")
+    (work / "in").mkdir()
+    src = work / "in" / f"file.{suffix}"
+    src.write_bytes(data)
+    run_hostile([src], work, scratch)
