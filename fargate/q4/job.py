@@ -52,13 +52,18 @@ from q4.tables import InputTable, Spill, file_sha256, iter_batches, open_inputs,
 
 MODES = ("standard", "enhanced", "full")
 OUTPUT_FORMATS = ("csv", "parquet")
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline ("r\n" would pass).
+RUN_ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 STUDY_SCHEMA = "q4.study/v1"
 #: At most this many rows (a fixed stride sample of the valid rows) reach the plots.
 PLOT_SAMPLE_ROWS = 100_000
 #: Chunks each output file may queue for its writer thread in full mode (lets the plots overlap the
 #: writing); 1 otherwise, which keeps memory lowest.
 FULL_MODE_QUEUE_CHUNKS = 3
+#: The most feature columns a job may have, per mode: C is d x d float64 and its eigen-decomposition
+#: is O(d^3); 10,000 features took 5 minutes and 4.8 GB on 2 cores, beyond a 4 GB task.
+#: Full mode keeps 4 more d x d matrices (docs/decisions/core.md, "Wide tables").
+MAX_FEATURES = {"standard": 5000, "enhanced": 5000, "full": 3000}
 #: Directories under the run directory that run_job writes (and removes again on failure).
 OUTPUT_DIRS = ("output", "model", "viz")
 
@@ -217,6 +222,9 @@ def _run(
     model = load_model(spec.model_path) if spec.model_path is not None else None
     features, passthrough = _features(table, spec, model)
     d = len(features)
+    _check_width(d, spec.mode)
+    if spec.output_format == "csv":
+        _check_csv_writable(table, passthrough)
 
     with ExitStack() as stack, Progress(enabled=progress) as bar:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="q4-", dir=scratch_dir())))
@@ -383,6 +391,35 @@ def _features(table: InputTable, spec: JobSpec, model: Q4Model | None) -> tuple[
         )
     chosen = list(model.features)
     return chosen, [c for c in table.columns if c not in set(chosen)]
+
+
+def _check_width(d: int, mode: str) -> None:
+    limit = MAX_FEATURES[mode]
+    if d > limit:
+        raise InputError(
+            "too_many_features",
+            f"The job has {d:,} feature columns, more than the {limit:,} Q4 handles in {mode} mode (memory "
+            f"grows as d\u00b2 and time as d\u00b3); name at most {limit:,} columns as features.",
+            {"features": d, "limit": limit},
+        )
+
+
+def _check_csv_writable(table: InputTable, passthrough: list[str]) -> None:
+    """Parquet columns CSV cannot carry as text (nested, interval, raw bytes) need Parquet outputs."""
+    for name in passthrough:
+        t = table.schema.field(name).type
+        binary = pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t)
+        try:
+            pa.array([], t).cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            binary = True
+        if binary:
+            raise InputError(
+                "unsupported_column_type",
+                f"The column {name!r} has type {t}, which cannot be written to CSV unchanged; "
+                "use the parquet output format (--output-format parquet) for this table.",
+                {"column": name, "type": str(t)},
+            )
 
 
 def _check_rows(n_input: int, n_valid: int, table: InputTable) -> None:
