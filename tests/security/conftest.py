@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = Path(__file__).with_name("iam_emulator.py")
 REGION = emulator.REGION
 #: Runs the tests use: their inputs are uploaded before enforcement starts.
-RUNS = ("sec-1", "sec-2", "sec-3")
+RUNS = ("sec-1", "sec-2", "sec-3", "sec-4")
 ADMIN_POLICY = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
 
 
