@@ -29,6 +29,10 @@ from q4.errors import InputError
 from q4.features import FeatureBlock, looks_numeric
 
 CSV_SUFFIXES = (".csv",)
+#: RFC 4180: a quoted value may span lines (q4's own CSV outputs hold such values). Without this,
+#: pyarrow's chunker splits blocks at any newline and a quoted newline near a block boundary breaks
+#: the parse. It costs nothing measurable (2M x 16 CSV: 1.93 s either way).
+PARSE_OPTIONS = pcsv.ParseOptions(newlines_in_values=True)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 #: Columns q4 adds to its outputs; an input may not already have them.
 RESERVED_COLUMNS = ("q4_row", "q4_quadrant", "q4_score1", "q4_score2", "q4_reason")
@@ -132,6 +136,7 @@ def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str,
                 reader = pcsv.open_csv(
                     raw,
                     read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES, use_threads=False),
+                    parse_options=PARSE_OPTIONS,
                     convert_options=pcsv.ConvertOptions(column_types=schema, strings_can_be_null=False),
                 )
                 try:
@@ -214,7 +219,11 @@ def _csv_schema(path: Path) -> pa.Schema:
             raise _csv_error(path, UnicodeDecodeError("utf-8", b"", 0, 1, "a UTF-16/32 byte order mark"))
     try:
         with path.open("rb") as raw:
-            reader = pcsv.open_csv(raw, read_options=pcsv.ReadOptions(block_size=1 << 20, use_threads=False))
+            reader = pcsv.open_csv(
+                raw,
+                read_options=pcsv.ReadOptions(block_size=1 << 20, use_threads=False),
+                parse_options=PARSE_OPTIONS,
+            )
             schema = reader.schema
             reader.close()
         schema.names  # noqa: B018 -- decodes the header: a header that is not UTF-8 fails here, not later
@@ -319,6 +328,7 @@ def _iter_csv(
         reader = pcsv.open_csv(
             pa.PythonFile(raw, mode="r"),
             read_options=pcsv.ReadOptions(block_size=_block_size(path, chunk_rows)),
+            parse_options=PARSE_OPTIONS,
             convert_options=pcsv.ConvertOptions(
                 column_types=table.schema, strings_can_be_null=False, quoted_strings_can_be_null=False
             ),
