@@ -128,10 +128,13 @@ def pipeline(enforcing_stack: EnforcingStack, tmp_path_factory: pytest.TempPathF
     for body in WORK:
         admin_sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(body))
     received: list[dict[str, Any]] = []
-    while len(received) < len(WORK):  # the event source mapping receives with the function's role
+    for _ in range(30):  # the event source mapping receives with the function's role
         received += orch_sqs.receive_message(
             QueueUrl=queue, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=1
         ).get("Messages", [])
+        if len(received) >= len(WORK):
+            break
+    assert len(received) == len(WORK), f"received {len(received)} of {len(WORK)} work messages"
     batch = run_orchestrator(stack, sqs_event(stack, received), tmp_path_factory.mktemp("orchestrator"))
     failed = {item["itemIdentifier"] for item in batch.get("batchItemFailures", [])}
     for message in received:
