@@ -126,6 +126,17 @@ def _run_of(entry: dict[str, Any]) -> str | None:
     return None
 
 
+def outcomes_of(stack: dict[str, Any], run_id: str) -> list[str]:
+    """The orchestrator's outcomes for a run, from its JSON log lines in lambda.log."""
+    outcomes = []
+    for line in (stack["state_dir"] / "lambda.log").read_text().splitlines():
+        if run_id in line and line.startswith("{"):
+            doc = json.loads(line)
+            if doc.get("run_id") == run_id and "outcome" in doc:
+                outcomes.append(str(doc["outcome"]))
+    return outcomes
+
+
 def keys_of(stack: dict[str, Any], run_id: str) -> set[str]:
     s3 = clients(stack["aws"])["s3"]
     pages = s3.get_paginator("list_objects_v2").paginate(
@@ -492,6 +503,7 @@ def test_runtime_restarts_while_runs_are_in_flight(stack):
     for run_id in runs:
         assert [(m["status"], m["attempt"]) for m in DONE[run_id]] == [("succeeded", 1)], DONE[run_id]
         assert len(tasks_of(stack, run_id)) == 1
+        assert sorted(outcomes_of(stack, run_id)) == ["in_flight", "launched", "reported"], run_id
         assert {"MANIFEST.json", "ERROR.json"} & keys_of(stack, run_id) == {"MANIFEST.json"}
         commit_snapshot(stack, run_id)
 
