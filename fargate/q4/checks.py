@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from q4.errors import InputError
+from q4.errors import InputError, name_list
 from q4.moments import Moments
 
 
@@ -51,7 +51,7 @@ def check_finite(moments: Moments, features: Sequence[str]) -> None:
     if bad:
         raise DataError(
             "values_too_large",
-            f"The values of {', '.join(map(repr, bad))} are too large to square in float64 (beyond ~1e154); "
+            f"The values of {name_list(bad)} are too large to square in float64 (beyond ~1e154); "
             "rescale those columns.",
             {"features": bad},
         )

@@ -14,11 +14,26 @@ failed done messages (``too_few_rows``, ``model_mismatch``, …).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 EXIT_OK = 0
 EXIT_PERMANENT = 2
 EXIT_CRASH = 1
+
+
+def name_list(names: Sequence[str], limit: int = 10) -> str:
+    """Column names for a message: quoted, each cut to 40 characters, at most ``limit`` of them.
+
+    Error messages reach ERROR.json and the done message (SQS: 256 KiB at most) and must stay one line,
+    whatever the input's header holds (10,000 columns, newlines in names).
+    """
+    shown = []
+    for name in list(names)[:limit]:
+        text = repr(name)
+        shown.append(text if len(text) <= 40 else text[:37] + "...")
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more:,} more" if more > 0 else "")
 
 
 class Q4Error(Exception):

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
 
-from q4.errors import InputError
+from q4.errors import InputError, name_list
 
 #: Text cells read as a missing value (besides empty / whitespace-only cells).
 NA_TOKENS = ("NA", "N/A", "n/a", "na", "NULL", "null", "None", "none", "#N/A", "-")
@@ -38,15 +38,15 @@ def select_features(
         if missing:
             raise InputError(
                 "unknown_features",
-                f"The feature column(s) {', '.join(map(repr, missing))} are not in the input; "
-                f"choose from {', '.join(columns)}.",
+                f"The feature column(s) {name_list(missing)} are not in the input; "
+                f"choose from {name_list(columns, 20)}.",
                 {"missing": missing, "columns": list(columns)},
             )
         not_numeric = [f for f in chosen if f not in set(numeric)]
         if not_numeric:
             raise InputError(
                 "non_numeric_features",
-                f"The feature column(s) {', '.join(map(repr, not_numeric))} are not numeric; "
+                f"The feature column(s) {name_list(not_numeric)} are not numeric; "
                 "name only integer or floating-point columns as features.",
                 {"not_numeric": not_numeric},
             )

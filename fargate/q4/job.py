@@ -38,7 +38,7 @@ from numpy.typing import NDArray
 from q4 import __version__
 from q4.checks import check_finite
 from q4.energy import EnergyTally
-from q4.errors import InputError, ModelError
+from q4.errors import InputError, ModelError, name_list
 from q4.features import FeatureBlock, feature_block, select_features
 from q4.manifest import sha256_file
 from q4.model import Q4Model, fit_model, json_number, load_model
@@ -266,7 +266,7 @@ def _run(
                 raise InputError(
                     "too_few_features",
                     f"Only {d - len(constant)} of the {d} feature columns vary over the valid rows "
-                    f"(constant: {', '.join(constant)}); Q4 needs at least 2 non-constant features.",
+                    f"(constant: {name_list(constant)}); Q4 needs at least 2 non-constant features.",
                     {"constant_columns": constant},
                 )
             model = fit_model(moments, features, n_components=spec.svd_k, source_run=spec.run_id)
@@ -378,7 +378,7 @@ def _features(table: InputTable, spec: JobSpec, model: Q4Model | None) -> tuple[
         problem = absent or not_numeric
         raise ModelError(
             "model_mismatch",
-            f"The model's feature column(s) {', '.join(map(repr, problem))} are "
+            f"The model's feature column(s) {name_list(problem)} are "
             f"{'missing from' if absent else 'not numeric in'} the input; apply the model only to tables "
             "with all its features.",
             {"absent": absent, "not_numeric": not_numeric, "model_features": list(model.features)},

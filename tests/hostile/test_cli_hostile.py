@@ -184,3 +184,21 @@ def test_full_mode_width_limit_is_lower(tmp_path):
     with pytest.raises(InputError) as caught:
         run_job([src], tmp_path / "out" / "run=w", JobSpec(run_id="w", mode="full"))
     assert caught.value.code == "too_many_features"
+
+
+def test_errors_naming_columns_stay_one_bounded_line(tmp_path):
+    """An unknown feature in a 10,000-column table with long, multi-line names: the message (which lands
+    in ERROR.json and the failed done message, 256 KiB at most on SQS) names a few columns, on one line."""
+    names = [f"column number {j} with a long name\nand a second line" for j in range(10_000)]
+    src = tmp_path / "named.parquet"
+    pq.write_table(pa.table({n: [float(i % 3), float(i % 5), 1.0] for i, n in enumerate(names)}), src)
+    proc = q4_run(tmp_path, str(src), "--features", "nope,also_nope")
+    assert proc.returncode == 2 and "'nope', 'also_nope'" in proc.stderr
+    assert "and 9,980 more" in proc.stderr and len(proc.stderr) < 2000
+    assert error_code(tmp_path) == "unknown_features"
+    constant = tmp_path / "constant.parquet"
+    pq.write_table(pa.table({"v": [1.0, 2.0, 3.0], **{n: [7.0, 7.0, 7.0] for n in names[:12]}}), constant)
+    with pytest.raises(InputError) as caught:
+        run_job([constant], tmp_path / "o" / "run=c", JobSpec(run_id="c"))
+    assert caught.value.code == "too_few_features" and "and 2 more" in caught.value.message
+    assert "\n" not in caught.value.message
