@@ -43,6 +43,8 @@ class Q4Error(Exception):
     retryable: bool = False
 
     def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        # one line whatever a file or column name holds: control characters are shown escaped
+        message = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
         super().__init__(message)
         self.code = code
         self.message = message

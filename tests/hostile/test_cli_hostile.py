@@ -202,3 +202,11 @@ def test_errors_naming_columns_stay_one_bounded_line(tmp_path):
         run_job([constant], tmp_path / "o" / "run=c", JobSpec(run_id="c"))
     assert caught.value.code == "too_few_features" and "and 2 more" in caught.value.message
     assert "\n" not in caught.value.message
+
+
+def test_a_file_name_with_control_characters_still_gives_one_line(tmp_path):
+    src = tmp_path / "two\nlines\x1b[31m.parquet"
+    src.write_bytes(b"not parquet")
+    proc = q4_run(tmp_path, str(src))
+    assert proc.returncode == 2 and "two\\nlines\\x1b[31m.parquet" in proc.stderr
+    assert error_code(tmp_path) == "malformed_parquet"
