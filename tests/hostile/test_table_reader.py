@@ -186,24 +186,29 @@ def _parses_as_written(header: list[str], rows: list[list[str]]) -> bool:
 
 
 @settings(HOSTILE, max_examples=200)
-@given(table=csv_tables(), chunk_rows=st.sampled_from([1, 3, 65_536]))
+@given(table=csv_tables(), chunk_rows=st.sampled_from([1, 3, 65_536]), data=st.data())
 def test_hostile_csv_never_crashes_and_keeps_every_row(
     tmp_path_factory: pytest.TempPathFactory, scratch: Path, table: tuple[list[str], list[list[str]], bytes],
-    chunk_rows: int,
+    chunk_rows: int, data: st.DataObject,
 ) -> None:  # fmt: skip
-    header, rows, data = table
+    header, rows, raw = table
+    # now and then name the features: existing columns (numeric or not) or names that are not there
+    features = data.draw(
+        st.none() | st.none() | st.lists(st.sampled_from(header) | names, min_size=1, max_size=3)
+    )
     work = tmp_path_factory.mktemp("csv")
     (work / "in").mkdir()
     src = work / "in" / "table.csv"
-    src.write_bytes(data)
-    outcome = run_hostile([src], work, scratch, chunk_rows=chunk_rows)
+    src.write_bytes(raw)
+    spec_features = tuple(features) if features is not None else None
+    outcome = run_hostile([src], work, scratch, chunk_rows=chunk_rows, features=spec_features)
     if isinstance(outcome, RunResult):
         assert _parses_as_written(header, rows)
         check_partition_csv(outcome, header, rows)
     else:
         assert outcome.code in {
             "too_few_rows", "too_few_features", "duplicate_columns", "reserved_column", "malformed_csv",
-            "values_too_large",
+            "values_too_large", "unknown_features", "non_numeric_features",
         }, outcome.message  # fmt: skip
 
 
@@ -229,11 +234,11 @@ PARQUET_TYPES: dict[str, Any] = {
 @st.composite
 def parquet_tables(draw: st.DrawFn) -> pa.Table:
     kinds = draw(st.lists(st.sampled_from(sorted(PARQUET_TYPES)), min_size=1, max_size=6))
-    n = draw(st.integers(0, 20))
+    n = draw(st.integers(0, 20) | st.integers(4, 20))
     columns = {}
     for j, kind in enumerate(kinds):
         arrow_type, values = PARQUET_TYPES[kind]
-        cells = draw(st.lists(st.none() | values, min_size=n, max_size=n))
+        cells = draw(st.lists(st.one_of(values, values, values, st.none()), min_size=n, max_size=n))
         columns[f"{kind}_{j}"] = pa.array(cells, arrow_type)
     # two plain float columns most of the time, so many runs get as far as the split
     if draw(st.integers(0, 3)):
