@@ -117,13 +117,15 @@ def model_from_dict(doc: Any, *, source: str) -> Q4Model:
             or components.shape[1] != d
             or eigenvalues.shape != (d,)
             or not np.all(scale > 0)
+            or not np.all(np.isfinite(components))  # NaN scores would reach er.json
+            or not np.all(np.isfinite(eigenvalues))
         ):
             raise ValueError("shape")
         std = Standardization(shift, offset, scale, constant)
         return Q4Model(
             features, std, eigenvalues, components, int(doc["n_samples_fit"]), doc.get("source_run")
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ModelError(
             "invalid_model",
             f"The model {source} is not a valid q4_model.json ({MODEL_SCHEMA}); "
@@ -140,7 +142,8 @@ def load_model(path: Path) -> Q4Model:
         raise ModelError(
             "model_not_found", f"The model file {path} does not exist; check the --model path.", {}
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError: also JSON integers over 4,300 digits; RecursionError: nesting deeper than the stack
+    except (OSError, ValueError, RecursionError) as exc:
         raise ModelError(
             "invalid_model",
             f"The model file {path} is not readable JSON; pass a q4_model.json written by q4.",
