@@ -8,6 +8,7 @@ for what is worth retrying.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -124,12 +125,53 @@ def aws_errors(action: str) -> Iterator[None]:
         raise TransientError("aws_error", f"AWS failed to {action} ({exc}); try again.") from exc
 
 
+#: The longest file name (bytes) common file systems allow; S3 key segments may be up to 1024.
+MAX_NAME_BYTES = 255
+
+
+class UnsafeKeyError(ValueError):
+    """An S3 key that cannot be stored as a local file below the download root."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"unsafe key {key!r}")
+        self.key = key
+
+
+def input_paths(root: Path, relative_keys: list[str]) -> list[Path]:
+    """Where the task stores each listed input: ``root/<i>/<key below the input root>``.
+
+    One directory per object, so keys that S3 allows side by side but a file system does not
+    (``a.csv`` and ``a.csv/b.csv``) never collide; the file keeps its name (messages, suffix).
+    """
+    return [local_path_for(root / str(i), key) for i, key in enumerate(relative_keys)]
+
+
 def local_path_for(root: Path, relative_key: str) -> Path:
-    """``root / relative_key`` for an S3 key below a prefix, refusing keys that would escape ``root``."""
+    """``root / relative_key`` for an S3 key below a prefix, refusing keys that would escape ``root``
+    (``.``, ``..``, empty segments, a leading ``/``) or that no file can be named after (NUL)."""
     parts = PurePosixPath(relative_key).parts
-    if not parts or any(part in ("", ".", "..") for part in parts) or relative_key.startswith("/"):
-        raise ValueError(f"unsafe key {relative_key!r}")
-    return root.joinpath(*parts)
+    if (
+        not parts
+        or any(part in ("", ".", "..") for part in parts)
+        or relative_key.startswith("/")
+        or "//" in relative_key  # PurePosixPath would fold "a//b" onto "a/b": two keys, one file
+        or "/./" in f"/{relative_key}/"
+        or "\x00" in relative_key
+        or relative_key.endswith("/")  # a "folder" object, not a file
+    ):
+        raise UnsafeKeyError(relative_key)
+    return root.joinpath(*(_local_name(part) for part in parts))
+
+
+def _local_name(part: str) -> str:
+    """A key segment as a file name: unchanged, or shortened with a digest when over 255 bytes."""
+    raw = part.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_NAME_BYTES:
+        return part
+    suffix = PurePosixPath(part).suffix
+    suffix = suffix if len(suffix.encode("utf-8", "surrogatepass")) <= 32 else ""
+    head = raw[:160].decode("utf-8", "ignore")
+    return f"{head}-{hashlib.sha256(raw).hexdigest()[:32]}{suffix}"
 
 
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[dict[str, Any]]:

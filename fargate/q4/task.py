@@ -296,18 +296,17 @@ class Task:
             raise InputError(
                 "input_not_found", f"The input {where}; upload it and submit again under a new run id."
             )
-        paths: list[Path] = []
-        for key in keys:
-            try:
-                path = aws.local_path_for(root, key.removeprefix(base))
-            except ValueError:
-                raise InputError(
-                    "invalid_input_key",
-                    f"The input key {key!r} has '.', '..' or empty path segments; rename the object.",
-                ) from None
+        try:
+            paths = aws.input_paths(root, [key.removeprefix(base) for key in keys])
+        except aws.UnsafeKeyError as exc:
+            raise InputError(
+                "invalid_input_key",
+                f"The input key {base + exc.key!r} has '.', '..' or empty path segments or a NUL character; "
+                "rename the object.",
+            ) from None
+        for key, path in zip(keys, paths, strict=True):
             with aws.aws_errors(f"download s3://{bucket}/{key}"):
                 self.inputs.append(aws.download(self.s3, bucket, key, path))
-            paths.append(path)
         return paths
 
     def _download_model(self, root: Path) -> Path:
