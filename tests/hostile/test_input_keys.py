@@ -21,7 +21,7 @@ keys = st.lists(segment, min_size=1, max_size=4).map("/".join) | st.sampled_from
 )
 
 
-@settings(HOSTILE, max_examples=500)
+@settings(HOSTILE, max_examples=300)
 @given(key_list=st.lists(keys, min_size=1, max_size=5, unique=True))
 def test_listed_keys_stay_under_the_download_root(
     tmp_path_factory: pytest.TempPathFactory, key_list: list[str]

@@ -140,19 +140,19 @@ def hostile_messages(draw: st.DrawFn) -> dict[str, Any]:
 # ---------------------------------------------------------------- properties
 
 
-@settings(HOSTILE, max_examples=400)
+@settings(HOSTILE, max_examples=300)
 @given(body=st.text(max_size=200))
 def test_any_text_gets_a_job_or_a_bounded_rejection(body: str) -> None:
     check_outcome(answer(body))
 
 
-@settings(HOSTILE, max_examples=300)
+@settings(HOSTILE, max_examples=200)
 @given(body=st.binary(max_size=200))
 def test_any_bytes_get_a_job_or_a_bounded_rejection(body: bytes) -> None:
     check_outcome(answer(body))
 
 
-@settings(HOSTILE, max_examples=400)
+@settings(HOSTILE, max_examples=300)
 @given(value=json_values)
 def test_any_json_value_gets_a_job_or_a_bounded_rejection(value: object) -> None:
     check_outcome(answer(json.dumps(value)))
@@ -172,7 +172,7 @@ def near_valid_messages(draw: st.DrawFn) -> dict[str, Any]:
     return message
 
 
-@settings(HOSTILE, max_examples=400)
+@settings(HOSTILE, max_examples=300)
 @given(message=near_valid_messages())
 def test_keys_made_of_hostile_segments_stay_under_the_input_root(message: dict[str, Any]) -> None:
     outcome = answer(json.dumps(message))
@@ -190,7 +190,7 @@ def test_hostile_messages_never_yield_a_key_outside_the_run(message: dict[str, A
         assert outcome.run_id == message["run_id"]
 
 
-@settings(HOSTILE, max_examples=300)
+@settings(HOSTILE, max_examples=200)
 @given(
     env=st.dictionaries(
         st.sampled_from(contract.PER_RUN_ENV),

@@ -185,7 +185,7 @@ def _parses_as_written(header: list[str], rows: list[list[str]]) -> bool:
     return all(any(c != "" for c in row) or len(row) > 1 for row in rows)
 
 
-@settings(HOSTILE, max_examples=200)
+@settings(HOSTILE, max_examples=150)
 @given(table=csv_tables(), chunk_rows=st.sampled_from([1, 3, 65_536]), data=st.data())
 def test_hostile_csv_never_crashes_and_keeps_every_row(
     tmp_path_factory: pytest.TempPathFactory, scratch: Path, table: tuple[list[str], list[list[str]], bytes],
@@ -317,7 +317,7 @@ def broken_files(draw: st.DrawFn) -> tuple[str, bytes]:
     return suffix, data
 
 
-@settings(HOSTILE, max_examples=300)
+@settings(HOSTILE, max_examples=200)
 @given(broken=broken_files())
 def test_broken_files_fail_with_a_clear_error(
     tmp_path_factory: pytest.TempPathFactory, scratch: Path, broken: tuple[str, bytes]
