@@ -195,7 +195,7 @@ def _csv_error(path: Path, exc: Exception) -> InputError:
         return InputError(
             "malformed_csv",
             f"The CSV file {path.name} has a row longer than the reader's block "
-            f"({MAX_BLOCK_BYTES >> 20} MiB at most) or a quote that is never closed; "
+            f"({MAX_BLOCK_BYTES >> 20} MiB) or a quote that is never closed; "
             "shorten the row or close the quote.",
             {"input": str(path), "problem": problem},
         )
@@ -282,15 +282,6 @@ class _HashingReader(io.RawIOBase):
 MAX_BLOCK_BYTES = 1 << 20
 
 
-def _block_size(path: Path, chunk_rows: int) -> int:
-    """A CSV block size of about ``chunk_rows`` rows (64 KiB .. 1 MiB)."""
-    with path.open("rb") as f:
-        head = f.read(1 << 16)
-    rows = max(1, head.count(b"\n"))
-    per_row = max(1, len(head) // rows)
-    return int(min(max(per_row * chunk_rows, 1 << 16), MAX_BLOCK_BYTES))
-
-
 def iter_batches(
     table: InputTable,
     chunk_rows: int,
@@ -327,7 +318,9 @@ def _iter_csv(
     try:
         reader = pcsv.open_csv(
             pa.PythonFile(raw, mode="r"),
-            read_options=pcsv.ReadOptions(block_size=_block_size(path, chunk_rows)),
+            # always the full block: a row must fit in one, and the chunk size must not decide whether
+            # a long row is readable (blocks sized from chunk_rows were 64 KiB .. 1 MiB)
+            read_options=pcsv.ReadOptions(block_size=MAX_BLOCK_BYTES),
             parse_options=PARSE_OPTIONS,
             convert_options=pcsv.ConvertOptions(
                 column_types=table.schema, strings_can_be_null=False, quoted_strings_can_be_null=False
