@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -337,6 +338,7 @@ class EcsFaultProxy(http.server.ThreadingHTTPServer):
         self.upstream = urlsplit(upstream)
         self.script: list[str] = []
         self.always_fail: set[str] = set()
+        self.fail_from_attempt: dict[str, int] = {}  # run id -> first attempt whose RunTask fails
         self.served: list[tuple[str, str]] = []  # (run id, answer)
         self.lock = threading.Lock()
 
@@ -354,9 +356,11 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.headers.get("X-Amz-Target", "").endswith(".RunTask"):
-            run_id = _override_run_id(json.loads(body))
+            run_id, attempt = _override_run(json.loads(body))
             with self.server.lock:
-                if run_id in self.server.always_fail:
+                if run_id in self.server.always_fail or attempt >= self.server.fail_from_attempt.get(
+                    run_id, 1_000_000
+                ):
                     answer = "failures"
                 else:
                     answer = self.server.script.pop(0) if self.server.script else "pass"
@@ -389,12 +393,14 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _override_run_id(request: dict[str, Any]) -> str:
-    for override in request.get("overrides", {}).get("containerOverrides", []):
-        for variable in override.get("environment", []):
-            if variable.get("name") == "Q4_RUN_ID":
-                return str(variable.get("value"))
-    return ""
+def _override_run(request: dict[str, Any]) -> tuple[str, int]:
+    """(Q4_RUN_ID, Q4_ATTEMPT) of a RunTask request's container overrides."""
+    env = {
+        str(variable.get("name")): str(variable.get("value"))
+        for override in request.get("overrides", {}).get("containerOverrides", [])
+        for variable in override.get("environment", [])
+    }
+    return env.get("Q4_RUN_ID", ""), int(env.get("Q4_ATTEMPT", "1") or 1)
 
 
 @pytest.fixture
@@ -475,6 +481,50 @@ def test_runtask_failures_and_throttling_are_retried_then_dead_lettered(stack, e
     commit_snapshot(stack, "fault-runtask-1")
 
 
+class KnownGap(AssertionError):
+    """A documented gap (docs/reliability.md): only this failure makes the xfail below expected."""
+
+
+@pytest.mark.xfail(
+    raises=KnownGap,
+    strict=True,
+    reason="known gap (docs/reliability.md, Faults 6): the local runtime drops a STOPPED event whose "
+    "deliveries all failed instead of sending it to the function's DLQ (moto drops DeadLetterConfig)",
+)
+def test_relaunch_that_cannot_start_dead_letters_its_stopped_event(stack, ecs_fault_proxy):
+    # GIVEN a run whose relaunch (attempt 2) RunTask always answers with a failures entry
+    proxy = ecs_fault_proxy
+    run_id = "fault-relaunch-1"
+    proxy.fail_from_attempt = {run_id: 2}
+    submit(stack, run_id, rows=30_000)
+    entry = wait_until(
+        lambda: next((e for e in tasks_of(stack, run_id) if e["status"] == "running"), None), 120, "the task"
+    )
+    # WHEN its task crashes (SIGKILL), so the orchestrator must relaunch it
+    os.killpg(entry["pid"], signal.SIGKILL)
+    # THEN the STOPPED event fails each of its 3 deliveries (the relaunch cannot start) ...
+    [record] = wait_until(
+        lambda: [e for e in tasks_of(stack, run_id) if e["status"] == "undeliverable"] or None,
+        60,
+        "deliveries",
+    )
+    assert record["delivery_attempts"] == 3 and record["exit_code"] == 137
+    assert [answer for rid, answer in proxy.served if rid == run_id] == ["pass"] + ["failures"] * 3
+    # ... the run stays accepted: no terminal object, no done message
+    assert {"MANIFEST.json", "ERROR.json"} & keys_of(stack, run_id) == set()
+    drain(stack, [], timeout=0, settle=1)
+    assert run_id not in DONE
+    # AND, as Lambda does with a failed asynchronous invocation, the event is in the function's DLQ
+    sqs = clients(stack["aws"])["sqs"]
+    dlq = json.loads((stack["state_dir"] / "stack.json").read_text())["outputs"]["dlq_url"]
+    time.sleep(2)
+    messages = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0).get(
+        "Messages", []
+    )
+    if not [m for m in messages if entry["task_arn"] in m["Body"]]:
+        raise KnownGap("the STOPPED event is not in the function's DLQ")
+
+
 # ---------------------------------------------------------------- runtime restarts
 
 
@@ -503,7 +553,11 @@ def test_runtime_restarts_while_runs_are_in_flight(stack):
     for run_id in runs:
         assert [(m["status"], m["attempt"]) for m in DONE[run_id]] == [("succeeded", 1)], DONE[run_id]
         assert len(tasks_of(stack, run_id)) == 1
-        assert sorted(outcomes_of(stack, run_id)) == ["in_flight", "launched", "reported"], run_id
+        # the orchestrator launched once and saw the second copy in flight; the exit-0 STOPPED event may be
+        # delivered twice (a runtime killed between delivering it and recording that: at-least-once)
+        outcomes = Counter(outcomes_of(stack, run_id))
+        assert (outcomes["launched"], outcomes["in_flight"]) == (1, 1), (run_id, outcomes)
+        assert outcomes["reported"] >= 1 and set(outcomes) == {"launched", "in_flight", "reported"}, outcomes
         assert {"MANIFEST.json", "ERROR.json"} & keys_of(stack, run_id) == {"MANIFEST.json"}
         commit_snapshot(stack, run_id)
 
