@@ -138,7 +138,7 @@ def test_relative_and_absolute_input_paths_with_dotdot(tmp_path):
     assert manifest["inputs"][0]["key"] == via_dotdot and manifest["rows"]["input"] == 4
 
 
-def _wide_csv(path: Path, n_numeric: int, n_text: int, rows: int = 12) -> Path:
+def _wide_csv(path: Path, n_numeric: int, n_text: int, rows: int = 6) -> Path:
     rng = np.random.default_rng(1)
     header = [f"f{j}" for j in range(n_numeric)] + [f"t{j}" for j in range(n_text)]
     buffer = io.StringIO()

@@ -77,7 +77,7 @@ def _event(name: str) -> None:
         event(name)
 
 
-@settings(HOSTILE, max_examples=200)
+@settings(HOSTILE, max_examples=150)
 @given(data=st.data())
 def test_a_mutated_model_is_applied_or_refused(
     tmp_path_factory: pytest.TempPathFactory, fitted: tuple[Path, dict[str, Any]], data: st.DataObject

@@ -177,6 +177,9 @@ def csv_tables(draw: st.DrawFn) -> tuple[list[str], list[list[str]], bytes]:
     data = buffer.getvalue().encode("utf-8")
     if draw(st.booleans()):
         data = b"\xef\xbb\xbf" + data  # a UTF-8 BOM, as Excel writes it
+    elif data.startswith(b"\xef\xbb\xbf"):
+        # an unquoted first name starting with U+FEFF *is* a BOM to any reader: it is not part of the name
+        header = [header[0][1:], *header[1:]]
     return header, rows, data
 
 
@@ -186,7 +189,7 @@ def _parses_as_written(header: list[str], rows: list[list[str]]) -> bool:
     return all(any(c != "" for c in row) or len(row) > 1 for row in rows)
 
 
-@settings(HOSTILE, max_examples=150)
+@settings(HOSTILE, max_examples=120)
 @given(table=csv_tables(), chunk_rows=st.sampled_from([1, 3, 65_536]), data=st.data())
 def test_hostile_csv_never_crashes_and_keeps_every_row(
     tmp_path_factory: pytest.TempPathFactory, scratch: Path, table: tuple[list[str], list[list[str]], bytes],
