@@ -45,6 +45,8 @@ ENV_INPUT_KEY = "Q4_INPUT_KEY"
 ENV_INPUT_PREFIX = "Q4_INPUT_PREFIX"
 ENV_MODE = "Q4_MODE"
 ENV_MODEL_KEY = "Q4_MODEL_KEY"
+# Models live where enhanced/full runs save them; the task role may read nothing else of the artifacts.
+MODEL_KEY_SUFFIX = "/model/q4_model.json"
 ENV_FEATURES = "Q4_FEATURES"
 ENV_SVD_K = "Q4_SVD_K"
 ENV_OUTPUT_FORMAT = "Q4_OUTPUT_FORMAT"
@@ -334,6 +336,19 @@ def parse_job(message: object) -> Job:
     model_key = message.get("model_key")
     if model_key is not None:
         model_key = _check_key("model_key", model_key, run_id)
+        model_run = model_key.removeprefix("run=").removesuffix(MODEL_KEY_SUFFIX)
+        if (
+            not model_key.startswith("run=")
+            or not model_key.endswith(MODEL_KEY_SUFFIX)
+            or not RUN_ID_PATTERN.match(model_run)
+            or ".." in model_run
+        ):
+            raise Rejection(
+                "invalid_model_key",
+                f"'model_key' {_shown(model_key)} is not a saved model; give the key of a model written by "
+                f"an enhanced or full run: run=<run_id>{MODEL_KEY_SUFFIX}.",
+                run_id,
+            )
 
     features = message.get("features")
     if features is not None:

@@ -24,7 +24,8 @@ HOSTILE = settings.get_profile("hostile")
 CODES = {
     "invalid_json", "invalid_message", "unknown_field", "missing_field", "invalid_type", "invalid_run_id",
     "invalid_input", "path_traversal", "invalid_key", "wrong_prefix", "unknown_mode",
-    "unknown_output_format", "invalid_svd_k", "invalid_features", "too_many_features", "job_too_large",
+    "unknown_output_format", "invalid_model_key", "invalid_svd_k", "invalid_features", "too_many_features",
+    "job_too_large",
 }  # fmt: skip
 #: An SQS message (the done message) may carry at most 256 KiB.
 SQS_MAX_BYTES = 256 * 1024

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -107,6 +108,14 @@ def test_defaults_make_equal_jobs() -> None:
         ),
         ({"run_id": "r", "input_key": "run=r/input/x.csv", "output_format": "xlsx"}, "unknown_output_format"),
         ({"run_id": "r", "input_key": "run=r/input/x.csv", "model_key": "../m.json"}, "path_traversal"),
+        (
+            {"run_id": "r", "input_key": "run=r/input/x.csv", "model_key": "run=a/output/er.json"},
+            "invalid_model_key",
+        ),
+        (
+            {"run_id": "r", "input_key": "run=r/input/x.csv", "model_key": "models/q4_model.json"},
+            "invalid_model_key",
+        ),
         ({"run_id": "r", "input_key": "run=r/input/x.csv", "mode": None}, "invalid_type"),
         ({"run_id": "x" * 65, "input_key": "run=x/input/x.csv"}, "invalid_run_id"),
         ({"run_id": "-r", "input_key": "run=-r/input/x.csv"}, "invalid_run_id"),
@@ -125,10 +134,13 @@ def test_long_keys_exceeding_the_overrides_limit_are_rejected() -> None:
         {
             "run_id": "r",
             "input_key": f"run=r/input/{stem}.csv",
-            "model_key": "m" * 1000,
+            "model_key": f"run={'m' * 64}/model/q4_model.json",
             "features": [f"c{i:04d}" for i in range(1000)],
         }
     )
+    # Valid messages stay under ECS's limit today; the guard protects against fields growing later.
+    contract.check_overrides_size(job, "q4")
+    job = dataclasses.replace(job, model_key="m" * 1000)
     with pytest.raises(Rejection) as caught:
         contract.check_overrides_size(job, "q4")
     assert caught.value.code == "job_too_large"
