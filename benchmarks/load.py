@@ -410,16 +410,24 @@ def check_done(run: Planned, bodies: list[dict[str, Any]], problems: list[str]) 
         problems.append(f"{run.run_id}: {len(bodies)} done messages (no crash was injected)")
 
 
+def run_id_of(entry: dict[str, Any]) -> str | None:
+    """The Q4_RUN_ID a ledger entry's task was launched with (from its container overrides)."""
+    for override in entry["task"].get("overrides", {}).get("containerOverrides", []):
+        for variable in override.get("environment", []):
+            if variable["name"] == "Q4_RUN_ID":
+                return str(variable["value"])
+    return None
+
+
 def ledger_tasks(state_dir: Path) -> dict[str, int]:
     """Tasks the runtime ran, per run id (from ledger.json)."""
     path = state_dir / "ledger.json"
     counts: Counter[str] = Counter()
     if path.exists():
         for entry in json.loads(path.read_text()).values():
-            for override in entry["task"].get("overrides", {}).get("containerOverrides", []):
-                for variable in override.get("environment", []):
-                    if variable["name"] == "Q4_RUN_ID":
-                        counts[variable["value"]] += 1
+            run_id = run_id_of(entry)
+            if run_id is not None:
+                counts[run_id] += 1
     return dict(counts)
 
 

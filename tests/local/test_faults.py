@@ -115,16 +115,8 @@ def tasks_of(stack: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
     """The runtime's ledger entries of a run, oldest first."""
     path = stack["state_dir"] / "ledger.json"
     entries = json.loads(path.read_text()).values() if path.exists() else []
-    mine = [e for e in entries if _run_of(e) == run_id]
+    mine = [e for e in entries if load_bench().run_id_of(e) == run_id]
     return sorted(mine, key=lambda e: e["created_at"])
-
-
-def _run_of(entry: dict[str, Any]) -> str | None:
-    for override in entry["task"].get("overrides", {}).get("containerOverrides", []):
-        for variable in override.get("environment", []):
-            if variable["name"] == "Q4_RUN_ID":
-                return str(variable["value"])
-    return None
 
 
 def outcomes_of(stack: dict[str, Any], run_id: str) -> list[str]:
