@@ -252,7 +252,15 @@ def test_task_killed_mid_upload_never_looks_complete(stack, tmp_path):
         return None
 
     entry = wait_until(uploading, 240, "the task to start uploading", interval=0.02)
-    wait_until(lambda: any(k.startswith("output/") for k in keys_of(stack, run_id)), 30, "a first artifact")
+    # Freeze the task at once, then let it run in 20 ms steps until its first artifact is in the bucket:
+    # on a quiet machine the whole upload (MANIFEST included) can otherwise finish before the kill.
+    os.killpg(entry["pid"], signal.SIGSTOP)
+    deadline = time.monotonic() + 60
+    while not any(k.startswith("output/") for k in keys_of(stack, run_id)):
+        assert time.monotonic() < deadline, "no artifact was uploaded within 60 s"
+        os.killpg(entry["pid"], signal.SIGCONT)
+        time.sleep(0.02)
+        os.killpg(entry["pid"], signal.SIGSTOP)
     # WHEN the runtime is frozen (so nothing relaunches yet) and the task is SIGKILLed mid-upload
     runtime = runtime_record(stack)
     os.kill(runtime.pid, signal.SIGSTOP)
