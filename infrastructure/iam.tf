@@ -246,6 +246,20 @@ data "aws_iam_policy_document" "orchestrator" {
   }
 
   statement {
+    # A STOPPED event redriven from the DLQ (`q4 dlq --redrive`) is only a pointer: the orchestrator reads the
+    # task's state back from ECS before it recovers the run.
+    sid       = "CheckRedrivenTasks"
+    actions   = ["ecs:DescribeTasks"]
+    resources = ["arn:${local.partition}:ecs:${var.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.this.arn]
+    }
+  }
+
+  statement {
     sid       = "PassTaskRoles"
     actions   = ["iam:PassRole"]
     resources = [aws_iam_role.task.arn, aws_iam_role.task_execution.arn]

@@ -403,6 +403,21 @@ def parse_job(message: object) -> Job:
     )
 
 
+def task_state_change(body: str | bytes) -> dict[str, Any] | None:
+    """The ECS Task State Change event a work-queue message carries (redriven from the DLQ), or None."""
+    try:
+        message = json.loads(body)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if (
+        isinstance(message, dict)
+        and message.get("source") == "aws.ecs"
+        and message.get("detail-type") == "ECS Task State Change"
+    ):
+        return message
+    return None
+
+
 def parse_message_body(body: str | bytes) -> Job:
     """Decode and validate an SQS message body; raises :class:`Rejection` (and nothing else)."""
     try:

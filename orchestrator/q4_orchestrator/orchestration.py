@@ -1,9 +1,18 @@
 """What the orchestrator does: accept work messages and launch tasks; recover crashed tasks.
 
 Outcomes are returned as short words (``launched``, ``rejected``, ``duplicate``, ``in_flight``,
-``relaunched``, ``failed``, ``resent``, ``stale``, ``ignored``, ``reported``) so callers and logs
-can tell what happened. A transient launch problem raises :class:`LaunchError`: the SQS batch
-handler reports the message as a batch item failure so SQS delivers it again.
+``relaunched``, ``failed``, ``resent``, ``stale``, ``ignored``, ``reported``, ``running``) so callers and
+logs can tell what happened.
+
+The work queue also takes ECS Task State Change events *redriven* from the DLQ (``q4 dlq --redrive``):
+an event whose asynchronous delivery failed (say the relaunch's RunTask kept failing) lands in the DLQ,
+and moving it to the work queue hands it to :meth:`Orchestrator.redriven_stop`. Such an event came
+through a queue anyone with ``sqs:SendMessage`` can write to, so it is only a pointer: the task must be
+one this orchestrator launched (its launch record names it) and its state is read back from ECS.
+
+A transient launch problem raises :class:`LaunchError`: the SQS batch handler reports the message as a
+batch item failure so SQS delivers it again; an asynchronous invocation (EventBridge) fails and Lambda
+retries it, then keeps it in the DLQ.
 """
 
 from __future__ import annotations
@@ -45,6 +54,9 @@ class Orchestrator:
 
     def accept(self, body: str) -> str:
         """Validate a work message, write job.json once and launch attempt 1 (or report why not)."""
+        event = contract.task_state_change(body)
+        if event is not None:
+            return self.redriven_stop(event)
         try:
             job = contract.parse_message_body(body)
             contract.check_overrides_size(job, self.config.container_name)
@@ -190,6 +202,53 @@ class Orchestrator:
         return task_arn
 
     # ------------------------------------------------------------ crash recovery
+
+    def redriven_stop(self, event: Mapping[str, Any]) -> str:
+        """A STOPPED event that came back from the DLQ through the work queue: check it, then recover.
+
+        The message counts only when the run's launch record of that attempt names the same task ARN,
+        and the task is not running: ECS (DescribeTasks) must report it STOPPED, or no longer know it (ECS
+        keeps stopped tasks for about an hour). Then it is handled like the original event by
+        :meth:`task_stopped`, with the exit code the event carries. A wrong exit code cannot do harm: 0 or 2
+        makes the orchestrator do nothing, anything else leads to the crash path, which resends the done
+        message of a committed run once or relaunches the stopped attempt. (The exit code is not read from
+        ECS because the local emulator reports 0 for every container.)
+        """
+        detail = event.get("detail")
+        if not isinstance(detail, Mapping):
+            return "ignored"
+        task_arn = str(detail.get("taskArn") or "")
+        env = _override_env(detail, self.config.container_name)
+        run_id = env.get(contract.ENV_RUN_ID, "")
+        attempt = contract.attempt_from_env(env)
+        context = {"run_id": run_id, "attempt": attempt, "task_arn": task_arn, "redriven": True}
+        record = (
+            self.store.attempt_record(run_id, attempt)
+            if task_arn and contract.is_valid_run_id(run_id)
+            else None
+        )
+        if record is None or record.get("task_arn") != task_arn:
+            self.logger.warning(
+                "Redriven task event names no task this orchestrator launched; ignored.",
+                extra={**context, "outcome": "ignored"},
+            )
+            return "ignored"
+        try:
+            described = self.ecs.describe_tasks(cluster=self.config.cluster, tasks=[task_arn])
+        except ClientError as exc:
+            raise LaunchError(f"DescribeTasks for run {run_id!r} attempt {attempt} failed: {exc}") from exc
+        task = next((t for t in described.get("tasks") or [] if t.get("taskArn") == task_arn), None)
+        if task is not None and task.get("lastStatus") != "STOPPED":
+            self.logger.info(
+                "Redriven task event, but the task is still running; its own STOPPED event will follow.",
+                extra={**context, "last_status": task.get("lastStatus"), "outcome": "running"},
+            )
+            return "running"
+        self.logger.info(
+            "Redriven task event of a stopped task; recovering the run.",
+            extra={**context, "known_to_ecs": task is not None},
+        )
+        return self.task_stopped({**detail, "lastStatus": "STOPPED"})
 
     def task_stopped(self, detail: Mapping[str, Any]) -> str:
         """Handle an ECS Task State Change: relaunch a crashed attempt, or report the run failed."""

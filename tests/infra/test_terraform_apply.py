@@ -307,6 +307,14 @@ def test_orchestrator_role_launches_only_this_family_and_passes_only_the_task_ro
     )
     assert run_task["Condition"] == {"ArnEquals": {"ecs:cluster": cluster_arn}}
 
+    # DescribeTasks (a redriven STOPPED event is checked against ECS): only this cluster's tasks
+    describe = statements["CheckRedrivenTasks"]
+    assert describe["Action"] == "ecs:DescribeTasks"
+    assert re.fullmatch(
+        rf"arn:aws:ecs:us-east-1:\d{{12}}:task/{outputs['cluster_name']}/\*", describe["Resource"]
+    )
+    assert describe["Condition"] == {"ArnEquals": {"ecs:cluster": cluster_arn}}
+
     pass_role = statements["PassTaskRoles"]
     assert pass_role["Action"] == "iam:PassRole"
     assert sorted(_as_list(pass_role["Resource"])) == sorted([task["taskRoleArn"], task["executionRoleArn"]])

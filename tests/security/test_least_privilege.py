@@ -253,7 +253,30 @@ def test_orchestrator_duplicate_and_crash_recovery_with_its_own_role(
     }
     assert run_orchestrator(stack, event, tmp_path) == {"outcome": "relaunched"}
     second = admin_s3.get_object(Bucket=stack.outputs["artifacts_bucket"], Key="run=sec-3/attempts/2.json")
-    assert json.loads(second["Body"].read())["attempt"] == 2
+    second_arn = json.loads(second["Body"].read())["task_arn"]
+
+    # A STOPPED event redriven from the DLQ through the work queue (`q4 dlq --redrive`) for attempt 2, which
+    # ECS still reports running: DescribeTasks on the run's own task is allowed, and nothing is launched.
+    running = stack.client("admin", "ecs").describe_tasks(
+        cluster=stack.outputs["cluster_name"], tasks=[second_arn]
+    )["tasks"][0]
+    detail = {**event["detail"], "taskArn": second_arn, "overrides": running["overrides"]}
+    redriven = {**event, "detail": detail}
+    admin_sqs.send_message(QueueUrl=stack.outputs["work_queue_url"], MessageBody=json.dumps(redriven))
+    messages = orch_sqs.receive_message(
+        QueueUrl=stack.outputs["work_queue_url"], AttributeNames=["All"], WaitTimeSeconds=2
+    )["Messages"]
+    assert run_orchestrator(stack, sqs_event(stack, messages), tmp_path) == {"batchItemFailures": []}
+    orch_sqs.delete_message(
+        QueueUrl=stack.outputs["work_queue_url"], ReceiptHandle=messages[0]["ReceiptHandle"]
+    )
+    attempts = admin_s3.list_objects_v2(
+        Bucket=stack.outputs["artifacts_bucket"], Prefix="run=sec-3/attempts/"
+    )
+    assert sorted(item["Key"] for item in attempts["Contents"]) == [
+        "run=sec-3/attempts/1.json",
+        "run=sec-3/attempts/2.json",
+    ]
 
 
 # ---------------------------------------------------------------- and is denied the rest
@@ -323,8 +346,11 @@ ORCHESTRATOR_DENIED = [
      lambda c, o: c.send_message(QueueUrl=o["work_queue_url"], MessageBody="{}")),
     ("read the done queue", "sqs",
      lambda c, o: c.receive_message(QueueUrl=o["done_queue_url"])),
-    ("describe tasks", "ecs",
-     lambda c, o: c.describe_tasks(cluster=o["cluster_name"], tasks=["x"])),
+    ("describe another cluster's tasks", "ecs",
+     lambda c, o: c.describe_tasks(cluster="other", tasks=[
+         f"arn:aws:ecs:us-east-1:{o['work_queue_url'].split('/')[-2]}:task/other/0a1b"])),
+    ("describe tasks by bare id", "ecs",
+     lambda c, o: c.describe_tasks(cluster=o["cluster_name"], tasks=["0a1b"])),
 ]  # fmt: skip
 
 

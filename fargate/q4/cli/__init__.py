@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from q4.errors import Q4Error
 
 # Sub-command modules, in the order `q4 --help` lists them.
-_COMMAND_MODULES = ("q4.cli.run", "q4.cli.pipeline", "q4.cli.local")
+_COMMAND_MODULES = ("q4.cli.run", "q4.cli.pipeline", "q4.cli.dlq", "q4.cli.local")
 
 
 def build_parser() -> argparse.ArgumentParser:
