@@ -9,6 +9,8 @@
 - RunTask failing (a `failures` entry) and throttled (ThrottlingException) for real on the orchestrator's
   HTTP path to ECS: a fault-injecting proxy named by `AWS_ENDPOINT_URL_ECS` in the deployed function's
   environment; SQS redelivers, then the DLQ;
+- a relaunch whose RunTask keeps failing: the STOPPED event fails its 3 asynchronous deliveries and goes
+  to the function's DLQ (its DeadLetterConfig), with Lambda's message attributes;
 - the local runtime SIGKILLed and restarted (`q4 local up --detach`) while runs are in flight, and stopped
   gracefully (SIGTERM: its tasks die with it) and restarted;
 
@@ -481,21 +483,20 @@ def test_runtask_failures_and_throttling_are_retried_then_dead_lettered(stack, e
     commit_snapshot(stack, "fault-runtask-1")
 
 
-class KnownGap(AssertionError):
-    """A documented gap (docs/reliability.md): only this failure makes the xfail below expected."""
-
-
-@pytest.mark.xfail(
-    raises=KnownGap,
-    strict=True,
-    reason="known gap (docs/reliability.md, Faults 6): the local runtime drops a STOPPED event whose "
-    "deliveries all failed instead of sending it to the function's DLQ (moto drops DeadLetterConfig)",
-)
 def test_relaunch_that_cannot_start_dead_letters_its_stopped_event(stack, ecs_fault_proxy):
     # GIVEN a run whose relaunch (attempt 2) RunTask always answers with a failures entry
     proxy = ecs_fault_proxy
     run_id = "fault-relaunch-1"
     proxy.fail_from_attempt = {run_id: 2}
+    c = clients(stack["aws"])
+    outputs = json.loads((stack["state_dir"] / "stack.json").read_text())["outputs"]
+    dlq = outputs["dlq_url"]
+    dlq_arn = c["sqs"].get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    # (the function's DLQ, as Terraform's dead_letter_config set it, reads back from the emulator)
+    function = c["lambda"].get_function_configuration(FunctionName=outputs["orchestrator_function_name"])
+    assert function["DeadLetterConfig"] == {"TargetArn": dlq_arn}
     submit(stack, run_id, rows=30_000)
     entry = wait_until(
         lambda: next((e for e in tasks_of(stack, run_id) if e["status"] == "running"), None), 120, "the task"
@@ -503,26 +504,41 @@ def test_relaunch_that_cannot_start_dead_letters_its_stopped_event(stack, ecs_fa
     # WHEN its task crashes (SIGKILL), so the orchestrator must relaunch it
     os.killpg(entry["pid"], signal.SIGKILL)
     # THEN the STOPPED event fails each of its 3 deliveries (the relaunch cannot start) ...
+    final = ("dead_lettered", "undeliverable")
     [record] = wait_until(
-        lambda: [e for e in tasks_of(stack, run_id) if e["status"] == "undeliverable"] or None,
-        60,
-        "deliveries",
+        lambda: [e for e in tasks_of(stack, run_id) if e["status"] in final] or None, 60, "deliveries"
     )
-    assert record["delivery_attempts"] == 3 and record["exit_code"] == 137
+    assert (record["status"], record["delivery_attempts"], record["exit_code"]) == ("dead_lettered", 3, 137)
     assert [answer for rid, answer in proxy.served if rid == run_id] == ["pass"] + ["failures"] * 3
+    # ... and, as Lambda does with a failed asynchronous invocation, it went to the function's DLQ
+    [dead_letter] = record["dead_letters"]
+    assert dead_letter["queue"] == dlq_arn and dead_letter["function"] == function["FunctionArn"]
+
+    def in_dlq() -> list[dict[str, Any]]:
+        received = c["sqs"].receive_message(
+            QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0, MessageAttributeNames=["All"]
+        )
+        messages: list[dict[str, Any]] = received.get("Messages", [])
+        return [m for m in messages if m["MessageId"] == dead_letter["message_id"]]
+
+    [message] = wait_until(in_dlq, 30, "the STOPPED event in the DLQ", interval=0.5)
+    event = json.loads(message["Body"])  # the event, unchanged: the crashed attempt 1, exit code 137
+    assert event["detail-type"] == "ECS Task State Change" and event["detail"]["taskArn"] == entry["task_arn"]
+    assert event["detail"]["containers"][0]["exitCode"] == 137
+    [override] = event["detail"]["overrides"]["containerOverrides"]
+    env = {variable["name"]: variable["value"] for variable in override["environment"]}
+    assert (env["Q4_RUN_ID"], env["Q4_ATTEMPT"]) == (run_id, "1")
+    attributes = message["MessageAttributes"]
+    assert attributes["RequestID"] == {"DataType": "String", "StringValue": dead_letter["request_id"]}
+    assert attributes["ErrorCode"] == {"DataType": "Number", "StringValue": "200"}  # a function error
+    error = attributes["ErrorMessage"]["StringValue"]
+    assert error.startswith(f"RunTask for run {run_id!r} attempt 2 ") and "RESOURCE:MEMORY" in error, error
     # ... the run stays accepted: no terminal object, no done message
     assert {"MANIFEST.json", "ERROR.json"} & keys_of(stack, run_id) == set()
     drain(stack, [], timeout=0, settle=1)
     assert run_id not in DONE
-    # AND, as Lambda does with a failed asynchronous invocation, the event is in the function's DLQ
-    sqs = clients(stack["aws"])["sqs"]
-    dlq = json.loads((stack["state_dir"] / "stack.json").read_text())["outputs"]["dlq_url"]
-    time.sleep(2)
-    messages = sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, VisibilityTimeout=0).get(
-        "Messages", []
-    )
-    if not [m for m in messages if entry["task_arn"] in m["Body"]]:
-        raise KnownGap("the STOPPED event is not in the function's DLQ")
+    # (inspected: the message is removed from the DLQ, as an operator would, so the DLQ stays as it was)
+    c["sqs"].delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
 
 
 # ---------------------------------------------------------------- runtime restarts

@@ -1,8 +1,8 @@
 """The local runtime against resources created directly in the moto server (no terraform).
 
 A toy function (its own zip, boto3 from the runtime) launches a task per work message and
-reports each STOPPED event to an "events" queue; the task definition's command is a small
-Python program whose exit code comes from the container overrides.
+reports each STOPPED event to an "events" queue (and fails on those of a task that exited 99); the
+task definition's command is a small Python program whose exit code comes from the container overrides.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from q4.local import lambda_host
 from q4.local.runtime import LocalRuntime, RuntimeConfig
 
@@ -44,6 +45,8 @@ def handler(event, context):
                     {"name": "SLEEP", "value": str(body.get("sleep", 0))}]}]},
             )
         return {"batchItemFailures": failures}
+    if [c.get("exitCode") for c in event.get("detail", {}).get("containers", [])] == [99]:
+        raise RuntimeError("cannot relaunch")
     boto3.client("sqs").send_message(QueueUrl=os.environ["EVENTS_QUEUE"], MessageBody=json.dumps(event))
     return {"ok": True, "has_q4": _has_q4()}
 
@@ -356,3 +359,117 @@ def test_at_most_max_tasks_run_at_once_and_the_rest_wait(toy_deployment):
     assert peak == 2
     intervals = sorted((rec.started_at, rec.stopped_at) for rec in runtime.ledger.tasks.values())
     assert intervals[2][0] >= min(intervals[0][1], intervals[1][1])  # the third waited for a free slot
+
+
+def test_moto_keeps_a_functions_dead_letter_config(aws_env, tmp_path):
+    # moto 5.2.5 dropped DeadLetterConfig; q4.local.moto_launcher keeps it, so Terraform's dead_letter_config
+    # reads back and the runtime knows where a failed asynchronous event goes.
+    lam, iam = boto3.client("lambda"), boto3.client("iam")
+    suffix = str(time.monotonic_ns())
+    trust = {"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "x"}}]}
+    role = iam.create_role(RoleName=f"dlc-{suffix}", AssumeRolePolicyDocument=json.dumps(trust))
+    role_arn = role["Role"]["Arn"]
+    first, second = (f"arn:aws:sqs:us-east-1:123456789012:dlc-{n}-{suffix}" for n in (1, 2))
+    created = lam.create_function(
+        FunctionName=f"dlc-{suffix}",
+        Runtime="python3.12",
+        Role=role_arn,
+        Handler="toy.handler",
+        Code={"ZipFile": _zip(tmp_path).read_bytes()},
+        DeadLetterConfig={"TargetArn": first},
+    )
+    name = created["FunctionName"]
+    assert created["DeadLetterConfig"] == {"TargetArn": first}
+    assert lam.get_function_configuration(FunctionName=name)["DeadLetterConfig"] == {"TargetArn": first}
+    assert lam.get_function(FunctionName=name)["Configuration"]["DeadLetterConfig"] == {"TargetArn": first}
+    # an update replaces it, an update without it keeps it, an empty TargetArn removes it (as on Lambda)
+    lam.update_function_configuration(FunctionName=name, DeadLetterConfig={"TargetArn": second})
+    lam.update_function_configuration(FunctionName=name, Timeout=5)
+    assert lam.get_function_configuration(FunctionName=name)["DeadLetterConfig"] == {"TargetArn": second}
+    lam.update_function_configuration(FunctionName=name, DeadLetterConfig={"TargetArn": ""})
+    assert "DeadLetterConfig" not in lam.get_function_configuration(FunctionName=name)
+
+
+def _fail_stopped_events(deployment: dict[str, Any], dead_letter_arn: str | None) -> LocalRuntime:
+    """Give the toy function ``dead_letter_arn`` as its DLQ (none when None), run a task exiting 99 (whose
+    STOPPED event the function fails every time) and tick until the event's last delivery has failed."""
+    config = deployment["config"]
+    boto3.client("lambda").update_function_configuration(
+        FunctionName=config.function_name, DeadLetterConfig={"TargetArn": dead_letter_arn or ""}
+    )
+    runtime = LocalRuntime(config)
+    earlier = set(runtime.ledger.tasks)
+    boto3.client("sqs").send_message(QueueUrl=deployment["work"], MessageBody=json.dumps({"exit": 99}))
+    _until(
+        runtime,
+        lambda: [
+            r
+            for arn, r in runtime.ledger.tasks.items()
+            if arn not in earlier and r.status not in ("pending", "running", "exited")
+        ],
+        timeout=60,
+    )
+    return runtime
+
+
+def _queue_arn(url: str) -> str:
+    attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+    return str(attributes["Attributes"]["QueueArn"])
+
+
+def test_stopped_event_that_fails_every_delivery_goes_to_the_functions_dlq(toy_deployment):
+    # GIVEN a function whose DeadLetterConfig names the DLQ, and a task whose STOPPED event it always fails
+    deployment = toy_deployment
+    dlq_arn = _queue_arn(deployment["dlq"])
+    runtime = _fail_stopped_events(deployment, dlq_arn)
+    # THEN after its 3 attempts the event is in the DLQ, as Lambda sends a failed asynchronous event
+    [record] = runtime.ledger.tasks.values()
+    assert (record.status, record.delivery_attempts, record.exit_code) == ("dead_lettered", 3, 99)
+    messages = boto3.client("sqs").receive_message(
+        QueueUrl=deployment["dlq"], MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    )["Messages"]
+    [message] = messages
+    event = json.loads(message["Body"])  # the event itself, unchanged
+    assert event["detail-type"] == "ECS Task State Change"
+    assert event["detail"]["taskArn"] == record.task_arn
+    assert event["detail"]["containers"][0]["exitCode"] == 99
+    attributes = message["MessageAttributes"]
+    assert attributes["ErrorCode"] == {"DataType": "Number", "StringValue": "200"}
+    assert attributes["ErrorMessage"] == {"DataType": "String", "StringValue": "cannot relaunch"}
+    assert attributes["RequestID"]["DataType"] == "String"
+    # AND the ledger says where it went
+    assert record.dead_letters == [
+        {
+            "function": runtime.function.arn,
+            "queue": dlq_arn,
+            "message_id": message["MessageId"],
+            "request_id": attributes["RequestID"]["StringValue"],
+        }
+    ]
+    saved = json.loads((deployment["config"].state_dir / "ledger.json").read_text())[record.task_arn]
+    assert saved["status"] == "dead_lettered" and saved["dead_letters"] == record.dead_letters
+    assert _events(deployment["events"]) == []
+
+
+def test_stopped_event_is_dropped_without_a_dlq_and_kept_undeliverable_when_the_dlq_fails(
+    toy_deployment, caplog
+):
+    deployment = toy_deployment
+    sqs = boto3.client("sqs")
+    # GIVEN a function without a DLQ: after 3 failed attempts the event is dropped (and logged), as on Lambda
+    caplog.set_level("WARNING", logger="q4.local.runtime")
+    runtime = _fail_stopped_events(deployment, None)
+    [record] = runtime.ledger.tasks.values()
+    assert (record.status, record.delivery_attempts, record.dead_letters) == ("undeliverable", 3, [])
+    assert "the function has no dead-letter queue" in caplog.text
+    assert sqs.receive_message(QueueUrl=deployment["dlq"]).get("Messages", []) == []
+    # GIVEN a DLQ that cannot take the message (the queue does not exist)
+    missing = _queue_arn(deployment["dlq"]) + "-gone"
+    with pytest.raises(ClientError):
+        sqs.get_queue_url(QueueName=missing.rsplit(":", 1)[-1])
+    caplog.clear()
+    runtime = _fail_stopped_events(deployment, missing)
+    # THEN the send failure is logged and the ledger keeps the task undeliverable
+    second = [r for r in runtime.ledger.tasks.values() if r.task_arn != record.task_arn]
+    assert [(r.status, r.delivery_attempts, r.dead_letters) for r in second] == [("undeliverable", 3, [])]
+    assert f"could NOT be sent to its dead-letter queue {missing}" in caplog.text

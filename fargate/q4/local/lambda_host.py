@@ -5,6 +5,9 @@ Everything comes from the deployment: handler, environment, timeout and memory f
 ``CodeSha256``. Each invocation is a fresh ``python -S`` subprocess (a cold start) with only the
 unpacked zip and the runtime's own packages (boto3 and its dependencies, from this interpreter)
 on ``sys.path`` — never the q4 package — so a zip that is not self-contained fails here as on AWS.
+
+An asynchronous event that failed all its attempts goes where Lambda sends it: the function's
+``DeadLetterConfig`` target (read with :func:`dead_letter_target`), as :func:`dead_letter_message` builds it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,8 @@ from q4.errors import Q4Error
 # What the AWS Lambda Python runtime puts on the path besides the function's code.
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3")
 _BOOTSTRAP = Path(__file__).with_name("lambda_bootstrap.py")
+#: Lambda truncates the ``ErrorMessage`` attribute of a dead-letter message to 1 KB.
+DEAD_LETTER_ERROR_MESSAGE_BYTES = 1024
 
 
 class LambdaCodeError(Q4Error):
@@ -53,8 +59,13 @@ class Invocation:
 
     ok: bool
     result: Any
-    error: str | None
+    error: str | None  # "<errorType>: <errorMessage>", for logs
     duration_s: float
+    request_id: str = ""
+    #: What Lambda's Invoke API answers: 200, for a function error or timeout too (flagged by
+    #: ``X-Amz-Function-Error``); the local host has no throttling or service errors to answer otherwise.
+    status_code: int = 200
+    error_message: str | None = None  # the error's message alone (``errorMessage``, or the runtime's)
 
 
 def code_sha256(zip_path: Path) -> str:
@@ -119,8 +130,14 @@ def invoke(
     *,
     runtime_dir: Path,
     log_path: Path,
+    request_id: str | None = None,
 ) -> Invocation:
-    """Run the handler on ``event`` in a fresh subprocess; its output is appended to ``log_path``."""
+    """Run the handler on ``event`` in a fresh subprocess; its output is appended to ``log_path``.
+
+    ``request_id`` (a new UUID when None) is the invocation's id, returned in the :class:`Invocation` and
+    passed as ``Q4_LOCAL_REQUEST_ID`` for the bootstrap.
+    """
+    request_id = request_id or str(uuid.uuid4())
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
@@ -136,6 +153,7 @@ def invoke(
         "_HANDLER": function.handler,
         "Q4_LOCAL_FUNCTION_ARN": function.arn,
         "Q4_LOCAL_FUNCTION_TIMEOUT": str(function.timeout_s),
+        "Q4_LOCAL_REQUEST_ID": request_id,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,16 +184,51 @@ def invoke(
                     check=False,
                 )
             except subprocess.TimeoutExpired:
+                message = f"Task timed out after {function.timeout_s} seconds"
                 return Invocation(
                     False,
                     None,
-                    f"Task timed out after {function.timeout_s} seconds",
+                    message,
                     time.monotonic() - started,
+                    request_id=request_id,
+                    error_message=message,
                 )
         duration = time.monotonic() - started
         if not result_file.exists():
-            return Invocation(False, None, "Runtime exited without a result", duration)
+            message = "Runtime exited without a result"
+            return Invocation(False, None, message, duration, request_id=request_id, error_message=message)
         outcome = json.loads(result_file.read_text())
     if outcome["ok"]:
-        return Invocation(True, outcome["result"], None, duration)
-    return Invocation(False, None, f"{outcome['errorType']}: {outcome['errorMessage']}", duration)
+        return Invocation(True, outcome["result"], None, duration, request_id=request_id)
+    return Invocation(
+        False,
+        None,
+        f"{outcome['errorType']}: {outcome['errorMessage']}",
+        duration,
+        request_id=request_id,
+        error_message=str(outcome["errorMessage"]) or str(outcome["errorType"]),
+    )
+
+
+def dead_letter_target(lambda_client: Any, function: str) -> str | None:
+    """The ARN of ``function``'s dead-letter queue or topic (its ``DeadLetterConfig``), None when it has none.
+
+    Read when needed, as Lambda does when an asynchronous event has failed all its attempts.
+    """
+    config = lambda_client.get_function_configuration(FunctionName=function)
+    target = (config.get("DeadLetterConfig") or {}).get("TargetArn")
+    return str(target) if target else None
+
+
+def dead_letter_message(event: dict[str, Any], failed: Invocation) -> tuple[str, dict[str, Any]]:
+    """Body and SQS message attributes of the message Lambda sends to a function's DLQ for ``event``,
+    whose last attempt was ``failed``: the event unchanged as the body; ``RequestID`` (String),
+    ``ErrorCode`` (Number: the Invoke status) and ``ErrorMessage`` (String, truncated to 1 KB)."""
+    message = failed.error_message or failed.error or "Unhandled"
+    truncated = message.encode()[:DEAD_LETTER_ERROR_MESSAGE_BYTES].decode(errors="ignore") or "Unhandled"
+    attributes = {
+        "RequestID": {"DataType": "String", "StringValue": failed.request_id or str(uuid.uuid4())},
+        "ErrorCode": {"DataType": "Number", "StringValue": str(failed.status_code)},
+        "ErrorMessage": {"DataType": "String", "StringValue": truncated},
+    }
+    return json.dumps(event), attributes

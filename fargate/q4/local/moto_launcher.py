@@ -18,6 +18,12 @@ And one it gets wrong: moto evaluates bucket policies without request context an
 of bucket policies with ``aws:SecureTransport = true``: the emulator listens on loopback only,
 where traffic never leaves the machine, and counts it as secure transport. The deployed
 policies stay exactly as written.
+
+And one it drops: moto (5.2.5) ignores a function's ``DeadLetterConfig`` — ``LambdaFunction.__init__``
+never reads it from the CreateFunction request, ``update_configuration`` skips the key, and
+``get_configuration`` never returns it — so the DLQ that Terraform's ``dead_letter_config`` sets is lost,
+Terraform plans to set it again on every run, and the local runtime cannot know where Lambda would send
+an asynchronous event that failed all its retries. The launcher keeps it and reports it, as Lambda does.
 """
 
 from __future__ import annotations
@@ -98,10 +104,50 @@ def loopback_is_secure_transport() -> None:
     FakeBucket.get_permission = get_permission  # type: ignore[method-assign]
 
 
+def keep_lambda_dead_letter_config() -> None:
+    """Let CreateFunction/UpdateFunctionConfiguration store ``DeadLetterConfig`` and GetFunction and
+    GetFunctionConfiguration return it. As on Lambda, an empty ``TargetArn`` removes it and a function
+    without one omits the key (moto 5.2.5 drops it in all three places; function versions are deep
+    copies, so they keep it too)."""
+    from moto.awslambda.models import LambdaFunction
+
+    if getattr(LambdaFunction, "_q4_keeps_dead_letter_config", False):
+        return
+
+    def _target(config: Any) -> dict[str, str] | None:
+        target = config.get("TargetArn") if isinstance(config, dict) else None
+        return {"TargetArn": str(target)} if target else None
+
+    original_init = LambdaFunction.__init__
+    original_get = LambdaFunction.get_configuration
+    original_update = LambdaFunction.update_configuration
+
+    def __init__(self: Any, account_id: str, spec: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        original_init(self, account_id, spec, *args, **kwargs)
+        self.dead_letter_config = _target(spec.get("DeadLetterConfig"))
+
+    def get_configuration(self: Any, on_create: bool = False) -> dict[str, Any]:
+        config = original_get(self, on_create)
+        if getattr(self, "dead_letter_config", None):
+            config["DeadLetterConfig"] = dict(self.dead_letter_config)
+        return config
+
+    def update_configuration(self: Any, config_updates: dict[str, Any]) -> dict[str, Any]:
+        if "DeadLetterConfig" in config_updates:
+            self.dead_letter_config = _target(config_updates["DeadLetterConfig"])
+        return original_update(self, config_updates)  # returns get_configuration(): the patched one
+
+    LambdaFunction.__init__ = __init__  # type: ignore[method-assign]
+    LambdaFunction.get_configuration = get_configuration  # type: ignore[method-assign]
+    LambdaFunction.update_configuration = update_configuration  # type: ignore[method-assign]
+    LambdaFunction._q4_keeps_dead_letter_config = True  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> None:
     disable_builtin_sqs_lambda_poller()
     support_redrive_allow_policy()
     loopback_is_secure_transport()
+    keep_lambda_dead_letter_config()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])

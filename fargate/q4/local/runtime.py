@@ -14,7 +14,9 @@ Three stand-ins, all configured from what Terraform deployed (one source of trut
   ``max_tasks`` run at once; the others wait as PROVISIONING tasks would.
 * **EventBridge** — when a task process exits, builds the ``ECS Task State Change`` (STOPPED) event
   with the real exit code, marks the task stopped in the emulator, and delivers the event to the
-  Lambda targets of every rule whose pattern matches (see :mod:`q4.local.event_pattern`).
+  Lambda targets of every rule whose pattern matches (see :mod:`q4.local.event_pattern`), as an
+  asynchronous invocation: 3 attempts in all, then, as Lambda does, to the function's dead-letter queue
+  (its ``DeadLetterConfig``) with Lambda's message attributes; dropped (and logged) when it has none.
 
 Which tasks ran is kept in ``ledger.json`` so that a restarted runtime neither reruns nor loses a
 task: a task still running is adopted, a finished one has its exit code in its folder, a vanished
@@ -112,7 +114,7 @@ class TaskRecord:
     """One ledger entry: a task the runtime has taken on."""
 
     task_arn: str
-    status: str  # pending | running | exited | delivered | undeliverable
+    status: str  # pending | running | exited | delivered | dead_lettered | undeliverable
     pid: int | None = None
     pid_started: str | None = None
     exit_code: int | None = None
@@ -122,6 +124,9 @@ class TaskRecord:
     stopped_at: str | None = None
     delivery_attempts: int = 0
     task: dict[str, Any] = field(default_factory=dict)  # DescribeTasks entry when taken on
+    # STOPPED events sent to a function's DLQ after their last failed attempt: function, queue, message_id,
+    # request_id (the status is ``dead_lettered`` when every failed target's event got there)
+    dead_letters: list[dict[str, str]] = field(default_factory=list)
 
 
 class Ledger:
@@ -204,8 +209,7 @@ class LocalRuntime:
                     "Enabling",
                 ):
                     continue
-                _, _, _, _, account, queue_name = arn.split(":", 5)
-                url = self.sqs.get_queue_url(QueueName=queue_name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+                url = self._queue_url(arn)
                 mappings.append(
                     QueueMapping(
                         uuid=esm["UUID"],
@@ -217,6 +221,10 @@ class LocalRuntime:
                     )
                 )
         return mappings
+
+    def _queue_url(self, queue_arn: str) -> str:
+        _, _, _, _, account, queue_name = queue_arn.split(":", 5)
+        return str(self.sqs.get_queue_url(QueueName=queue_name, QueueOwnerAWSAccountId=account)["QueueUrl"])
 
     # -- the loop ---------------------------------------------------------------------------------------
 
@@ -466,12 +474,12 @@ class LocalRuntime:
     def _deliver(self, record: TaskRecord) -> None:
         event = self.stopped_event(record)
         targets = self._matching_lambda_targets(event)
-        failures = 0
+        failed: list[tuple[str, lambda_host.Invocation | None]] = []  # (target, its failed invocation)
         for target_arn in targets:
             try:
                 function = self._function(target_arn)
             except lambda_host.LambdaCodeError as exc:
-                failures += 1
+                failed.append((target_arn, None))
                 log.warning(
                     "STOPPED event of %s not sent to %s: %s",
                     _task_id(record.task_arn),
@@ -487,7 +495,7 @@ class LocalRuntime:
                 log_path=self.invocation_log,
             )
             if not outcome.ok:
-                failures += 1
+                failed.append((target_arn, outcome))
                 log.warning(
                     "STOPPED event of %s to %s failed: %s",
                     _task_id(record.task_arn),
@@ -495,18 +503,111 @@ class LocalRuntime:
                     outcome.error,
                 )
         record.delivery_attempts += 1
-        if failures and record.delivery_attempts < 3:
+        if failed and record.delivery_attempts < 3:
             self.ledger.save()  # retried on the next tick, as Lambda retries asynchronous invocations
             return
-        record.status = "delivered" if targets and not failures else "undeliverable"
+        if not failed:
+            record.status = "delivered" if targets else "undeliverable"
+        else:
+            dead_lettered = [self._dead_letter(record, event, target, outcome) for target, outcome in failed]
+            record.status = "dead_lettered" if all(dead_lettered) else "undeliverable"
         self.ledger.save()
         log.info(
-            "task %s STOPPED event (exit code %s) delivered to %d target(s)%s",
+            "task %s STOPPED event (exit code %s) %s: delivered to %d target(s)%s",
             _task_id(record.task_arn),
             record.exit_code,
-            len(targets) - failures,
+            record.status,
+            len(targets) - len(failed),
             "" if targets else ": no rule matched",
         )
+
+    def _dead_letter(
+        self,
+        record: TaskRecord,
+        event: dict[str, Any],
+        target_arn: str,
+        failed: lambda_host.Invocation | None,
+    ) -> bool:
+        """After the last failed attempt: send ``event`` to the target function's dead-letter queue, as Lambda
+        does with an asynchronous event. False (and logged) when it stays undelivered."""
+        task = _task_id(record.task_arn)
+        attempts = record.delivery_attempts
+        if failed is None:  # the function's code is not available locally: a broken local stack, not Lambda
+            log.error(
+                "STOPPED event of %s to %s dropped after %d attempts: the function's code is not available "
+                "locally (see above); the ledger keeps it undeliverable",
+                task,
+                target_arn,
+                attempts,
+            )
+            return False
+        try:
+            queue_arn = lambda_host.dead_letter_target(self.lambda_, target_arn)
+        except Exception as exc:
+            log.error(
+                "STOPPED event of %s to %s failed %d attempts and was NOT dead-lettered: cannot read the "
+                "function's DeadLetterConfig (%s); the ledger keeps it undeliverable",
+                task,
+                target_arn,
+                attempts,
+                exc,
+            )
+            return False
+        if queue_arn is None:
+            log.warning(
+                "STOPPED event of %s to %s dropped after %d failed attempts: the function has no "
+                "dead-letter queue (Lambda discards such events too)",
+                task,
+                target_arn,
+                attempts,
+            )
+            return False
+        if queue_arn.split(":")[2:3] != ["sqs"]:
+            log.error(
+                "STOPPED event of %s to %s failed %d attempts and was NOT dead-lettered: its dead-letter "
+                "target %s is not an SQS queue (the local runtime sends to SQS only); the ledger keeps it "
+                "undeliverable",
+                task,
+                target_arn,
+                attempts,
+                queue_arn,
+            )
+            return False
+        body, attributes = lambda_host.dead_letter_message(event, failed)
+        try:
+            sent = self.sqs.send_message(
+                QueueUrl=self._queue_url(queue_arn), MessageBody=body, MessageAttributes=attributes
+            )
+        except Exception as exc:
+            log.error(
+                "STOPPED event of %s to %s failed %d attempts and could NOT be sent to its dead-letter "
+                "queue %s: %s; the ledger keeps it undeliverable",
+                task,
+                target_arn,
+                attempts,
+                queue_arn,
+                exc,
+            )
+            return False
+        record.dead_letters.append(
+            {
+                "function": target_arn,
+                "queue": queue_arn,
+                "message_id": str(sent["MessageId"]),
+                "request_id": failed.request_id,
+            }
+        )
+        log.warning(
+            "STOPPED event of %s to %s failed %d attempts (last: %s); sent to the function's dead-letter "
+            "queue %s (message %s)",
+            task,
+            target_arn,
+            attempts,
+            failed.error,
+            queue_arn,
+            sent["MessageId"],
+        )
+        return True
 
     def _matching_lambda_targets(self, event: dict[str, Any]) -> list[str]:
         matched: list[str] = []
