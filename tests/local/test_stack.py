@@ -21,6 +21,8 @@ import boto3
 import pytest
 from q4.local import state as stack_state
 
+from local.test_faults import load_bench  # benchmarks/load.py, imported by path (run_id_of)
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,15 +64,6 @@ def _ledger(state_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _run_of(entry: dict[str, Any]) -> str | None:
-    """The Q4_RUN_ID a ledger entry's task was launched with."""
-    for override in entry["task"].get("overrides", {}).get("containerOverrides", []):
-        for variable in override.get("environment", []):
-            if variable["name"] == "Q4_RUN_ID":
-                return str(variable["value"])
-    return None
-
-
 def _sample(path: Path, rows: int = 300) -> Path:
     lines = ["id,f_1,f_2,f_3"] + [
         f"r{i},{(i * 7) % 13 - 6},{(i * 5) % 11 - 5}.5,{i % 3}" for i in range(rows)
@@ -91,6 +84,7 @@ def test_env_exports_the_deployment_and_up_again_reuses_it(stack):
         "Q4_ARTIFACTS_BUCKET",
         "Q4_WORK_QUEUE_URL",
         "Q4_DONE_QUEUE_URL",
+        "Q4_DLQ_URL",
     }
     assert aws["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
     # The values are terraform's outputs, and they name live resources in the emulator.
@@ -156,7 +150,8 @@ def test_submit_wait_runs_through_the_queue(stack, tmp_path):
     # (shortly after the done message, which the task sends before it exits).
     deadline = time.monotonic() + 20
     while True:
-        entries = [e for e in _ledger(stack["state_dir"]).values() if _run_of(e) == "submit-wait-1"]
+        run_id_of = load_bench().run_id_of
+        entries = [e for e in _ledger(stack["state_dir"]).values() if run_id_of(e) == "submit-wait-1"]
         done = [(e["status"], e["exit_code"]) for e in entries] == [("delivered", 0)]
         if done or time.monotonic() > deadline:
             break
@@ -247,7 +242,7 @@ def test_crashed_task_is_relaunched_through_the_stopped_event(stack, tmp_path):
     killed = None
     while killed is None and time.monotonic() < deadline:
         for entry in _ledger(stack["state_dir"]).values():
-            if _run_of(entry) == "crash-1" and entry["status"] == "running" and entry["pid"]:
+            if load_bench().run_id_of(entry) == "crash-1" and entry["status"] == "running" and entry["pid"]:
                 os.killpg(entry["pid"], signal.SIGKILL)
                 killed = entry["task_arn"]
         time.sleep(0.05)
@@ -258,7 +253,7 @@ def test_crashed_task_is_relaunched_through_the_stopped_event(stack, tmp_path):
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         entries = sorted(
-            (e for e in _ledger(stack["state_dir"]).values() if _run_of(e) == "crash-1"),
+            (e for e in _ledger(stack["state_dir"]).values() if load_bench().run_id_of(e) == "crash-1"),
             key=lambda e: e["created_at"],
         )
         if [e["status"] for e in entries] == ["delivered", "delivered"]:
