@@ -33,10 +33,17 @@ how='run `eval "$(q4 local env)"` for the local stack, or export it from `terraf
 aws=${AWS_CLI:-aws}
 
 key="run=${run_id}/input/${name}"
-if "$aws" s3api head-object --bucket "$Q4_ARCHIVE_BUCKET" --key "$key" >/dev/null 2>&1; then
-  die "s3://$Q4_ARCHIVE_BUCKET/$key already exists and inputs are never overwritten; choose another RUN_ID."
+# One conditional PutObject (If-None-Match: *): S3 itself refuses to replace an existing input, even one
+# uploaded by someone else a moment ago. A single PUT takes at most 5 GiB; `q4 submit` uploads larger files
+# in parts with the same condition.
+size=$(wc -c <"$file")
+(( size <= 5368709120 )) || die "$name is larger than 5 GiB, more than one PutObject takes; submit it with \`q4 submit\`."
+if ! out=$("$aws" s3api put-object --bucket "$Q4_ARCHIVE_BUCKET" --key "$key" --body "$file" \
+    --if-none-match '*' --output text --query ETag 2>&1); then
+  [[ $out != *PreconditionFailed* ]] \
+    || die "s3://$Q4_ARCHIVE_BUCKET/$key already exists and inputs are never overwritten; choose another RUN_ID."
+  die "could not upload $file to s3://$Q4_ARCHIVE_BUCKET/$key: $(printf '%s' "$out" | tail -n 1)"
 fi
-"$aws" s3 cp --only-show-errors "$file" "s3://${Q4_ARCHIVE_BUCKET}/${key}"
 body=$(printf '{"run_id":"%s","input_key":"%s","mode":"%s"}' "$run_id" "$key" "$mode")
 # aws-cli v1 pins the us-east-1 SQS endpoint unless --endpoint-url is given, ignoring AWS_ENDPOINT_URL.
 sqs_endpoint=${AWS_ENDPOINT_URL_SQS:-${AWS_ENDPOINT_URL:-}}

@@ -271,7 +271,9 @@ def test_submit_run_script_uses_the_plain_aws_cli(
         "input_key": "run=2025-08-25-001/input/mydata.csv",
         "mode": "standard",
     }
-    # the same upload again is refused (inputs are never overwritten), nothing sent
+    # another file under the same key is refused by S3 itself (If-None-Match: *): input kept, nothing sent
+    original = data.read_bytes()
+    data.write_bytes(original.replace(b"\n", b"\r\n"))
     again = subprocess.run(
         [SUBMIT_RUN, str(data), "2025-08-25-001", "full"],
         env=env,
@@ -282,6 +284,12 @@ def test_submit_run_script_uses_the_plain_aws_cli(
     )
     assert again.returncode == 2 and "already exists" in again.stderr
     assert work_messages(pipeline) == []
+    kept = (
+        boto3.client("s3")
+        .get_object(Bucket=pipeline.archive_bucket, Key="run=2025-08-25-001/input/mydata.csv")["Body"]
+        .read()
+    )
+    assert kept == original
     # a bad mode or a missing variable is one sentence
     bad = subprocess.run(
         [SUBMIT_RUN, str(data), "r9", "turbo"],
