@@ -2,12 +2,12 @@
 
 Rows arrive chunk by chunk in input order and are written at once (memory stays bounded by
 the chunk size). CSV values are written by pyarrow: text exactly as read, floats in their
-shortest round-trip form (a float written parses back to the same double).
+shortest round-trip form (a float written parses back to the same double). CSV quoting is
+RFC 4180 minimal: only a value holding a ``,``, a ``"``, CR or LF is quoted, in every chunk alike.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import threading
 from collections import deque
@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
@@ -42,7 +43,8 @@ def content_type(path: Path) -> str:
 #: Chunks at least this long are formatted in two halves in parallel.
 SPLIT_ROWS = 8192
 _PLAIN = pcsv.WriteOptions(include_header=False, quoting_style="none")
-_QUOTED = pcsv.WriteOptions(include_header=False, quoting_style="needed")
+#: What makes a CSV value need quotes (RFC 4180): the separator, the quote, CR, LF.
+_SPECIAL_BYTES = (b",", b'"', b"\r", b"\n")
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -56,28 +58,98 @@ def _formatter() -> ThreadPoolExecutor:
 
 
 def _format_csv(batch: pa.RecordBatch) -> bytes:
-    """CSV text of rows (no header): unquoted when possible, else pyarrow's "needed" quoting."""
+    """CSV text of rows (no header), RFC 4180 minimal quoting.
+
+    pyarrow writes a chunk without quotes when no value needs them (nearly always: the fast path); its
+    "needed" style would quote every text value of the chunk, so a chunk with a value that needs
+    quotes is formatted by :func:`_format_quoted` instead, with the same text for everything else.
+    """
     buffer = io.BytesIO()
     try:
         pcsv.write_csv(batch, buffer, _PLAIN)
-    except pa.ArrowInvalid:
-        buffer = io.BytesIO()
-        pcsv.write_csv(batch, buffer, _QUOTED)
+    except pa.ArrowInvalid:  # pyarrow refuses a separator, quote or line break unquoted
+        return _format_quoted(batch)
     return buffer.getvalue()
 
 
-class CsvWriter:
-    """CSV that quotes only values that need it (pyarrow's writers quote every text value).
+def _format_quoted(batch: pa.RecordBatch) -> bytes:
+    """CSV text of rows with only the values that need it quoted, built with pyarrow.compute.
 
-    Each chunk is written unquoted when none of its values holds a separator, quote or line
-    break, else with pyarrow's "needed" quoting (every text value quoted): both are RFC 4180.
+    Every column is cast to text as pyarrow's CSV writer does (its writer casts too: floats in shortest
+    round-trip form, the same bytes, tested), the values holding a special character are quoted with
+    their quotes doubled, and the columns are joined with ``,`` and ``\n`` (nulls are empty, as
+    pyarrow writes them). ``large_string`` keeps a wide chunk over 2 GiB of text joinable.
+    """
+    texts = [_quote_where_needed(pc.cast(column, pa.large_string())) for column in batch.columns]
+    texts[-1] = pc.binary_join_element_wise(
+        texts[-1], _LF, _EMPTY, null_handling="replace", null_replacement=""
+    )
+    lines = pc.binary_join_element_wise(*texts, _COMMA, null_handling="replace", null_replacement="")
+    return _text_bytes(lines)
+
+
+_Q, _LF, _COMMA, _EMPTY = (pa.scalar(t, pa.large_string()) for t in ('"', "\n", ",", ""))
+
+
+def _value_bytes(text: pa.Array) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
+    """A large_string array's value offsets and the bytes they index (no copy)."""
+    _, offsets, data = text.buffers()
+    bounds = np.frombuffer(offsets, np.int64, len(text) + 1, text.offset * 8)
+    if data is None or len(text) == 0:
+        return bounds, np.empty(0, np.uint8)
+    start = int(bounds[0])
+    return bounds, np.frombuffer(data, np.uint8, int(bounds[-1]) - start, start)
+
+
+def _text_bytes(text: pa.Array) -> bytes:
+    """The bytes of all values of a large_string array, back to back."""
+    return _value_bytes(text)[1].tobytes()
+
+
+def _quote_where_needed(text: pa.Array) -> pa.Array:
+    """The values holding ``,``, ``"``, CR or LF quoted (quotes doubled), every other one unchanged.
+
+    A memchr over the column's bytes clears most columns at once; in the others, numpy finds the
+    rows with special bytes and only those rows are quoted (a regex over every value cost 4x more).
+    """
+    bounds, raw = _value_bytes(text)
+    data = raw.tobytes()
+    if not any(ch in data for ch in _SPECIAL_BYTES):
+        return text
+    hits = np.flatnonzero((raw == 0x2C) | (raw == 0x22) | (raw == 0x0D) | (raw == 0x0A))
+    rows = np.unique(np.searchsorted(bounds, hits + bounds[0], side="right") - 1)
+    mask = np.zeros(len(text), dtype=bool)
+    mask[rows] = True
+    needing = text.take(pa.array(rows))
+    quoted = pc.binary_join_element_wise(_Q, pc.replace_substring(needing, '"', '""'), _Q, _EMPTY)
+    return pc.replace_with_mask(text, pa.array(mask), quoted)
+
+
+def csv_cell(value: str) -> str:
+    """One CSV value, quoted only when it needs it (the same rule as the rows)."""
+    if any(ch in value for ch in ',"\r\n'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def csv_header(names: list[str]) -> bytes:
+    """The header line. A first name starting with U+FEFF is quoted too: unquoted at the start of the
+    file, every reader takes it for a byte order mark and drops it from the name."""
+    cells = [csv_cell(n) for n in names]
+    if names and names[0].startswith("\ufeff") and not cells[0].startswith('"'):
+        cells[0] = '"' + names[0] + '"'
+    return (",".join(cells) + "\n").encode("utf-8")
+
+
+class CsvWriter:
+    """CSV with RFC 4180 minimal quoting: only values holding a separator, quote or line break are
+    quoted, identically whatever chunk they arrive in (pyarrow's own "needed" style quotes every text
+    value of a chunk); everything else is written exactly as pyarrow writes it unquoted.
     """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self._file: BinaryIO = path.open("wb")
-        header = io.StringIO()
-        csv.writer(header, lineterminator="\n").writerow(schema.names)
-        self._file.write(header.getvalue().encode("utf-8"))
+        self._file.write(csv_header(schema.names))
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows < SPLIT_ROWS:

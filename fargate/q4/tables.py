@@ -106,6 +106,8 @@ def open_inputs(paths: Sequence[Path], names: Sequence[str] | None = None) -> In
     for path, schema in zip(paths[1:], schemas[1:], strict=True):
         same = schema.names == first.names if fmt == "csv" else schema.equals(first)
         if not same:
+            if fmt == "csv":  # a header that swallowed the rest of its file is not "other columns"
+                _check_last_value(path, schema.names[-1])
             raise InputError(
                 "input_columns_differ",
                 f"The input {path.name} has other columns than {paths[0].name}; "
@@ -141,14 +143,24 @@ def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str,
                 )
                 try:
                     sample = reader.read_next_batch()
+                    last = sample
+                    if path.stat().st_size <= SAMPLE_BYTES:
+                        # the whole file: its last row may be a quote that swallowed the rest (it would
+                        # skew the numeric columns); a longer file's first block ends before such a row
+                        for batch in reader:
+                            last = batch if batch.num_rows else last
                 except StopIteration:
                     continue
                 finally:
                     reader.close()
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             raise _csv_error(path, exc) from None
+        if last.num_rows:
+            _check_last_value(path, last.column(last.num_columns - 1)[-1].as_py())
         if sample.num_rows:
             return tuple(n for n in schema.names if looks_numeric(sample.column(n)))
+    for path in paths:  # a header that swallowed the rest of its file has no data rows either
+        _check_last_value(path, schema.names[-1])
     raise _no_rows(paths[0])
 
 
@@ -191,12 +203,14 @@ def _csv_error(path: Path, exc: Exception) -> InputError:
             f"The CSV file {path.name} is not UTF-8 text; save it as UTF-8 and run again.",
             {"input": str(path), "problem": problem},
         )
+    opened = unclosed_quote(path)
+    if opened is not None:  # the parse failed because a quoted value runs to the end of the file
+        return _unclosed_quote_error(path, opened)
     if "straddling object" in problem:
         return InputError(
             "malformed_csv",
             f"The CSV file {path.name} has a row longer than the reader's block "
-            f"({MAX_BLOCK_BYTES >> 20} MiB) or a quote that is never closed; "
-            "shorten the row or close the quote.",
+            f"({MAX_BLOCK_BYTES >> 20} MiB); shorten the row.",
             {"input": str(path), "problem": problem},
         )
     if len(problem) > 160:
@@ -207,6 +221,111 @@ def _csv_error(path: Path, exc: Exception) -> InputError:
         "fix it so every row has as many fields as the header.",
         {"input": str(path), "problem": str(exc)},
     )
+
+
+_QUOTE, _COMMA, _LF, _CR = 0x22, 0x2C, 0x0A, 0x0D
+_UTF8_BOM = b"\xef\xbb\xbf"
+#: Bytes per read when scanning a file for an unclosed quote.
+SCAN_BYTES = 1 << 22
+
+
+def unclosed_quote(path: Path) -> int | None:
+    """The byte offset of the quote opening a value the file never closes, else None.
+
+    Follows pyarrow's CSV lexer (RFC 4180, double quotes, ``,`` separators): a quote opens a quoted
+    value only at the start of a field (after ``,``, CR, LF or at the start of the file); inside one,
+    ``""`` is a quote and a lone ``"`` closes it; any other quote is a plain character. Vectorized per
+    4 MiB: assuming no plain quotes, quote k of a chunk is outside a value iff ``k + inside`` is even; a
+    chunk where that assumption breaks is walked quote by quote. Only called when a file's tail looks
+    like an open quote (:func:`_check_last_value`) or its parse failed.
+    """
+    inside = False
+    last_close = -2  # offset of the last quote that closed a value ("" re-opens it)
+    opened = -1
+    prev = _LF  # the byte before the chunk
+    base = 0
+    with path.open("rb") as f:
+        while chunk := f.read(SCAN_BYTES):
+            if base == 0 and chunk.startswith(_UTF8_BOM):  # pyarrow skips it: a field starts after it
+                chunk = b"\n\n\n" + chunk[3:]
+            if b'"' in chunk:
+                inside, last_close, opened = _scan_chunk(chunk, base, prev, inside, last_close, opened)
+            prev = chunk[-1]
+            base += len(chunk)
+    return opened if inside else None
+
+
+def _scan_chunk(
+    chunk: bytes, base: int, prev: int, inside: bool, last_close: int, opened: int
+) -> tuple[bool, int, int]:
+    a = np.frombuffer(chunk, np.uint8)
+    q = np.flatnonzero(a == _QUOTE)
+    before = np.empty(q.size, np.uint8)
+    before[1:] = a[q[1:] - 1]
+    before[0] = a[q[0] - 1] if q[0] else prev
+    outside = (np.arange(q.size) + inside) % 2 == 0
+    starts = (before == _COMMA) | (before == _LF) | (before == _CR)
+    escape = before == _QUOTE  # for k >= 1 the quote before was a closing one (k - 1 was inside)
+    escape[0] &= base + int(q[0]) - 1 == last_close
+    if not (outside & ~starts & ~escape).any():  # no plain quote: the parity rule is exact
+        opens = np.flatnonzero(outside & ~escape)
+        if opens.size:
+            opened = base + int(q[opens[-1]])
+        if not outside[-1]:
+            last_close = base + int(q[-1])
+        return bool((q.size + inside) % 2), last_close, opened
+    for i in q.tolist():  # a plain quote somewhere: walk this chunk quote by quote
+        p = base + i
+        if inside:
+            inside, last_close = False, p
+        elif p - 1 == last_close:
+            inside = True
+        elif (a[i - 1] if i else prev) in (_COMMA, _LF, _CR):
+            inside, opened = True, p
+    return inside, last_close, opened
+
+
+def _line_of(path: Path, offset: int) -> int:
+    """The 1-based line (LF, CRLF or CR endings) holding byte ``offset``."""
+    lf = cr = crlf = 0
+    last = b""
+    with path.open("rb") as f:
+        left = offset
+        while left > 0 and (data := f.read(min(SCAN_BYTES, left))):
+            left -= len(data)
+            lf += data.count(b"\n")
+            cr += data.count(b"\r")
+            crlf += data.count(b"\r\n") + (last == b"\r" and data[:1] == b"\n")
+            last = data[-1:]
+    return 1 + lf + cr - crlf
+
+
+def _unclosed_quote_error(path: Path, offset: int) -> InputError:
+    line = _line_of(path, offset)
+    return InputError(
+        "malformed_csv",
+        f"The CSV file {path.name} ends inside a quoted value: the quote that opens it on line {line:,} is "
+        'never closed; close it, or double it ("") if it is part of the value.',
+        {"input": str(path), "problem": "unclosed_quote", "line": line, "byte_offset": offset},
+    )
+
+
+def _check_last_value(path: Path, value: str) -> None:
+    """Fail if the file ends inside a quoted value whose text pyarrow returned as ``value`` (the last
+    field of the last row): such a value is the rest of the file after its opening quote, so the file's
+    last bytes are ``"`` + the value with quotes doubled. Almost every file fails that comparison at
+    once (a read of len(value) + 1 bytes); the few that pass are confirmed by :func:`unclosed_quote`."""
+    tail = b'"' + value.replace('"', '""').encode("utf-8")
+    size = path.stat().st_size
+    if len(tail) > size:
+        return
+    with path.open("rb") as f:
+        f.seek(size - len(tail))
+        if f.read() != tail:
+            return
+    opened = unclosed_quote(path)
+    if opened is not None:
+        raise _unclosed_quote_error(path, opened)
 
 
 #: Byte order marks of UTF-16 / UTF-32 text (UTF-8's own BOM is fine: pyarrow skips it).
@@ -333,12 +452,17 @@ def _iter_csv(
                 "files read as one table must have the same columns in the same order.",
             )
         rebatch = _Rebatcher(chunk_rows)
+        last: pa.RecordBatch | None = None
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 break
+            if batch.num_rows:
+                last = batch
             yield from rebatch.add(batch)
+        if last is not None:  # before the last chunk goes out: a file ending inside a quote fails
+            _check_last_value(path, last.column(last.num_columns - 1)[-1].as_py())
         yield from rebatch.flush()
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _csv_error(path, exc) from None

@@ -24,8 +24,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
+from q4 import tables
 from q4.errors import Q4Error
 from q4.job import JobSpec, RunResult, run_job
+from q4.tables import iter_batches, open_inputs, unclosed_quote
 
 HOSTILE = settings.get_profile("hostile")
 RUN_ID = "h"
@@ -366,3 +368,144 @@ def test_a_long_row_after_short_ones_reads_the_same_at_any_chunk_size(tmp_path, 
     outcome = run_hostile([src], tmp_path, scratch, chunk_rows=chunk_rows)
     assert isinstance(outcome, RunResult), outcome
     check_partition_csv(outcome, ["a", "b", "text"], rows)
+
+
+# ---------------------------------------------------------------- unclosed quotes
+
+
+def ends_inside_quote(data: bytes) -> bool:
+    """Oracle, Python's own CSV reader: does the file end inside a quoted value? Then a marker line
+    appended to it lands in that value instead of being a row of its own."""
+    text = data.decode("utf-8").removeprefix("\ufeff")
+    rows = list(csv.reader(io.StringIO(text + "\nMARK", newline="")))
+    return rows[-1] != ["MARK"]
+
+
+def swallowed_from(data: bytes) -> int:
+    """Where the unclosed value opens: Python's reader returns it as the last value of the file, and it
+    is the rest of the file after its quote, quotes doubled."""
+    last = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))[-1][-1]
+    return len(data) - len(('"' + last.replace('"', '""')).encode("utf-8"))
+
+
+def read_table(path: Path, chunk_rows: int = 7) -> int | Q4Error:
+    """Rows read by the real reader (open_inputs + iter_batches), or the error it raises."""
+    try:
+        table = open_inputs([path])
+        return sum(batch.num_rows for _, batch in iter_batches(table, chunk_rows))
+    except Q4Error as exc:
+        assert exc.message.endswith(".") and "\n" not in exc.message, exc.message
+        return exc
+
+
+def line_of(data: bytes, offset: int) -> int:
+    return len((data[:offset].decode("utf-8") + "x").splitlines())
+
+
+BIG = b"3,1,y\n" * 200_000  # 1.2 MB: more than one read block (1 MiB)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'a,b,t\n1,2,"never closed\n3,1,y\n',  # last column: pyarrow swallows the rest silently
+        b'a,b,t\n1,"never closed\n3,1,y\n',  # middle column: pyarrow counts too few fields
+        b'a,b,t\r\n1,2,x\r\n3,1,"a\r\nb""c\r\n',  # CRLF, a doubled quote inside the open value
+        b'a,b,t\n1,2,x\n3,1,"',  # the very last byte opens it
+        b'a,b,t\n1,2,x\n3,1,"y""',  # ends on an escaped quote: still open
+        b'a,b,"t\n1,2,3\n4,5,6\n',  # in the header: no data rows left
+        b'"a,b,t\n1,2,3\n4,5,6\n',  # the first byte
+        b'\xef\xbb\xbf"a,b,t\n1,2,3\n',  # right after a UTF-8 BOM
+        b'a,b,t\n1,2,5"\n3,4,"q"\n5,6,"open\n7,8,z\n',  # after a plain quote (5") and a closed value
+        b"a,b,t\n1,2,x\n" + BIG + b'4,4,"unclosed\n' + b"3,1,y\n" * 10,  # far into the file
+        b'a,b,t\n1,2,x\n4,4,"unclosed\n' + BIG,  # more than a read block before the end
+        b'a,b,t\n1,2,x\n4,4,"unclosed\n' + b"\xe2\x82\xac\n" * 10,  # UTF-8 text in it
+    ],
+)
+def test_a_file_ending_inside_a_quote_names_the_line_of_the_quote(tmp_path, scratch, data):
+    assert ends_inside_quote(data)
+    offset = swallowed_from(data.removeprefix(b"\xef\xbb\xbf")) + (3 if data.startswith(b"\xef") else 0)
+    (tmp_path / "in").mkdir()
+    src = tmp_path / "in" / "quote.csv"
+    src.write_bytes(data)
+    outcome = run_hostile([src], tmp_path, scratch, chunk_rows=7 if len(data) < 1000 else 65_536)
+    assert isinstance(outcome, Q4Error), outcome
+    line = line_of(data, offset)
+    assert outcome.code == "malformed_csv"
+    assert outcome.details == {
+        "input": str(src), "problem": "unclosed_quote", "line": line, "byte_offset": offset
+    }  # fmt: skip
+    assert f"ends inside a quoted value: the quote that opens it on line {line:,} " in outcome.message
+    assert 'close it, or double it ("")' in outcome.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'a,b,t\n1,2,x\n3,1,"\n"\n',  # the last value is one line break, quoted: looks like an open quote
+        b'a,b,t\n1,2,x\n3,1,"\n"',
+        b'a,b,t\n1,2,x\n3,1,""""\n',  # the last value is one quote
+        b'a,b,t\n1,2,x\n3,1,5"\n',  # a plain quote (inches) ends the file
+        b'a,b,t\n1,2,x\n3,1,"a""\nb"\n',
+        b'a,b,t\n1,2,"many\n\n\nlines\n' + b"\n" * 5000 + b'end"\n3,1,y\n',  # legitimately multi-line
+        b'a,b,t\n1,2,x\n3,1,"ab"c"d\n',  # pyarrow: ab"c"d (closed, then plain text)
+    ],
+)
+def test_quoted_values_that_are_closed_keep_working(tmp_path, data):
+    assert not ends_inside_quote(data)
+    src = tmp_path / "closed.csv"
+    src.write_bytes(data)
+    assert unclosed_quote(src) is None
+    assert read_table(src) == len(list(csv.reader(io.StringIO(data.decode(), newline="")))) - 1
+
+
+csv_tokens = st.sampled_from(["a", "1", "2.5", ",", '"', '""', "\n", "\r\n", "\r", " ", "5'1\""])
+
+
+@settings(HOSTILE, max_examples=300)
+@given(body=st.lists(csv_tokens, max_size=40).map("".join), bom=st.booleans())
+def test_reader_fails_on_an_unclosed_quote_exactly_when_python_csv_does(tmp_path_factory, body, bom):
+    """Any mix of separators, quotes, doubled quotes, plain quotes and line breaks: the reader's verdict
+    (and the quote it names) agrees with Python's csv module."""
+    data = (b"\xef\xbb\xbf" if bom else b"") + b"x,y,t\n" + body.encode()
+    src = tmp_path_factory.mktemp("q") / "t.csv"
+    src.write_bytes(data)
+    outcome = read_table(src)
+    inside = ends_inside_quote(data)
+    _event(f"inside={inside}: {outcome.code if isinstance(outcome, Q4Error) else 'read'}")
+    unclosed = isinstance(outcome, Q4Error) and outcome.details.get("problem") == "unclosed_quote"
+    assert unclosed == inside, outcome
+    if unclosed:
+        assert isinstance(outcome, Q4Error)
+        offset = (3 if bom else 0) + swallowed_from(data.removeprefix(b"\xef\xbb\xbf"))
+        assert outcome.details["byte_offset"] == offset and outcome.details["line"] == line_of(data, offset)
+
+
+@st.composite
+def cut_tables(draw: st.DrawFn) -> bytes:
+    """A hostile table cut anywhere (often inside a multi-line quoted value), or a random token soup."""
+    if draw(st.booleans()):
+        return b"x,y\n" + draw(st.lists(csv_tokens, max_size=60).map("".join)).encode()
+    _, _, raw = draw(csv_tables())
+    return raw[: draw(st.integers(0, len(raw)))]
+
+
+@settings(HOSTILE, max_examples=200)
+@given(data=cut_tables(), scan_bytes=st.sampled_from([1, 2, 3, 7, 1 << 22]))
+def test_the_quote_scanner_agrees_with_python_csv_at_any_read_size(tmp_path_factory, data, scan_bytes):
+    """Scanned in reads as small as one byte, the state carried from read to read (the byte before, a
+    closing quote at the edge, the BOM) gives Python's answer, and the same quote."""
+    try:
+        if "\x00" in data.decode("utf-8"):  # Python's reader refuses NUL
+            return
+    except UnicodeDecodeError:  # cut inside a character
+        return
+    src = tmp_path_factory.mktemp("cut") / "t.csv"
+    src.write_bytes(data)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tables, "SCAN_BYTES", scan_bytes)
+        found = unclosed_quote(src)
+    assert (found is not None) == ends_inside_quote(data)
+    if found is not None:
+        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+        assert found == bom + swallowed_from(data[bom:])
