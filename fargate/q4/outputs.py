@@ -8,6 +8,7 @@ RFC 4180 minimal: only a value holding a ``,``, a ``"``, CR or LF is quoted, in 
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections import deque
@@ -80,15 +81,19 @@ def _format_quoted(batch: pa.RecordBatch) -> bytes:
     their quotes doubled, and the columns are joined with ``,`` and ``\n`` (nulls are empty, as
     pyarrow writes them). ``large_string`` keeps a wide chunk over 2 GiB of text joinable.
     """
+    _, lf, comma, empty = _scalars()
     texts = [_quote_where_needed(pc.cast(column, pa.large_string())) for column in batch.columns]
-    texts[-1] = pc.binary_join_element_wise(
-        texts[-1], _LF, _EMPTY, null_handling="replace", null_replacement=""
-    )
-    lines = pc.binary_join_element_wise(*texts, _COMMA, null_handling="replace", null_replacement="")
+    nulls_empty: dict[str, Any] = {"null_handling": "replace", "null_replacement": ""}  # as pyarrow writes
+    texts[-1] = pc.binary_join_element_wise(texts[-1], lf, empty, **nulls_empty)
+    lines = pc.binary_join_element_wise(*texts, comma, **nulls_empty)
     return _text_bytes(lines)
 
 
-_Q, _LF, _COMMA, _EMPTY = (pa.scalar(t, pa.large_string()) for t in ('"', "\n", ",", ""))
+@functools.cache
+def _scalars() -> tuple[pa.Scalar, ...]:
+    """``"``, LF, ``,`` and the empty text as large_string scalars. Made on first use: any
+    ``pa.scalar`` from Python imports pandas (~0.8 s), which importing q4.job must not."""
+    return tuple(pa.scalar(t, pa.large_string()) for t in ('"', "\n", ",", ""))
 
 
 def _value_bytes(text: pa.Array) -> tuple[NDArray[np.int64], NDArray[np.uint8]]:
@@ -120,8 +125,9 @@ def _quote_where_needed(text: pa.Array) -> pa.Array:
     rows = np.unique(np.searchsorted(bounds, hits + bounds[0], side="right") - 1)
     mask = np.zeros(len(text), dtype=bool)
     mask[rows] = True
+    quote, _, _, empty = _scalars()
     needing = text.take(pa.array(rows))
-    quoted = pc.binary_join_element_wise(_Q, pc.replace_substring(needing, '"', '""'), _Q, _EMPTY)
+    quoted = pc.binary_join_element_wise(quote, pc.replace_substring(needing, '"', '""'), quote, empty)
     return pc.replace_with_mask(text, pa.array(mask), quoted)
 
 
