@@ -25,7 +25,7 @@ TIMEOUT="${TIMEOUT:-300}"
 RUN_ID="${RUN_ID:-e2e-$(date -u +%Y%m%d-%H%M%S)-$$}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/q4-e2e.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work"' EXIT  # replaced below, once there are hidden messages to release
 say() { printf 'test_q4_pipeline: %s\n' "$*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
 
@@ -48,12 +48,23 @@ $AWS sqs send-message --queue-url "$Q4_WORK_QUEUE_URL" --output text --query Mes
     --message-body "{\"input_key\":\"${key}\",\"run_id\":\"${RUN_ID}\",\"mode\":\"${MODE}\"}" >/dev/null
 started=$(date +%s)
 
-# 3. Wait for this run's done message; other runs' messages go back to the queue at once.
+# 3. Wait for this run's done message. Other runs' messages stay hidden for HIDE seconds while we look (so
+#    each receive brings new ones, however long the queue) and are released at once when we stop.
+HIDE=20
 done_file="$work/done.json"
+: > "$work/hidden"
+release_hidden() {
+    while IFS= read -r handle; do
+        $AWS sqs change-message-visibility --queue-url "$Q4_DONE_QUEUE_URL" --receipt-handle "$handle" \
+            --visibility-timeout 0 >/dev/null 2>&1 || true  # expired handles: already visible again
+    done < "$work/hidden"
+    : > "$work/hidden"
+}
+trap 'release_hidden; rm -rf "$work"' EXIT
 while [[ ! -s "$done_file" ]]; do
     (( $(date +%s) - started < TIMEOUT )) || fail "no done message for run ${RUN_ID} within ${TIMEOUT} s"
     $AWS sqs receive-message --queue-url "$Q4_DONE_QUEUE_URL" --max-number-of-messages 10 \
-        --wait-time-seconds 5 --output json > "$work/received.json"
+        --visibility-timeout "$HIDE" --wait-time-seconds 5 --output json > "$work/received.json"
     "$PYTHON" - "$RUN_ID" "$work/received.json" "$done_file" "$work/handles" <<'PY'
 import json, sys
 run_id, received, done_file, handles = sys.argv[1:5]
@@ -72,17 +83,17 @@ with open(handles, "w") as out:
     for message in mine:
         out.write("delete\t" + message["ReceiptHandle"] + "\n")
     for message in others:
-        out.write("release\t" + message["ReceiptHandle"] + "\n")
+        out.write("hide\t" + message["ReceiptHandle"] + "\n")
 PY
     while IFS=$'\t' read -r action handle; do
         if [[ "$action" == delete ]]; then
             $AWS sqs delete-message --queue-url "$Q4_DONE_QUEUE_URL" --receipt-handle "$handle"
         else
-            $AWS sqs change-message-visibility --queue-url "$Q4_DONE_QUEUE_URL" --receipt-handle "$handle" \
-                --visibility-timeout 0
+            printf '%s\n' "$handle" >> "$work/hidden"
         fi
     done < "$work/handles"
 done
+release_hidden
 latency=$(( $(date +%s) - started ))
 say "done message after ${latency} s: $(cat "$done_file")"
 

@@ -9,9 +9,10 @@ for what is worth retrying.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -192,3 +193,60 @@ def download(s3: Any, bucket: str, key: str, path: Path) -> dict[str, Any]:
 
 def upload(s3: Any, bucket: str, key: str, path: Path, content_type: str) -> None:
     s3.upload_file(str(path), bucket, key, ExtraArgs={"ContentType": content_type}, Config=TRANSFER_CONFIG)
+
+
+#: How long ``find_message`` hides the messages it looks at (they are released as soon as it is done).
+PEEK_HIDE_S = 20
+
+
+def find_message(
+    sqs: Any,
+    queue_url: str,
+    match: Callable[[dict[str, Any], Mapping[str, Any]], bool],
+    *,
+    delete: bool,
+    wait_s: int = 0,
+    limit: int = 1000,
+) -> dict[str, Any] | None:
+    """One pass over a queue for the first message whose JSON object body ``match(body, message)`` accepts.
+
+    Every message received is hidden for :data:`PEEK_HIDE_S` while the pass goes on, so each receive brings
+    new ones however long the queue is (a zero visibility timeout would return the same first ten every
+    time), and is made visible again at once when the pass ends; the match is deleted when ``delete``. At
+    most ``limit`` messages are looked at per pass. Nothing is lost: a release that fails only leaves a
+    message hidden until its timeout ends.
+    """
+    hidden: list[str] = []
+    try:
+        while len(hidden) < limit:
+            messages = sqs.receive_message(
+                QueueUrl=queue_url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=PEEK_HIDE_S,
+                WaitTimeSeconds=wait_s if not hidden else 0,
+                AttributeNames=["SentTimestamp"],
+            ).get("Messages", [])
+            if not messages:
+                return None
+            for index, message in enumerate(messages):
+                try:
+                    body = json.loads(message["Body"])
+                except (ValueError, KeyError, RecursionError):
+                    body = None
+                if isinstance(body, dict) and match(body, message):
+                    if delete:
+                        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+                    else:
+                        hidden.append(message["ReceiptHandle"])
+                    hidden.extend(m["ReceiptHandle"] for m in messages[index + 1 :])
+                    return body
+                hidden.append(message["ReceiptHandle"])
+        return None
+    finally:
+        for start in range(0, len(hidden), 10):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
+                for i, handle in enumerate(hidden[start : start + 10])
+            ]
+            with suppress(ClientError, BotoCoreError):
+                sqs.change_message_visibility_batch(QueueUrl=queue_url, Entries=entries)

@@ -7,6 +7,7 @@ Everything runs as a user would run it: the `q4` console script, bash, the real 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -43,20 +44,30 @@ def _clients(aws: dict[str, str]) -> tuple[Any, Any]:
 
 
 def _done_message(aws: dict[str, str], run_id: str, timeout: float = 180) -> dict[str, Any]:
+    """The run's done message (deleted); other runs' messages are hidden while we look, then released."""
     _, sqs = _clients(aws)
+    queue = aws["Q4_DONE_QUEUE_URL"]
+    hidden: list[str] = []
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for message in sqs.receive_message(
-            QueueUrl=aws["Q4_DONE_QUEUE_URL"], MaxNumberOfMessages=10, WaitTimeSeconds=1
-        ).get("Messages", []):
-            body = json.loads(message["Body"])
-            if body.get("run_id") == run_id:
-                sqs.delete_message(QueueUrl=aws["Q4_DONE_QUEUE_URL"], ReceiptHandle=message["ReceiptHandle"])
-                return dict(body)
-            sqs.change_message_visibility(
-                QueueUrl=aws["Q4_DONE_QUEUE_URL"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-            )
+    try:
+        while time.monotonic() < deadline:
+            for message in sqs.receive_message(
+                QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=20
+            ).get("Messages", []):
+                body = json.loads(message["Body"])
+                if body.get("run_id") == run_id:
+                    sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+                    return dict(body)
+                hidden.append(message["ReceiptHandle"])
+    finally:
+        _release(sqs, queue, hidden)
     raise AssertionError(f"no done message for {run_id} within {timeout} s")
+
+
+def _release(sqs: Any, queue: str, handles: list[str]) -> None:
+    for handle in handles:
+        with contextlib.suppress(sqs.exceptions.ClientError):  # its visibility timeout expired already
+            sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=handle, VisibilityTimeout=0)
 
 
 def _ledger(state_dir: Path) -> dict[str, Any]:
@@ -160,6 +171,19 @@ def test_submit_wait_runs_through_the_queue(stack, tmp_path):
 
 
 def test_e2e_script_passes_against_the_local_stack(stack):
+    # GIVEN a done queue that already holds 25 other runs' messages (more than one receive returns)
+    _, sqs = _clients(stack["aws"])
+    queue = stack["aws"]["Q4_DONE_QUEUE_URL"]
+    foreign = {f"someone-else-{i}" for i in range(25)}
+    names = sorted(foreign)
+    for start in range(0, len(names), 10):
+        sqs.send_message_batch(
+            QueueUrl=queue,
+            Entries=[
+                {"Id": str(i), "MessageBody": json.dumps({"schema": "q4.done/v1", "run_id": name})}
+                for i, name in enumerate(names[start : start + 10])
+            ],
+        )
     env = {**stack["env"], "AWS": str(BIN / "aws"), "PYTHON": sys.executable, "TIMEOUT": "240"}
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "test_q4_pipeline.sh")],
@@ -172,6 +196,24 @@ def test_e2e_script_passes_against_the_local_stack(stack):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout
+    # THEN the other runs' messages are all still there and visible again at once (the script released them)
+    seen: set[str] = set()
+    kept: list[str] = []
+    for _ in range(20):
+        messages = sqs.receive_message(
+            QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=30
+        ).get("Messages", [])
+        if not messages:
+            break
+        for message in messages:
+            run_id = json.loads(message["Body"]).get("run_id")
+            if run_id in foreign:
+                seen.add(run_id)
+                sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+            else:
+                kept.append(message["ReceiptHandle"])
+    _release(sqs, queue, kept)
+    assert seen == foreign
 
 
 def test_readme_lines_after_eval_produce_a_done_message(stack, tmp_path):

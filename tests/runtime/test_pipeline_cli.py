@@ -175,31 +175,68 @@ def test_submit_wait_follows_the_run_and_leaves_other_done_messages(
     assert (run_dir / "job.json").is_file() and not (run_dir / "attempts").exists()
 
 
-def test_submit_wait_reports_a_rejection(pipeline: Pipeline, aws_env: dict[str, str], tmp_path: Path) -> None:
-    data = tmp_path / "mydata.csv"
-    data.write_bytes(table())
-    env = cli_env(pipeline, aws_env)
-    waiting = subprocess.Popen(
-        [Q4, "submit", str(data), "--run-id", "rj1", "--wait", "--timeout", "60"],
+def _submit_and_wait(env: dict[str, str], data: Path, run_id: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [Q4, "submit", str(data), "--run-id", run_id, "--wait", "--timeout", "60"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_submit_wait_finds_its_rejection_behind_many_other_done_messages(
+    pipeline: Pipeline, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    # GIVEN 25 other runs' done messages in the done queue (more than one receive returns)
+    sqs = boto3.client("sqs")
+    foreign = [{"schema": "q4.done/v1", "run_id": f"other-{i}", "status": "succeeded"} for i in range(25)]
+    for doc in foreign:
+        sqs.send_message(QueueUrl=pipeline.done_queue_url, MessageBody=json.dumps(doc))
+    data = tmp_path / "mydata.csv"
+    data.write_bytes(table())
+    waiting = _submit_and_wait(cli_env(pipeline, aws_env), data, "rj1")
     deadline = time.monotonic() + 60
     while not work_messages_seen(pipeline) and time.monotonic() < deadline:
         time.sleep(0.2)
-    # WHEN the orchestrator rejects it (a conflicting job was accepted for this run meanwhile)
-    boto3.client("s3").put_object(
+    # WHEN the orchestrator rejects it (its input vanished before the message was handled)
+    boto3.client("s3").delete_object(Bucket=pipeline.archive_bucket, Key="run=rj1/input/mydata.csv")
+    deliver_batches(pipeline.work_queue_url, lambda_handler)
+    _, stderr = waiting.communicate(timeout=60)
+    # THEN --wait found the rejection and says why; every done message is still in the queue
+    assert waiting.returncode == 2, stderr
+    assert "q4: run rj1 rejected: No input object" in stderr
+    remaining = drain(pipeline.done_queue_url)
+    assert sorted(m["run_id"] for m in remaining if m["run_id"] != "rj1") == sorted(
+        d["run_id"] for d in foreign
+    )
+    assert [m["status"] for m in remaining if m["run_id"] == "rj1"] == ["rejected"]
+
+
+def test_submit_wait_never_reports_another_jobs_result_as_its_own(
+    pipeline: Pipeline, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "mydata.csv"
+    data.write_bytes(table())
+    waiting = _submit_and_wait(cli_env(pipeline, aws_env), data, "rj2")
+    deadline = time.monotonic() + 60
+    while not work_messages_seen(pipeline) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # WHEN another submission under the same run id was accepted first, and even succeeded
+    other = contract.parse_job({"run_id": "rj2", "input_key": "run=rj2/input/other.csv", "mode": "full"})
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=pipeline.artifacts_bucket, Key="run=rj2/job.json", Body=other.to_json())
+    s3.put_object(
         Bucket=pipeline.artifacts_bucket,
-        Key="run=rj1/job.json",
-        Body=contract.parse_job({"run_id": "rj1", "input_key": "run=rj1/input/other.csv"}).to_json(),
+        Key="run=rj2/MANIFEST.json",
+        Body=json.dumps({"schema": "q4.manifest/v1", "run_id": "rj2", "status": "succeeded", "rows": {}}),
     )
     deliver_batches(pipeline.work_queue_url, lambda_handler)
-    boto3.client("s3").delete_object(Bucket=pipeline.artifacts_bucket, Key="run=rj1/job.json")
     _, stderr = waiting.communicate(timeout=60)
-    assert waiting.returncode == 2
-    assert "q4: run rj1 rejected: Run 'rj1' was already accepted with a different job" in stderr
+    # THEN ours is reported rejected as a run conflict, not as that run's success
+    assert waiting.returncode == 2, stderr
+    assert "q4: run rj2 rejected: Run rj2 was accepted with a different job" in stderr
+    assert "succeeded" not in stderr
 
 
 def work_messages_seen(pipeline: Pipeline) -> bool:
@@ -290,6 +327,16 @@ def test_submit_run_script_uses_the_plain_aws_cli(
         .read()
     )
     assert kept == original
+    # a file of another name under the same run is refused too: no stray second input
+    other = tmp_path / "other.csv"
+    other.write_bytes(original)
+    stray = subprocess.run(
+        [SUBMIT_RUN, str(other), "2025-08-25-001"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert stray.returncode == 2 and "run 2025-08-25-001 already exists" in stray.stderr
+    listed = boto3.client("s3").list_objects_v2(Bucket=pipeline.archive_bucket, Prefix="run=2025-08-25-001/")
+    assert [item["Key"] for item in listed["Contents"]] == ["run=2025-08-25-001/input/mydata.csv"]
+    assert work_messages(pipeline) == []
     # a bad mode or a missing variable is one sentence
     bad = subprocess.run(
         [SUBMIT_RUN, str(data), "r9", "turbo"],

@@ -215,13 +215,14 @@ def handle_submit(args: argparse.Namespace) -> int:
         )
     with aws.aws_errors(f"upload {path.name} to s3://{bucket}/{key}"):
         _upload_input(pipeline.s3, bucket, key, path, digest)
+    sent_at = time.time()
     with aws.aws_errors("send the work message"):
         pipeline.sqs.send_message(QueueUrl=pipeline.config.work_queue_url, MessageBody=json.dumps(message))
     _out(f"q4: submitted run {run_id} ({args.mode} mode): s3://{bucket}/{key}")
     if not args.wait:
         _out(f"q4: follow it with: q4 status {run_id}")
         return EXIT_OK
-    return _wait_and_report(pipeline, run_id, args.timeout)
+    return _wait_and_report(pipeline, run_id, args.timeout, message, sent_at)
 
 
 def _unusable_in_a_key(name: str) -> bool:
@@ -366,9 +367,11 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _wait_and_report(pipeline: Pipeline, run_id: str, timeout: float) -> int:
+def _wait_and_report(
+    pipeline: Pipeline, run_id: str, timeout: float, job: dict[str, Any], sent_at: float
+) -> int:
     with _progress_display() as show:
-        outcome = wait_for_run(pipeline, run_id, timeout, show)
+        outcome = wait_for_run(pipeline, run_id, timeout, show, job=job, sent_at=sent_at)
     status = outcome["status"]
     if status == "succeeded":
         manifest = outcome.get("manifest") or {}
@@ -396,24 +399,44 @@ def _wait_and_report(pipeline: Pipeline, run_id: str, timeout: float) -> int:
     return EXIT_PERMANENT
 
 
+#: A rejection sent this long before our work message (by the queue's clock) is an older submission's.
+CLOCK_SKEW_S = 30.0
+
+
 def wait_for_run(
-    pipeline: Pipeline, run_id: str, timeout: float, show: Callable[[str], None], interval: float = 1.0
+    pipeline: Pipeline,
+    run_id: str,
+    timeout: float,
+    show: Callable[[str], None],
+    interval: float = 1.0,
+    *,
+    job: dict[str, Any] | None = None,
+    sent_at: float | None = None,
 ) -> dict[str, Any]:
     """Follow a run until it ends: ``{status, manifest | error}``.
 
-    Success and failure are read from the artifacts bucket (MANIFEST.json / ERROR.json); a rejection
-    exists only as a done message, so the done queue is peeked with a zero visibility timeout: no
-    message, ours or another run's, is hidden from its consumers or deleted.
+    Success and failure are read from the artifacts bucket (MANIFEST.json / ERROR.json). When ``job`` (the
+    work message we sent) is given, a run accepted with a *different* job means ours was rejected as
+    ``run_conflict`` (someone else submitted under the same run id first): reported as such, never as our
+    result. A rejection exists only as a done message: the whole done queue is looked through
+    (:func:`q4.aws.find_message`, nothing deleted, every message visible again right after each pass) for
+    a ``rejected`` message of this run sent no earlier than ``sent_at`` minus :data:`CLOCK_SKEW_S`.
     """
     deadline = time.monotonic() + timeout
     started = time.monotonic()
+    expected = _parsed(job) if job is not None else None
+    since_ms = None if sent_at is None else (sent_at - CLOCK_SKEW_S) * 1000
     while True:
         state = pipeline.state(run_id)
+        if expected is not None and state.job is not None and _parsed(state.job) != expected:
+            return {"status": "rejected", "error": _conflict(run_id)}
         if state.state == "succeeded":
             return {"status": "succeeded", "manifest": state.manifest}
         if state.state == "failed":
             return {"status": "failed", "error": state.error}
-        rejected = _peek_rejection(pipeline, run_id) if state.state in ("unknown", "submitted") else None
+        rejected = (
+            _peek_rejection(pipeline, run_id, since_ms) if state.state in ("unknown", "submitted") else None
+        )
         if rejected is not None:
             return {"status": "rejected", "error": rejected.get("error")}
         if state.state == "accepted" and state.attempts:
@@ -432,22 +455,30 @@ def wait_for_run(
         time.sleep(interval)
 
 
-def _peek_rejection(pipeline: Pipeline, run_id: str) -> dict[str, Any] | None:
+def _parsed(job: Any) -> contract.Job | None:
+    try:
+        return contract.parse_job(job)
+    except contract.Rejection:
+        return None
+
+
+def _conflict(run_id: str) -> dict[str, Any]:
+    return {
+        "code": "run_conflict",
+        "message": f"Run {run_id} was accepted with a different job (another submission under the same run "
+        "id came first), so yours was rejected; submit it under a new run id.",
+    }
+
+
+def _peek_rejection(pipeline: Pipeline, run_id: str, since_ms: float | None = None) -> dict[str, Any] | None:
+    def ours(body: dict[str, Any], message: Any) -> bool:
+        if body.get("run_id") != run_id or body.get("status") != "rejected":
+            return False
+        sent = (message.get("Attributes") or {}).get("SentTimestamp")
+        return since_ms is None or sent is None or float(sent) >= since_ms
+
     with aws.aws_errors("read the done queue"):
-        messages = pipeline.sqs.receive_message(
-            QueueUrl=pipeline.config.done_queue_url,
-            MaxNumberOfMessages=10,
-            VisibilityTimeout=0,
-            WaitTimeSeconds=0,
-        ).get("Messages", [])
-    for message in messages:
-        try:
-            body = json.loads(message["Body"])
-        except (json.JSONDecodeError, KeyError):
-            continue
-        if isinstance(body, dict) and body.get("run_id") == run_id and body.get("status") == "rejected":
-            return body
-    return None
+        return aws.find_message(pipeline.sqs, pipeline.config.done_queue_url, ours, delete=False)
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import numpy as np
 
+from q4 import aws
 from q4.errors import Q4Error
 from q4.local.stack import env_vars
 from q4.local.state import StackState
@@ -39,21 +40,16 @@ def sample_csv(path: Path, rows: int = 2000, seed: int = 4) -> Path:
 
 
 def wait_for_done(sqs: Any, queue_url: str, run_id: str, timeout: float) -> dict[str, Any]:
-    """The done message of ``run_id`` (deleted once read); other runs' messages are left in the queue."""
+    """The done message of ``run_id`` (deleted once read); other runs' messages are left in the queue
+    (hidden only while a pass looks through the queue, then visible again: :func:`q4.aws.find_message`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        response = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=2)
-        for message in response.get("Messages", []):
-            try:
-                body = json.loads(message["Body"])
-            except json.JSONDecodeError:
-                body = {}
-            if isinstance(body, dict) and body.get("run_id") == run_id:
-                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-                return body
-            sqs.change_message_visibility(
-                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
-            )
+        body = aws.find_message(
+            sqs, queue_url, lambda body, _message: body.get("run_id") == run_id, delete=True, wait_s=2
+        )
+        if body is not None:
+            return body
+        time.sleep(0.5)
     raise DemoError(
         "demo_timeout",
         f"Run {run_id} sent no done message within {timeout:.0f} s; see runtime.log "
