@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import time
 import zipfile
 from collections.abc import Callable
@@ -473,3 +475,43 @@ def test_stopped_event_is_dropped_without_a_dlq_and_kept_undeliverable_when_the_
     second = [r for r in runtime.ledger.tasks.values() if r.task_arn != record.task_arn]
     assert [(r.status, r.delivery_attempts, r.dead_letters) for r in second] == [("undeliverable", 3, [])]
     assert f"could NOT be sent to its dead-letter queue {missing}" in caplog.text
+
+
+def _group_members(pgid: int) -> list[str]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _pgid(proc) == pgid:
+            try:
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state != "Z":
+                members.append(proc.name)
+    return members
+
+
+def test_a_task_whose_main_process_dies_is_stopped_as_a_whole(toy_deployment):
+    deployment = toy_deployment
+    # GIVEN a running 60-second task (the /bin/sh exit-code wrapper and, under it, the task's program)
+    runtime = LocalRuntime(deployment["config"])
+    boto3.client("sqs").send_message(
+        QueueUrl=deployment["work"], MessageBody=json.dumps({"exit": 0, "sleep": 60})
+    )
+    (record,) = _until(runtime, lambda: [r for r in runtime.ledger.tasks.values() if r.status == "running"])
+    pgid = record.pid
+    _until(runtime, lambda: len(_group_members(pgid)) >= 2)
+    # WHEN only the main process is killed (as a user's `kill -9 <pid from runtime.log>` does)
+    os.kill(record.pid, signal.SIGKILL)
+    received: list[dict[str, Any]] = []
+    _until(runtime, lambda: received.extend(_events(deployment["events"])) or received)
+    # THEN the task stopped with 137 and nothing of it runs on (no second writer beside a relaunch)
+    assert [event["detail"]["containers"][0]["exitCode"] for event in received] == [137]
+    assert _group_members(pgid) == []
+
+
+def _pgid(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, ValueError, IndexError):
+        return None

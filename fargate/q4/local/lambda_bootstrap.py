@@ -25,7 +25,7 @@ class LambdaContext:
         self.function_version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         self.invoked_function_arn = os.environ.get("Q4_LOCAL_FUNCTION_ARN", "")
         self.memory_limit_in_mb = int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
-        self.aws_request_id = str(uuid.uuid4())
+        self.aws_request_id = os.environ.get("Q4_LOCAL_REQUEST_ID") or str(uuid.uuid4())
         self.log_group_name = os.environ.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
         self.log_stream_name = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
         self.identity = None

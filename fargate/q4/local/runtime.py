@@ -432,8 +432,10 @@ class LocalRuntime:
                 if code is None:
                     continue
                 del self.processes[arn]
+                _end_container(record)
                 self._stopped(record, code if code >= 0 else 128 - code, "Essential container in task exited")
             elif not _alive(record):  # adopted from a previous runtime
+                _end_container(record)
                 exit_file = self.tasks_dir / _task_id(arn) / "exit_code"
                 if exit_file.exists():
                     self._stopped(
@@ -708,6 +710,28 @@ def _alive(record: TaskRecord) -> bool:
     return stack_state.process_start_stamp(record.pid) == record.pid_started and not stack_state.is_zombie(
         record.pid
     )
+
+
+def _end_container(record: TaskRecord) -> None:
+    """A container stops when its main process does: kill whatever the task left in its process group.
+
+    The recorded pid is the ``/bin/sh`` exit-code wrapper, the group's leader. If it alone was killed, the
+    ``q4-task`` under it would go on writing to S3 while the orchestrator relaunches the run: two attempts
+    at once, which Fargate never allows (ECS reports STOPPED only once the whole task is gone). Once the
+    leader's pid is free again the group id is still unique to the task's processes; if the pid was reused
+    by another process (a previous runtime's task, long gone) nothing is signalled.
+    """
+    if record.pid is None:
+        return
+    try:
+        os.kill(record.pid, 0)
+    except ProcessLookupError:
+        _signal_group(record.pid, signal.SIGKILL)
+        return
+    except PermissionError:
+        return
+    if stack_state.is_zombie(record.pid) or stack_state.process_start_stamp(record.pid) == record.pid_started:
+        _signal_group(record.pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
