@@ -33,6 +33,16 @@ how='run `eval "$(q4 local env)"` for the local stack, or export it from `terraf
 aws=${AWS_CLI:-aws}
 
 key="run=${run_id}/input/${name}"
+# A run id names one job: refuse one that already has an input (even under another name) or any record in
+# the artifacts bucket, instead of adding a stray input the orchestrator would then reject (run_conflict).
+first_key() { "$aws" s3api list-objects-v2 --bucket "$1" --prefix "$2" --max-items 1 --query 'Contents[0].Key' --output text; }
+existing=$(first_key "$Q4_ARCHIVE_BUCKET" "run=${run_id}/input/") || die "cannot list s3://$Q4_ARCHIVE_BUCKET; check the credentials and AWS_ENDPOINT_URL."
+[[ -z $existing || $existing == None ]] \
+  || die "run $run_id already exists (its input s3://$Q4_ARCHIVE_BUCKET/$existing) and inputs are never overwritten or mixed; choose another RUN_ID."
+if [[ -n ${Q4_ARTIFACTS_BUCKET:-} ]]; then
+  record=$(first_key "$Q4_ARTIFACTS_BUCKET" "run=${run_id}/") || die "cannot list s3://$Q4_ARTIFACTS_BUCKET; check the credentials and AWS_ENDPOINT_URL."
+  [[ -z $record || $record == None ]] || die "run $run_id already exists (s3://$Q4_ARTIFACTS_BUCKET/$record); choose another RUN_ID."
+fi
 # One conditional PutObject (If-None-Match: *): S3 itself refuses to replace an existing input, even one
 # uploaded by someone else a moment ago. A single PUT takes at most 5 GiB; `q4 submit` uploads larger files
 # in parts with the same condition.
