@@ -26,7 +26,8 @@ DEFAULT_MODE = "standard"
 DEFAULT_OUTPUT_FORMAT = "csv"
 DEFAULT_SVD_K = 10
 SVD_K_RANGE = (1, 1000)
-INPUT_SUFFIXES = (".csv", ".parquet")
+#: What the task reads as a table (q4.tables: CSV_SUFFIXES + PARQUET_SUFFIXES), compared case-insensitively.
+INPUT_SUFFIXES = (".csv", ".parquet", ".pq")
 FIELDS = ("run_id", "input_key", "input_prefix", "mode", "model_key", "features", "svd_k", "output_format")
 MAX_KEY_LENGTH = 1024
 #: Values echoed in a rejection are cut to this many characters (a done message must fit in SQS's 256 KiB).
@@ -319,6 +320,13 @@ def parse_job(message: object) -> Job:
     if has_key == has_prefix:
         raise Rejection("invalid_input", "Give exactly one of 'input_key' or 'input_prefix'.", run_id)
     input_key = _check_input("input_key", message["input_key"], run_id) if has_key else None
+    if input_key is not None and not is_input_object(input_key):
+        raise Rejection(
+            "unsupported_input",
+            f"'input_key' {_shown(input_key)} is neither a .csv nor a .parquet file; convert the table to "
+            "CSV or Parquet, upload it and send the message again.",
+            run_id,
+        )
     input_prefix = None
     if has_prefix:
         input_prefix = _check_input("input_prefix", message["input_prefix"], run_id)
@@ -416,6 +424,19 @@ def task_state_change(body: str | bytes) -> dict[str, Any] | None:
     ):
         return message
     return None
+
+
+def mode_hint(body: str | bytes) -> str | None:
+    """The mode a rejected work message asked for (the default when it names none), if it is a valid one;
+    the rejection's done message carries it."""
+    try:
+        message = json.loads(body)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if not isinstance(message, dict):
+        return None
+    mode = message.get("mode", DEFAULT_MODE)
+    return mode if isinstance(mode, str) and mode in MODES else None
 
 
 def parse_message_body(body: str | bytes) -> Job:

@@ -61,14 +61,14 @@ class Orchestrator:
             job = contract.parse_message_body(body)
             contract.check_overrides_size(job, self.config.container_name)
         except Rejection as rejection:
-            return self._reject(rejection)
+            return self._reject(rejection, contract.mode_hint(body))
         run_id = job.run_id
 
         manifest = self.store.manifest(run_id)
         error = None if manifest is not None else self.store.error(run_id)
         if manifest is not None or error is not None:
             if not self._same_job(run_id, job):
-                return self._reject(self._conflict(run_id))
+                return self._reject(self._conflict(run_id), job.mode)
             if manifest is not None:
                 self._send(contract.succeeded_done(manifest, self.config.artifacts_bucket, duplicate=True))
             else:
@@ -87,11 +87,11 @@ class Orchestrator:
             try:
                 self._check_inputs(job)
             except Rejection as rejection:
-                return self._reject(rejection)
+                return self._reject(rejection, job.mode)
             if not self.store.put_json_once(contract.job_key(run_id), job.to_dict()):
                 existing = self.store.job(run_id)
         if existing is not None and not _same(existing, job):
-            return self._reject(self._conflict(run_id))
+            return self._reject(self._conflict(run_id), job.mode)
 
         if self.store.attempts(run_id):
             self.logger.info(
@@ -106,8 +106,8 @@ class Orchestrator:
         )
         return "launched"
 
-    def _reject(self, rejection: Rejection) -> str:
-        self._send(contract.rejected_done(rejection, self.config.artifacts_bucket))
+    def _reject(self, rejection: Rejection, mode: str | None) -> str:
+        self._send(contract.rejected_done(rejection, self.config.artifacts_bucket, mode=mode))
         self.logger.warning(
             "Rejected a work message.",
             extra={

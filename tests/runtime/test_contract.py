@@ -197,3 +197,32 @@ def test_done_messages_follow_the_schema() -> None:
         and rejected["artifacts_prefix"] is None
         and rejected["status"] == "rejected"
     )
+
+
+def test_input_suffixes_are_what_the_task_reads() -> None:
+    # the Lambda package cannot import q4, so the two lists are kept equal by this test
+    from q4 import tables
+
+    assert set(contract.INPUT_SUFFIXES) == set(tables.CSV_SUFFIXES + tables.PARQUET_SUFFIXES)
+
+
+@pytest.mark.parametrize("key", ["run=r/input/x.txt", "run=r/input/x.csv.gz", "run=r/input/x.tsv"])
+def test_an_input_key_the_task_cannot_read_is_rejected_at_once(key: str) -> None:
+    with pytest.raises(contract.Rejection) as excinfo:
+        contract.parse_job({"run_id": "r", "input_key": key})
+    assert excinfo.value.code == "unsupported_input" and "neither a .csv nor a .parquet" in excinfo.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "mode"),
+    [
+        ('{"run_id": "r", "input_key": "x", "mode": "full"}', "full"),
+        ('{"run_id": "r", "input_key": "x"}', "standard"),
+        ('{"run_id": "r", "mode": "turbo"}', None),
+        ('{"run_id": "r", "mode": 3}', None),
+        ("[1, 2]", None),
+        ("not json", None),
+    ],
+)
+def test_a_rejection_carries_the_mode_the_message_asked_for(body: str, mode: str | None) -> None:
+    assert contract.mode_hint(body) == mode
