@@ -210,7 +210,8 @@ def test_input_suffixes_are_what_the_task_reads() -> None:
 def test_an_input_key_the_task_cannot_read_is_rejected_at_once(key: str) -> None:
     with pytest.raises(contract.Rejection) as excinfo:
         contract.parse_job({"run_id": "r", "input_key": key})
-    assert excinfo.value.code == "unsupported_input" and "neither a .csv nor a .parquet" in excinfo.value.message
+    assert excinfo.value.code == "unsupported_input"
+    assert "neither a .csv nor a .parquet" in excinfo.value.message
 
 
 @pytest.mark.parametrize(
