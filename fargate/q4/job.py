@@ -12,11 +12,14 @@ Two exact passes over the input, memory bounded by ``chunk_rows``:
 
 ``run_job`` writes everything except MANIFEST.json / ERROR.json: committing is the
 caller's business (``q4 run`` locally, the Fargate task on S3). Every artifact it writes is
-deterministic for the same input, job and software version.
+deterministic for the same input, job and software version. It hashes each artifact after its
+writer closed it and records the file's (inode, size, mtime) as hashed; :func:`verify_unchanged`
+checks, just before a commit, that the run directory still holds exactly those files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,7 +27,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -38,9 +41,8 @@ from numpy.typing import NDArray
 from q4 import __version__
 from q4.checks import check_finite
 from q4.energy import EnergyTally
-from q4.errors import InputError, ModelError, name_list
+from q4.errors import InputError, ModelError, RunStateError, name_list
 from q4.features import FeatureBlock, feature_block, select_features
-from q4.manifest import sha256_file
 from q4.model import Q4Model, fit_model, json_number, load_model
 from q4.moments import Moments
 from q4.outputs import RowWriters, content_type
@@ -139,6 +141,8 @@ class RunResult:
     warnings: tuple[dict[str, str], ...]
     input: dict[str, Any]
     report: Path | None = None
+    #: ``(inode, size, mtime_ns)`` of each artifact (by key) when it was hashed
+    fingerprints: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def input_objects(self) -> list[dict[str, Any]]:
         """``{key, size, sha256}`` per input file, for the manifest."""
@@ -354,7 +358,8 @@ def _run(
         writers.close()
         timings["finish_writing"] = time.perf_counter() - clock
 
-    artifacts = tuple(_artifacts(run_dir))
+    fingerprints: dict[str, tuple[int, int, int]] = {}
+    artifacts = tuple(_artifacts(run_dir, spec.run_id, fingerprints))
     sizes = [p.stat().st_size for p in table.paths]
     return RunResult(
         run_id=spec.run_id,
@@ -366,6 +371,7 @@ def _run(
         warnings=tuple(warnings),
         input={**input_doc, "sizes": sizes},
         report=report,
+        fingerprints=fingerprints,
     )
 
 
@@ -539,15 +545,60 @@ def _render_viz(
     return render_report(viz_dir / "report.html", er=er, study=study, plots=plots)
 
 
-def _artifacts(run_dir: Path) -> Iterator[Artifact]:
+def _output_files(run_dir: Path) -> Iterator[Path]:
     for name in OUTPUT_DIRS:
         folder = run_dir / name
-        if not folder.is_dir():
-            continue
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            yield Artifact(
-                key=path.relative_to(run_dir).as_posix(),
-                bytes=path.stat().st_size,
-                sha256=sha256_file(path),
-                content_type=content_type(path),
-            )
+        if folder.is_dir():
+            yield from sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _fingerprint(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _changed(run_id: str, run_dir: Path, what: str) -> RunStateError:
+    return RunStateError(
+        "run_changed",
+        f"{what} while run {run_id} was being finished, so another program is writing into {run_dir}; "
+        "nothing was committed: stop the other writer and run again with another --run-id.",
+        {"run_dir": str(run_dir)},
+    )
+
+
+def _artifacts(
+    run_dir: Path, run_id: str, fingerprints: dict[str, tuple[int, int, int]]
+) -> Iterator[Artifact]:
+    for path in _output_files(run_dir):
+        key = path.relative_to(run_dir).as_posix()
+        with path.open("rb") as f:
+            before = _fingerprint(os.fstat(f.fileno()))
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+            after = _fingerprint(os.fstat(f.fileno()))
+            hashed = f.tell()
+        if after != before or after[1] != hashed:
+            raise _changed(run_id, run_dir, f"The file {key} changed")
+        fingerprints[key] = after
+        yield Artifact(key=key, bytes=after[1], sha256=digest, content_type=content_type(path))
+
+
+def verify_unchanged(result: RunResult) -> None:
+    """Check that ``result.run_dir`` holds exactly the artifacts listed, as they were hashed.
+
+    Cheap (one ``stat`` per file, no re-reading): the same inode, size and mtime as when the sha256
+    was computed. Called just before committing, so a MANIFEST.json never lists bytes that are not on
+    disk. Raises :class:`RunStateError` (``run_changed``) otherwise.
+    """
+    listed = {a.key for a in result.artifacts}
+    for path in _output_files(result.run_dir):
+        key = path.relative_to(result.run_dir).as_posix()
+        if key not in listed:
+            raise _changed(result.run_id, result.run_dir, f"The file {key} appeared")
+        try:
+            now = _fingerprint(path.stat())
+        except FileNotFoundError:
+            now = None
+        if now != result.fingerprints.get(key):
+            raise _changed(result.run_id, result.run_dir, f"The file {key} changed")
+        listed.discard(key)
+    if listed:
+        raise _changed(result.run_id, result.run_dir, f"The file {sorted(listed)[0]} disappeared")

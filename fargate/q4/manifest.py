@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,16 +138,30 @@ def dumps(doc: Mapping[str, Any]) -> bytes:
 def write_exclusive(path: Path, doc: Mapping[str, Any]) -> None:
     """Write a terminal document once: fails with :class:`FileExistsError` if it is already there.
 
-    The bytes go to a temporary file first and are linked into place, so a reader never sees
-    a half-written MANIFEST.json.
+    The bytes go to a uniquely named temporary file beside ``path`` (flushed to disk) and are
+    hard-linked into place: ``link`` never replaces an existing file, so a MANIFEST.json or
+    ERROR.json that another writer committed first stands, and a reader never sees a half-written one.
     """
     data = dumps(doc)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
     try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.link(tmp, path)
     finally:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
+
+
+def read_document(path: Path) -> dict[str, Any] | None:
+    """A terminal document as a dict; None when it is absent, unreadable or not a JSON object."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> Path:

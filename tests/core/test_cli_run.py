@@ -47,8 +47,11 @@ def test_run_commits_with_a_manifest_listing_every_artifact(tmp_path, capsys):
 def test_default_run_id_is_valid_and_named_after_the_input():
     from datetime import UTC, datetime
 
-    run_id = default_run_id(Path("/data/My Data (v2).final.csv"), datetime(2025, 8, 25, 1, 2, 3, tzinfo=UTC))
-    assert run_id == "20250825-010203-My-Data-v2"
+    when = datetime(2025, 8, 25, 1, 2, 3, 45_678, tzinfo=UTC)
+    run_id = default_run_id(Path("/data/My Data (v2).final.csv"), when)
+    assert run_id == "20250825-010203.045-My-Data-v2"  # milliseconds: two runs in one second differ
+    later = default_run_id(Path("/data/My Data (v2).final.csv"), when.replace(microsecond=46_000))
+    assert later != run_id and sorted([later, run_id]) == [run_id, later]
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", default_run_id(Path("x" * 200 + ".csv")))
 
 
@@ -74,7 +77,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "one_numeric": ([str(d / "one.csv")], "only one numeric column"),
         "all_invalid": ([str(d / "invalid.csv")], "None of the 3 rows is valid"),
         "ragged": ([str(d / "ragged.csv")], "cannot be parsed"),
-        "malformed_quote": ([str(d / "quote.csv")], "cannot be parsed"),
+        "malformed_quote": ([str(d / "quote.csv")], "never closed"),
         "unknown_type": ([str(d / "table.txt")], "neither a .csv nor a .parquet"),
         "not_utf8": ([str(d / "latin1.csv")], "not UTF-8"),
         "not_parquet": ([str(d / "fake.parquet")], "cannot be read"),
@@ -106,18 +109,95 @@ def test_bad_input_is_one_sentence_exit_2_and_error_json(tmp_path, capsys, case)
     assert sorted(p.name for p in run_dir.iterdir()) == ["ERROR.json"]  # no partial run that looks complete
 
 
-def test_a_committed_run_is_refused_and_left_untouched(tmp_path, capsys):
+def _snapshot(root: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_committed_run_with_the_same_job_is_a_success_and_left_untouched(tmp_path, capsys):
     src = _good_csv(tmp_path)
     args = ["run", str(src), "--out", str(tmp_path / "out"), "--run-id", "done"]
     assert main(args) == 0
     run_dir = tmp_path / "out" / "run=done"
-    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()}
+    before = _snapshot(tmp_path / "out")
     capsys.readouterr()
+    # the same job, and the same bytes reached by another path: exit 0 (as the task), nothing rewritten
+    copy = tmp_path / "elsewhere" / "copy.csv"
+    copy.parent.mkdir()
+    copy.write_bytes(src.read_bytes())
+    for again in (args, ["run", str(copy), *args[2:]]):
+        assert main(again) == 0
+        out = capsys.readouterr().out
+        assert "run done is already committed with the same job; nothing was rewritten" in out
+        assert f"results in {run_dir}/" in out
+    assert _snapshot(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        (["--mode", "enhanced"], "mode standard there, enhanced here"),
+        (["--features", "f0,f1"], "features default there, 'f0', 'f1' here"),
+        (["--output-format", "parquet"], "output_format csv there, parquet here"),
+        (["OTHER_BYTES"], "other bytes in the input"),
+        (["SECOND_INPUT"], "1 input file(s) there, 2 here"),
+    ],
+)
+def test_a_committed_run_with_another_job_is_refused_and_left_untouched(tmp_path, capsys, change, phrase):
+    src = _good_csv(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(src), "--out", str(out), "--run-id", "done"]) == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    args = ["run", str(src), "--out", str(out), "--run-id", "done"]
+    if change == ["OTHER_BYTES"]:  # same path and size, one byte changed
+        data = bytearray(src.read_bytes())
+        data[-2] = ord("7") if data[-2] != ord("7") else ord("8")
+        src.write_bytes(bytes(data))
+    elif change == ["SECOND_INPUT"]:
+        args.insert(2, str(_good_csv(tmp_path, "second.csv")))
+    else:
+        args += change
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "already holds a committed run" in err
-    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.rglob("*") if p.is_file()} == before
-    assert not (run_dir / "ERROR.json").exists()
+    assert err.count("\n") == 1 and err.startswith("q4: error: Run done in ")
+    assert f"is already committed with another job ({phrase}" in err and "choose another --run-id" in err
+    assert _snapshot(out) == before
+
+
+def test_a_failed_run_is_final_same_error_again_and_left_untouched(tmp_path, capsys):
+    out = tmp_path / "out"
+    header = tmp_path / "header.csv"
+    header.write_text("a,b,c\n")
+    args = ["run", str(header), "--out", str(out), "--run-id", "bad"]
+    assert main(args) == 2
+    first = capsys.readouterr().err
+    error = read_json(out / "run=bad" / "ERROR.json")
+    assert error["inputs"] == [{"key": str(header), "size": 6}] and error["code"] == "too_few_rows"
+    before = _snapshot(out)
+    # the same job again: the recorded failure, printed, exit 2 (as the task: a failed run is final)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Run bad already failed with this job" in err
+    assert error["message"] in err and error["message"] in first and "another --run-id" in err
+    # another job under the failed run id (other parameters, other input bytes): exit 2, pick another id
+    assert main([*args, "--mode", "full"]) == 2
+    err = capsys.readouterr().err
+    assert "Run bad in " in err and "already failed with another job (mode standard there, full here)" in err
+    header.write_text("a,b,c\n1,2,3\n4,5,6\n")
+    assert main(args) == 2
+    assert "already failed with another job (other bytes in the input" in capsys.readouterr().err
+    assert _snapshot(out) == before and not (out / "run=bad" / "MANIFEST.json").exists()
+
+
+def test_an_unreadable_manifest_is_refused_not_a_traceback(tmp_path, capsys):
+    src = _good_csv(tmp_path)
+    run_dir = tmp_path / "out" / "run=junk"
+    run_dir.mkdir(parents=True)
+    (run_dir / "MANIFEST.json").write_text("{not json")
+    assert main(["run", str(src), "--out", str(tmp_path / "out"), "--run-id", "junk"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a MANIFEST.json that q4 cannot read as this run's; choose another --run-id" in err
+    assert (run_dir / "MANIFEST.json").read_text() == "{not json"
 
 
 def test_partial_leftovers_are_cleared_and_the_run_proceeds(tmp_path):
