@@ -203,6 +203,9 @@ def _csv_error(path: Path, exc: Exception) -> InputError:
             f"The CSV file {path.name} is not UTF-8 text; save it as UTF-8 and run again.",
             {"input": str(path), "problem": problem},
         )
+    separator = _other_separator(path)
+    if separator is not None:
+        return _other_separator_error(path, separator, problem)
     opened = unclosed_quote(path)
     if opened is not None:  # the parse failed because a quoted value runs to the end of the file
         return _unclosed_quote_error(path, opened)
@@ -348,7 +351,38 @@ def _csv_schema(path: Path) -> pa.Schema:
         schema.names  # noqa: B018 -- decodes the header: a header that is not UTF-8 fails here, not later
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _csv_error(path, exc) from None
+    if len(schema.names) == 1:
+        separator = _other_separator(path)
+        if separator is not None:
+            raise _other_separator_error(path, separator, None)
     return schema
+
+
+#: Separators other programs write "CSV" with (Excel in many locales uses ';' and a decimal comma).
+OTHER_SEPARATORS = (";", "\t", "|")
+
+
+def _other_separator(path: Path) -> str | None:
+    """The separator a header line without any comma uses instead, if it is one of OTHER_SEPARATORS."""
+    with path.open("rb") as f:
+        head = f.read(1 << 16)
+    line = head.removeprefix(_UTF8_BOM).split(b"\n", 1)[0].decode("utf-8", "replace")
+    if "," in line:
+        return None
+    counts = {sep: line.count(sep) for sep in OTHER_SEPARATORS}
+    best = max(counts, key=lambda sep: counts[sep])
+    return best if counts[best] > 0 else None
+
+
+def _other_separator_error(path: Path, separator: str, problem: str | None) -> InputError:
+    shown = {"\t": "tabs", ";": "';'", "|": "'|'"}[separator]
+    return InputError(
+        "malformed_csv",
+        f"The CSV file {path.name} has no comma in its header line but is separated by {shown}; Q4 reads "
+        "comma-separated files: save it with ',' between values (and '.' as the decimal point) and run "
+        "again.",
+        {"input": str(path), "problem": "other_separator", "separator": separator, "parser": problem},
+    )
 
 
 def _parquet_schema(path: Path) -> pa.Schema:

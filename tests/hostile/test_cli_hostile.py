@@ -64,7 +64,16 @@ def _fake_parquet_with_a_multiline_error() -> bytes:
             "malformed_csv",
             "longer than",
         ),
-        # a quote never closed swallows the rest of the file into one cell (as Python's csv module does)
+        # other separators (Excel in many locales writes ';' and decimal commas) are named, not "no numeric
+        # column"
+        (
+            "semicolon.csv",
+            b"sample;site;temp;hum\ns0;south;20,5;33,1\ns1;north;21,5;30,2\n",
+            "malformed_csv",
+            "separated by ';'",
+        ),
+        ("semicolon-dot.csv", b"a;b;c\n1;2;3\n4;5;6\n7;8;10\n", "malformed_csv", "separated by ';'"),
+        ("tabs.csv", b"a\tb\tc\n1\t2\t3\n4\t5\t6\n7\t8\t10\n", "malformed_csv", "separated by tabs"),
         # a quote never closed: pyarrow would swallow the rest of the file into one cell
         ("quote.csv", b'a,b,t\n1,2,"never closed\n3,1,y\n', "malformed_csv", "is never closed"),
     ],
