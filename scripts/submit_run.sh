@@ -4,7 +4,7 @@
 #
 #   scripts/submit_run.sh FILE [RUN_ID] [MODE]
 #
-# RUN_ID defaults to <UTC yyyymmdd-HHMMSS>-<file stem>; MODE is standard (default), enhanced or full.
+# RUN_ID defaults to <UTC yyyymmdd-HHMMSS.mmm>-<file stem> (as q4 submit); MODE is standard (default), enhanced or full.
 # Works against real AWS and against any endpoint in AWS_ENDPOINT_URL (e.g. `eval "$(q4 local env)"`).
 # For AWS, export Q4_ARCHIVE_BUCKET and Q4_WORK_QUEUE_URL from `terraform output`.
 set -euo pipefail
@@ -20,7 +20,7 @@ name=$(basename -- "$file")
 
 stem=${name%%.*}
 stem=$(printf '%s' "$stem" | tr -c 'A-Za-z0-9._-' '-' | sed -e 's/\.\.*/./g' -e 's/^[-.]*//' -e 's/[-.]*$//')
-default_run_id="$(date -u +%Y%m%d-%H%M%S)-${stem:-input}"
+default_run_id="$(date -u +%Y%m%d-%H%M%S.%3N)-${stem:-input}"
 run_id=${2:-${default_run_id:0:64}}
 mode=${3:-standard}
 [[ $run_id =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ && $run_id != *..* ]] \

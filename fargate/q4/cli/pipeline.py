@@ -62,7 +62,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "results are. Exit code 0 succeeded (or submitted), 2 failed or rejected.",
     )
     submit.add_argument("file", type=Path, metavar="FILE", help="a CSV or Parquet file")
-    submit.add_argument("--run-id", metavar="ID", help="run id (default: <UTC yyyymmdd-HHMMSS>-<file name>)")
+    submit.add_argument(
+        "--run-id", metavar="ID", help="run id (default: <UTC yyyymmdd-HHMMSS.mmm>-<file name>)"
+    )
     submit.add_argument("--mode", choices=contract.MODES, default=contract.DEFAULT_MODE, help="Q4 mode")
     submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
     submit.add_argument(
