@@ -217,6 +217,9 @@ def test_message_runs_a_task_whose_real_exit_code_reaches_the_rule_target(toy_de
     scratch = deployment["config"].state_dir / "tasks" / task_arn.rsplit("/", 1)[-1] / "scratch"
     seen = (scratch / "seen.txt").read_text().split(" ")
     assert seen == [task_arn, "from-task-definition", str(scratch)]
+    # AND the task metadata endpoint (as files) gives its ARN and size, as the ECS agent does on Fargate
+    metadata = json.loads((scratch.parent / "metadata" / "task").read_text())
+    assert metadata["TaskARN"] == task_arn and metadata["Limits"] == {"CPU": 0.25, "Memory": 512}
     # AND the emulator shows the task stopped, the work message is gone, and nothing was rerun
     task = boto3.client("ecs").describe_tasks(cluster=deployment["cluster"], tasks=[task_arn])["tasks"][0]
     assert task["desiredStatus"] == "STOPPED"

@@ -157,6 +157,16 @@ def test_submit_wait_runs_through_the_queue(stack, tmp_path):
     )
     assert manifest["status"] == "succeeded"
     assert any(a["key"].endswith("model/q4_model.json") for a in manifest["artifacts"])
+    # The task's size comes from the deployed task definition, through the task metadata endpoint stand-in
+    ecs = boto3.client(
+        "ecs", endpoint_url=stack["aws"]["AWS_ENDPOINT_URL"], region_name=stack["aws"]["AWS_REGION"],
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    task_arn = manifest["compute"]["task_arn"]
+    task = ecs.describe_tasks(cluster=task_arn.split("/")[1], tasks=[task_arn])["tasks"][0]
+    definition = ecs.describe_task_definition(taskDefinition=task["taskDefinitionArn"])
+    assert manifest["compute"]["cpu"] == int(definition["taskDefinition"]["cpu"]) / 1024
+    assert manifest["compute"]["memory"] == int(definition["taskDefinition"]["memory"])
     # The task ran as a local process with a real exit code, and its STOPPED event reached the orchestrator
     # (shortly after the done message, which the task sends before it exits).
     deadline = time.monotonic() + 20

@@ -391,6 +391,12 @@ class LocalRuntime:
             for key, value in environment.items():
                 if path and (value == path or value.startswith(path.rstrip("/") + "/")):
                     environment[key] = str(scratch) + value[len(path.rstrip("/")) :]
+        # The ECS agent's task metadata endpoint v4, as files: `q4-task` reads
+        # `$ECS_CONTAINER_METADATA_URI_V4/task` (TaskARN, Limits) with urllib, which opens file:// URLs as it
+        # opens the agent's http:// one.
+        metadata = task_dir / "metadata"
+        metadata.mkdir(exist_ok=True)
+        (metadata / "task").write_text(json.dumps(_task_metadata(task, definition, container), default=str))
         venv_bin = str(Path(sys.executable).parent)
         env = {
             "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
@@ -398,6 +404,7 @@ class LocalRuntime:
             "HOME": str(scratch),
             "MPLCONFIGDIR": str(scratch / ".matplotlib"),
             **environment,
+            "ECS_CONTAINER_METADATA_URI_V4": metadata.as_uri(),
             **self.config.aws_env,
             "Q4_TASK_ARN": record.task_arn,
             "Q4_SCRATCH_DIR": str(scratch),
@@ -710,6 +717,29 @@ def _alive(record: TaskRecord) -> bool:
     return stack_state.process_start_stamp(record.pid) == record.pid_started and not stack_state.is_zombie(
         record.pid
     )
+
+
+def _task_metadata(
+    task: dict[str, Any], definition: dict[str, Any], container: dict[str, Any]
+) -> dict[str, Any]:
+    """What the task metadata endpoint v4 answers at ``/task`` on Fargate (the fields Q4 reads, and a few
+    more): ``Limits`` are the task size, CPU in vCPUs (units / 1024) and memory in MiB."""
+    cpu = definition.get("cpu") or task.get("cpu")
+    memory = definition.get("memory") or task.get("memory")
+    return {
+        "Cluster": task.get("clusterArn"),
+        "TaskARN": task["taskArn"],
+        "Family": definition.get("family"),
+        "Revision": str(definition.get("revision", "")),
+        "DesiredStatus": "RUNNING",
+        "KnownStatus": "RUNNING",
+        "LaunchType": "FARGATE",
+        "Limits": {
+            "CPU": int(cpu) / 1024 if cpu else None,
+            "Memory": int(memory) if memory else None,
+        },
+        "Containers": [{"Name": container.get("name"), "Image": container.get("image")}],
+    }
 
 
 def _end_container(record: TaskRecord) -> None:
