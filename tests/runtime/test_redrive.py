@@ -242,3 +242,52 @@ def test_redriven_event_of_a_committed_run_resends_nothing_twice(user_env: Pipel
     assert orchestrator.accept(event) == "stale"
     assert [m["status"] for m in drain(pipeline.done_queue_url)] == ["succeeded"]
     assert len(tasks_of(pipeline)) == 1
+
+
+def status_json(capsys: pytest.CaptureFixture[str], run_id: str) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["status", run_id, "--json"]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_status_of_a_stuck_run_points_at_its_dead_letters(
+    user_env: Pipeline, boto_hooks: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = user_env
+    # GIVEN an accepted run whose STOPPED event ended in the DLQ (its relaunch could not start)
+    first = launched(pipeline)
+    stop_in_ecs(pipeline, first)
+    event = stopped_event(pipeline, first, 137)
+    failing_run_task(boto_hooks, 1)
+    with pytest.raises(LaunchError):
+        lambda_handler(event, None)
+    dead_letter(pipeline, event, "LaunchError: RunTask started no task")
+    # WHEN the user asks for its status
+    doc = status_json(capsys, RUN)
+    # THEN it is accepted, and the status names the dead letter and the way out; the DLQ is left as it was
+    assert doc["state"] == "accepted"
+    (line,) = doc["dlq"]
+    assert line.startswith("task-stopped") and "exit code 137" in line and "LaunchError" in line
+    assert f"q4 dlq --redrive --run {RUN}" in doc["note"]
+    assert queue_depth(pipeline.dlq_url) == 1
+    capsys.readouterr()
+    assert main(["status", RUN]) == 0
+    assert "dlq:" in capsys.readouterr().out
+
+
+def test_status_of_a_rejected_submission_shows_the_rejection(
+    user_env: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = user_env
+    # GIVEN inputs uploaded and a work message the orchestrator rejected (behind other runs' done messages)
+    sqs = boto3.client("sqs")
+    for i in range(15):
+        sqs.send_message(QueueUrl=pipeline.done_queue_url, MessageBody=json.dumps({"run_id": f"o{i}"}))
+    put_input(pipeline, "run=rj5/input/data.csv")
+    send_work(pipeline, '{"run_id": "rj5", "input_key": "run=rj5/input/data.csv", "svd_k": 0}')
+    deliver_batches(pipeline.work_queue_url, lambda_handler)
+    # WHEN the user asks for its status, THEN it is submitted and the rejection says why
+    doc = status_json(capsys, "rj5")
+    assert doc["state"] == "submitted" and doc["rejection"]["code"] == "invalid_svd_k"
+    assert "fix what it says" in doc["note"]
+    assert queue_depth(pipeline.done_queue_url) == 16  # nothing consumed

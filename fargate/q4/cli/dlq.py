@@ -116,6 +116,13 @@ def _error_text(attributes: dict[str, Any]) -> str | None:
     return (text[:197] + "...") if len(text) > 200 else (text or None)
 
 
+def letters_of(sqs: Any, dlq_url: str, run_id: str) -> list[DeadLetter]:
+    """This run's messages in the DLQ (the queue is looked through once and left as it was)."""
+    letters = list(receive_all(sqs, dlq_url))
+    release(sqs, dlq_url, letters)
+    return [letter for letter in letters if letter.run_id == run_id]
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dlq = subparsers.add_parser(
         "dlq",
@@ -138,7 +145,7 @@ def handle_dlq(args: argparse.Namespace) -> int:
     sqs = aws.client("sqs")
     wanted = set(args.run)
     with aws.aws_errors("read the dead-letter queue"):
-        letters = list(_receive_all(sqs, dlq_url))
+        letters = list(receive_all(sqs, dlq_url))
     chosen = [d for d in letters if not wanted or d.run_id in wanted]
     moved: list[DeadLetter] = []
     left: list[DeadLetter] = []
@@ -154,7 +161,7 @@ def handle_dlq(args: argparse.Namespace) -> int:
                 moved.append(letter)
     finally:
         moved_ids = {d.message_id for d in moved}
-        _release(sqs, dlq_url, [d for d in letters if d.message_id not in moved_ids])
+        release(sqs, dlq_url, [d for d in letters if d.message_id not in moved_ids])
 
     if args.json:
         doc = {
@@ -182,7 +189,7 @@ def handle_dlq(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _receive_all(sqs: Any, queue_url: str) -> Iterator[DeadLetter]:
+def receive_all(sqs: Any, queue_url: str) -> Iterator[DeadLetter]:
     """Every message now in the queue, each once (hidden for PEEK_VISIBILITY_S until released)."""
     seen: set[str] = set()
     empty_rounds = 0
@@ -202,7 +209,7 @@ def _receive_all(sqs: Any, queue_url: str) -> Iterator[DeadLetter]:
             yield classify(message)
 
 
-def _release(sqs: Any, queue_url: str, letters: list[DeadLetter]) -> None:
+def release(sqs: Any, queue_url: str, letters: list[DeadLetter]) -> None:
     """Make listed messages visible again at once (best effort: they reappear after the timeout anyway)."""
     for letter in letters:
         with contextlib.suppress(Exception):  # it becomes visible again by itself after the timeout

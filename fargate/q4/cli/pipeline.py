@@ -529,6 +529,43 @@ def _summary(pipeline: Pipeline, state: RunState) -> dict[str, Any]:
     return doc
 
 
+def _add_queue_findings(pipeline: Pipeline, state: RunState, doc: dict[str, Any]) -> None:
+    """What the queues add to a run that has not ended: its latest rejection on the done queue (submitted),
+    and its messages in the DLQ (``Q4_DLQ_URL``; submitted or accepted). Nothing is consumed."""
+    run_id = state.run_id
+    if state.state == "submitted":
+        found: list[tuple[float, dict[str, Any]]] = []
+
+        def collect(body: dict[str, Any], message: Any) -> bool:
+            if body.get("run_id") == run_id and body.get("status") == "rejected":
+                sent = (message.get("Attributes") or {}).get("SentTimestamp") or 0
+                found.append((float(sent), body))
+            return False  # look through the whole queue
+
+        with aws.aws_errors("read the done queue"):
+            aws.find_message(pipeline.sqs, pipeline.config.done_queue_url, collect, delete=False)
+        if found:
+            error = max(found, key=lambda item: item[0])[1].get("error")
+            if isinstance(error, dict):
+                doc["rejection"] = {"code": error.get("code"), "message": error.get("message")}
+                doc["note"] = (
+                    "Inputs are uploaded but no job was accepted; the latest done message for this run is a "
+                    "rejection (above): fix what it says and submit again."
+                )
+    dlq_url = os.environ.get("Q4_DLQ_URL", "").strip()
+    if state.state in ("submitted", "accepted") and dlq_url:
+        from q4.cli import dlq
+
+        with aws.aws_errors("read the dead-letter queue"):
+            letters = dlq.letters_of(pipeline.sqs, dlq_url, run_id)
+        if letters:
+            doc["dlq"] = [letter.describe().strip() for letter in letters]
+            doc["note"] = (
+                f"This run has {len(letters)} message(s) in the DLQ, so nothing moves it on: fix what made "
+                f"them fail, then `q4 dlq --redrive --run {run_id}`."
+            )
+
+
 def handle_status(args: argparse.Namespace) -> int:
     run_id = _check_run_id(args.run_id)
     pipeline = Pipeline()
@@ -541,6 +578,7 @@ def handle_status(args: argparse.Namespace) -> int:
             "check the run id (`q4 runs` lists them).",
         )
     doc = _summary(pipeline, state)
+    _add_queue_findings(pipeline, state, doc)
     if args.json:
         _out(json.dumps(doc, indent=2))
         return EXIT_OK
@@ -550,12 +588,14 @@ def handle_status(args: argparse.Namespace) -> int:
     if doc.get("rows"):
         rows = doc["rows"]
         _out(f"{'rows:':<10} " + _printable(", ".join(f"{k} {v}" for k, v in rows.items())))
-    for name in ("results", "error", "details", "note"):
+    for name in ("results", "error", "details", "rejection", "dlq", "note"):
         value = doc.get(name)
         if value is None:
             continue
-        if name == "error":
+        if name in ("error", "rejection"):
             value = f"{value['code']}: {value['message']}"
+        if name == "dlq":
+            value = "; ".join(value)
         _out(f"{name + ':':<10} {_printable(value)}")
     return EXIT_OK
 
