@@ -24,6 +24,13 @@ never reads it from the CreateFunction request, ``update_configuration`` skips t
 ``get_configuration`` never returns it — so the DLQ that Terraform's ``dead_letter_config`` sets is lost,
 Terraform plans to set it again on every run, and the local runtime cannot know where Lambda would send
 an asynchronous event that failed all its retries. The launcher keeps it and reports it, as Lambda does.
+
+And one it formats differently: moto (5.2.5) returns a queue's ``RedrivePolicy`` as ``json.dumps`` makes it,
+``{"deadLetterTargetArn": "arn:...", "maxReceiveCount": 5}`` with spaces, where SQS returns compact JSON,
+``{"deadLetterTargetArn":"arn:...","maxReceiveCount":5}``. The AWS provider stores the returned string as
+is (``aws_sqs_queue.redrive_policy`` has no JSON-equivalence diff suppression), so every ``terraform plan``
+showed "whitespace changes" on the work queue and, through it, an update of the orchestrator's role policy.
+The launcher returns it compact, as SQS does.
 """
 
 from __future__ import annotations
@@ -143,11 +150,42 @@ def keep_lambda_dead_letter_config() -> None:
     LambdaFunction._q4_keeps_dead_letter_config = True  # type: ignore[attr-defined]
 
 
+#: The order SQS returns a redrive policy's keys in (other keys, which SQS would refuse, follow as stored).
+REDRIVE_POLICY_KEYS = ("deadLetterTargetArn", "maxReceiveCount")
+
+
+def compact_redrive_policy() -> None:
+    """Let ``GetQueueAttributes`` return ``RedrivePolicy`` as SQS does: compact JSON (no spaces after ``:``
+    and ``,``), ``deadLetterTargetArn`` first and ``maxReceiveCount`` a number (moto already stores it as an
+    int). moto 5.2.5 ``Queue.attributes`` uses plain ``json.dumps``, whose separators add spaces; AWS answers
+    ``{"deadLetterTargetArn":"arn:aws:sqs:...","maxReceiveCount":5}`` (terraform-provider-aws#16964 and
+    localstack#3427 describe the same false whitespace diff against another emulator), and the AWS
+    provider 5.x compares the stored string with its compact ``jsonencode`` byte for byte."""
+    from moto.sqs.models import Queue
+
+    if getattr(Queue, "_q4_compact_redrive_policy", False):
+        return
+    original = Queue.attributes.fget  # type: ignore[attr-defined]
+
+    def attributes(self: Any) -> dict[str, Any]:
+        result: dict[str, Any] = original(self)
+        policy = getattr(self, "redrive_policy", None)
+        if "RedrivePolicy" in result and isinstance(policy, dict):
+            ordered = {key: policy[key] for key in REDRIVE_POLICY_KEYS if key in policy}
+            ordered.update({key: value for key, value in policy.items() if key not in ordered})
+            result["RedrivePolicy"] = json.dumps(ordered, separators=(",", ":"))
+        return result
+
+    Queue.attributes = property(attributes)  # type: ignore[method-assign,assignment]
+    Queue._q4_compact_redrive_policy = True  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> None:
     disable_builtin_sqs_lambda_poller()
     support_redrive_allow_policy()
     loopback_is_secure_transport()
     keep_lambda_dead_letter_config()
+    compact_redrive_policy()
     from moto.server import main as moto_main
 
     moto_main(argv if argv is not None else sys.argv[1:])

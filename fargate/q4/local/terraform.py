@@ -13,6 +13,7 @@ Typical use::
     init(workdir, env)
     apply(workdir, env, {"force_destroy": True, "event_source_mapping_enabled": False})
     outputs = output_json(workdir, env)
+    assert plan(workdir, env, {"force_destroy": True, "event_source_mapping_enabled": False}).clean
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +203,10 @@ def run(
     *,
     capture: bool = True,
     timeout: float | None = 1800,
+    ok_codes: Collection[int] = (0,),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``terraform <args>`` in ``workdir``; raise :class:`TerraformError` with its last error lines."""
+    """Run ``terraform <args>`` in ``workdir``; an exit code not in ``ok_codes`` raises
+    :class:`TerraformError` with its last error lines."""
     binary = shutil.which("terraform", path=env.get("PATH"))
     if binary is None:
         raise TerraformError(
@@ -222,7 +226,7 @@ def run(
         raise TerraformError(
             "terraform_timeout", f"terraform {args[0]} did not finish within {timeout:.0f} s."
         ) from exc
-    if result.returncode != 0:
+    if result.returncode not in ok_codes:
         tail = _error_summary(result.stderr or "")
         raise TerraformError(
             "terraform_failed",
@@ -288,6 +292,41 @@ def apply(
     """``terraform apply -auto-approve`` with ``variables``."""
     args = ["apply", "-auto-approve", "-input=false", "-no-color", f"-parallelism={parallelism}"]
     run(workdir, [*args, *var_args(variables)], env, capture=capture, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``terraform plan -detailed-exitcode`` found: ``clean`` when it proposes no change at all."""
+
+    clean: bool
+    output: str = field(repr=False)
+
+    @property
+    def changes(self) -> list[str]:
+        """The plan's ``# <address> will be ...`` / ``must be ...`` lines (resources, deferred data reads)."""
+        return [
+            line.strip().removeprefix("# ")
+            for line in self.output.splitlines()
+            if line.startswith("  # ") and (" will be " in line or " must be " in line)
+        ]
+
+
+def plan(
+    workdir: Path,
+    env: Mapping[str, str],
+    variables: Mapping[str, Any] | None = None,
+    *,
+    timeout: float | None = 900,
+) -> Plan:
+    """``terraform plan -detailed-exitcode`` with ``variables`` (the ones the deployment was applied with).
+
+    It changes nothing: no plan file, the refreshed state is not written, and ``-lock=false`` neither takes
+    nor waits for the state lock. Exit 0 is a clean :class:`Plan`, exit 2 one with changes; anything else
+    raises :class:`TerraformError`.
+    """
+    args = ["plan", "-detailed-exitcode", "-lock=false", "-input=false", "-no-color", *var_args(variables)]
+    result = run(workdir, args, env, timeout=timeout, ok_codes=(0, 2))
+    return Plan(clean=result.returncode == 0, output=result.stdout)
 
 
 def destroy(
