@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -387,21 +388,111 @@ def _other_separator_error(path: Path, separator: str, problem: str | None) -> I
 
 def _parquet_schema(path: Path) -> pa.Schema:
     try:
-        return pq.ParquetFile(path).schema_arrow
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+        _check_parquet_rows(path, pf.metadata)
+        return schema
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, MemoryError):  # out of memory is a crash (retried), not a bad file
             raise
         raise _parquet_error(path, exc) from None
 
 
+def _check_parquet_rows(path: Path, meta: pq.FileMetaData) -> None:
+    """Refuse a footer whose row counts contradict each other (before any data is read): pyarrow does
+    not check the file's ``num_rows`` against its row groups', and progress and the no-rows check use it.
+
+    Only row-group fields are read here: pyarrow builds a column chunk's metadata (``group.column(j)``)
+    in code that aborts the process on a bad chunk (a schema type its statistics do not fit), where its
+    reader raises an error instead; column chunks are checked after a clean read (_check_parquet_values).
+    """
+    total = 0
+    for i in range(meta.num_row_groups):
+        rows = meta.row_group(i).num_rows
+        if rows < 0:
+            raise _parquet_lie(path, f"row group {i + 1:,} declares {rows:,} rows")
+        total += rows
+    if total != meta.num_rows:
+        raise _parquet_lie(
+            path, f"its footer declares {meta.num_rows:,} rows but its row groups hold {total:,}"
+        )
+
+
+def _check_parquet_values(path: Path, meta: pq.FileMetaData) -> None:
+    """After the file was read: no flat column chunk holds more values than its row group has rows.
+
+    pyarrow trusts a row group's ``num_rows``: a group declaring fewer rows than its pages hold is read
+    short without a word. A flat column holds one value (or null) per row. 0.3 us per column chunk.
+    """
+    flat = [j for j in range(meta.num_columns) if meta.schema.column(j).max_repetition_level == 0]
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        for j in flat:
+            values = group.column(j).num_values
+            if values > group.num_rows:
+                raise _parquet_lie(
+                    path,
+                    f"row group {i + 1:,} declares {group.num_rows:,} rows but its column "
+                    f"{meta.schema.column(j).path!r} holds {values:,} values",
+                )
+
+
+def _parquet_lie(path: Path, problem: str) -> InputError:
+    return InputError(
+        "malformed_parquet",
+        f"The Parquet file {path.name} contradicts itself ({problem}); "
+        "the file is corrupt: write it again from its source.",
+        {"input": str(path), "problem": problem},
+    )
+
+
 def _parquet_error(path: Path, exc: Exception) -> InputError:
     problem = " ".join(str(exc).split())  # pyarrow's messages may span lines: one sentence
+    if "too deeply nested" in problem:  # pyarrow's advice ("increase the depth limit") is not the user's
+        return InputError(
+            "malformed_parquet",
+            f"The Parquet file {path.name} nests columns more than 100 levels deep, "
+            "more than the reader allows; flatten its schema.",
+            {"input": str(path), "problem": problem},
+        )
+    if "Exceeded size limit" in problem:  # the footer's Thrift holds a string or list beyond the limits
+        return InputError(
+            "malformed_parquet",
+            f"The Parquet file {path.name} has a footer (schema and key-value metadata) too large to "
+            "read; write it again without the oversized metadata.",
+            {"input": str(path), "problem": problem},
+        )
     if len(problem) > 160:
         problem = problem[:157] + "..."
     return InputError(
         "malformed_parquet",
         f"The Parquet file {path.name} cannot be read ({problem}); check that it is a complete Parquet file.",
         {"input": str(path), "problem": str(exc)},
+    )
+
+
+_MALLOC = re.compile(r"malloc of size (\d+) failed")
+
+
+def _parquet_memory_error(path: Path, pf: pq.ParquetFile, exc: MemoryError) -> InputError | None:
+    """A malformed_parquet error if one allocation that failed asked for more bytes than the file holds
+    and than any of its row groups declares uncompressed (a page header claiming a 2 GB page, say);
+    None for a real lack of memory, which stays a crash (retried)."""
+    found = _MALLOC.search(str(exc))
+    if found is None:
+        return None
+    asked = int(found.group(1))
+    meta = pf.metadata
+    groups = (meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    largest = max(path.stat().st_size, *groups)
+    if asked <= largest:
+        return None
+    return InputError(
+        "malformed_parquet",
+        f"The Parquet file {path.name} cannot be read (decoding it asks for {asked:,} bytes at once, more "
+        f"than the whole file or any of its row groups declares: {largest:,}); a page header is most "
+        "likely corrupt: write the file again from its source.",
+        {"input": str(path), "problem": str(exc), "bytes": asked, "largest": largest},
     )
 
 
@@ -509,19 +600,29 @@ def _iter_csv(
 def _iter_parquet(
     table: InputTable, path: Path, chunk_rows: int, on_bytes: ProgressCallback | None
 ) -> Iterator[pa.RecordBatch]:
+    pf: pq.ParquetFile | None = None
     try:
         # pre_buffer=False: with it, pyarrow keeps every row group read so far cached (memory grows
         # with the file); a buffered stream reads column chunks piece by piece instead.
         pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-        total_rows = max(1, pf.metadata.num_rows)
+        declared = pf.metadata.num_rows
+        total_rows = max(1, declared)
         size = path.stat().st_size
+        read = 0
         for batch in pf.iter_batches(batch_size=chunk_rows):
+            read += batch.num_rows
             if on_bytes is not None:
                 on_bytes(int(size * batch.num_rows / total_rows))
             yield pa.RecordBatch.from_arrays(batch.columns, schema=table.schema)
+        if read != declared:  # pyarrow stops quietly where the pages end
+            raise _parquet_lie(path, f"its footer declares {declared:,} rows but its pages hold {read:,}")
+        _check_parquet_values(path, pf.metadata)
     except (pa.ArrowException, OSError) as exc:
-        if isinstance(exc, MemoryError):  # out of memory is a crash (retried), not a bad file
-            raise
+        if isinstance(exc, MemoryError):  # out of memory is a crash (retried), not a bad file ...
+            lie = _parquet_memory_error(path, pf, exc) if pf is not None else None
+            if lie is None:
+                raise
+            raise lie from None  # ... unless the file asked for more than it can hold
         raise _parquet_error(path, exc) from None
 
 
