@@ -8,6 +8,7 @@ token), ``not_numeric:<col>`` (text that is not a number) or ``not_finite:<col>`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -143,3 +144,87 @@ def _parse_text(col: pa.Array) -> tuple[pa.Array, NDArray[np.int8]]:
     is_number = number_like.fill_null(False).to_numpy(zero_copy_only=False)
     status = np.where(is_missing, MISSING, np.where(is_number, OK, NOT_NUMERIC)).astype(np.int8)
     return numbers, status
+
+
+# ---- warnings about the default choices (pure: names and values in, warning dicts out)
+
+_NUMBER_RE = re.compile(_NUMBER)
+#: Column names that say "row identifier" (compared lower-cased, blanks stripped); so does ``*_id``.
+ID_NAMES = frozenset({"", "id", "index", "idx", "row", "row_id", "rownum", "unnamed: 0"})
+#: The value check needs at least this many rows in the first chunk.
+ID_MIN_ROWS = 3
+
+
+def is_number_text(text: str) -> bool:
+    """The reader's rule for a cell that is a number (blanks around it allowed)."""
+    return _NUMBER_RE.match(text.strip()) is not None
+
+
+def _is_sequence(values: Sequence[float]) -> bool:
+    """At least 3 finite values, strictly monotonic with a constant step (a wavelength axis)."""
+    if len(values) < 3 or not all(np.isfinite(values)):
+        return False
+    steps = np.diff(np.asarray(values, dtype=np.float64))
+    step = float(steps[0])
+    return step != 0 and bool(np.all(np.abs(steps - step) <= 1e-6 * abs(step)))
+
+
+def numeric_header_warning(columns: Sequence[str], file_name: str) -> dict[str, str] | None:
+    """A warning when every column name of a CSV is a number (a file without a header row, likely).
+
+    Only with at least 2 columns, and not when the names are an evenly spaced monotonic sequence of
+    at least 3 numbers (``400, 410, 420``, ``1000, 999.5, 999``): spectra name their columns so, a
+    row of measurements almost never is one.
+    """
+    if len(columns) < 2 or not all(is_number_text(c) for c in columns):
+        return None
+    if _is_sequence([float(c) for c in columns]):
+        return None
+    example = columns[0].strip()
+    example = example if len(example) <= 24 else example[:21] + "..."
+    return {
+        "code": "numeric_header",
+        "message": f"Every column name of {file_name} is a number (e.g. {example!r}): if the file has no "
+        "header row, its first data row was used as the header (and is not in the results); "
+        "add a header line.",
+    }
+
+
+def is_id_name(name: str) -> bool:
+    """``id``, ``index``, ``idx``, ``row``, ``row_id``, ``rownum``, ``Unnamed: 0``, empty, ``*_id``."""
+    key = name.strip().lower()
+    return key in ID_NAMES or key.endswith("_id")
+
+
+def counts_up(values: NDArray[np.float64]) -> bool:
+    """``values`` are consecutive integers ``v0, v0+1, v0+2, ...`` (at least ``ID_MIN_ROWS`` of them)."""
+    m = values.shape[0]
+    if m < ID_MIN_ROWS or not np.isfinite(values[0]) or values[0] != np.floor(values[0]):
+        return False
+    return bool(np.array_equal(values, values[0] + np.arange(m, dtype=np.float64)))
+
+
+def row_id_warnings(features: Sequence[str], first: NDArray[np.float64] | None) -> list[dict[str, str]]:
+    """Warnings for default-chosen features that look like row identifiers.
+
+    A feature does when its name is id-like (:func:`is_id_name`) or its values in ``first`` (the
+    ``(m, d)`` feature values of the first chunk, or None) count up by 1 row after row.
+    """
+    out: list[dict[str, str]] = []
+    for j, name in enumerate(features):
+        reasons = []
+        if is_id_name(name):
+            reasons.append("its name" if name.strip() else "it has no name")
+        if first is not None and counts_up(first[:, j]):
+            start = first[0, j]
+            reasons.append(f"its values count up by 1 from {start:.0f}, row after row")
+        if reasons:
+            out.append(
+                {
+                    "code": "row_id_feature",
+                    "message": f"Feature {name!r} looks like a row identifier ({' and '.join(reasons)}); "
+                    "if it is not a measurement, leave it out with --features (or the work message's "
+                    '"features").',
+                }
+            )
+    return out

@@ -42,7 +42,7 @@ from q4 import __version__
 from q4.checks import check_finite
 from q4.energy import EnergyTally
 from q4.errors import InputError, ModelError, RunStateError, name_list
-from q4.features import FeatureBlock, feature_block, select_features
+from q4.features import FeatureBlock, feature_block, numeric_header_warning, row_id_warnings, select_features
 from q4.model import Q4Model, fit_model, json_number, load_model
 from q4.moments import Moments
 from q4.outputs import RowWriters, content_type
@@ -225,6 +225,8 @@ def _run(
     table = open_inputs(inputs, input_names)
     model = load_model(spec.model_path) if spec.model_path is not None else None
     features, passthrough = _features(table, spec, model)
+    by_default = model is None and spec.features is None
+    warnings = _input_warnings(table)
     d = len(features)
     _check_width(d, spec.mode)
     if spec.output_format == "csv":
@@ -241,6 +243,7 @@ def _run(
         # ---- pass 1: read, classify, moments
         moments = Moments(d)
         n_input = 0
+        id_checked = False
         spill = Spill(scratch / "pass1.arrow", table.schema, d) if table.format == "csv" else None
         if spill is not None:
             stack.callback(spill.close)
@@ -250,6 +253,9 @@ def _run(
         with single_threaded_blas():
             for _, batch in prefetched(batches):
                 block = feature_block(batch, features)
+                if by_default and batch.num_rows and not id_checked:  # names, and the first chunk's values
+                    warnings.extend(row_id_warnings(features, block.values))
+                    id_checked = True
                 moments.update(block.values if block.all_valid else block.values[block.valid])
                 n_input += batch.num_rows
                 if spill is not None:
@@ -262,7 +268,6 @@ def _run(
         # ---- fit (or apply a model)
         clock = time.perf_counter()
         _check_rows(n_input, moments.n, table)
-        warnings: list[dict[str, str]] = []
         if model is None:
             check_finite(moments, features)
             if int((~moments.constant).sum()) < 2:
@@ -373,6 +378,17 @@ def _run(
         report=report,
         fingerprints=fingerprints,
     )
+
+
+def _input_warnings(table: InputTable) -> list[dict[str, str]]:
+    """Warnings about the input known before any data row is read: a CSV whose column names are
+    all numbers (a file without a header row, likely)."""
+    warnings: list[dict[str, str]] = []
+    if table.format == "csv":
+        header = numeric_header_warning(table.columns, table.names[0].replace("\\", "/").rsplit("/", 1)[-1])
+        if header is not None:
+            warnings.append(header)
+    return warnings
 
 
 def _features(table: InputTable, spec: JobSpec, model: Q4Model | None) -> tuple[list[str], list[str]]:
