@@ -1,11 +1,29 @@
-"""Shared fixtures: a real moto server over HTTP, started once per test session."""
+"""Shared fixtures: a real moto server over HTTP, started once per test session; and the head start of the
+slow deployments (tests/headstart.py)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
+import headstart
 import pytest
 from q4.local import emulator
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start, in the background, every registered deployment a selected test needs."""
+    if session.config.option.collectonly:
+        return
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    factory = session.config._tmp_path_factory  # what the tmp_path_factory fixture returns
+    started = headstart.start_needed(needed, lambda name: factory.mktemp(f"headstart-{name}"))
+    if started:
+        print(f"\nstarted in the background: {', '.join(started)}", file=sys.stderr)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    headstart.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import headstart
 import pytest
 from q4.local import emulator, lambda_zip
 from q4.local import terraform as tf
@@ -41,37 +41,66 @@ def orchestrator_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return lambda_zip.build(tmp_path_factory.mktemp("lambda") / "orchestrator.zip")
 
 
-@pytest.fixture(scope="module")
-def private_emulator() -> Iterator[emulator.Emulator]:
-    """A moto server of our own: the apply test must not share state with tests that reset the session one."""
-    server = emulator.start()
-    yield server
+def _deploy(base: Path) -> dict[str, object]:
+    """ONE deployment of infrastructure/ to a moto server of its own by scripts/deploy.sh (its emulator
+    mode, the path docker-compose users take), with non-default variables. Runs in a background thread
+    (tests/headstart.py): explicit environments only, and the emulator stopped if anything fails."""
+    if shutil.which("terraform") is None:
+        raise RuntimeError("terraform is not on PATH")
+    server = emulator.start(log_path=base / "moto.log")
+    try:
+        build = base / "deploy"
+        build.mkdir()
+        variables = {
+            "lambda_timeout": 45,
+            "task_cpu": 512,
+            "task_memory": 2048,
+            "task_ephemeral_storage_gib": 30,
+            "log_retention_days": 14,
+            "restrict_dlq_sources": True,  # the emulator launcher reads RedriveAllowPolicy back: check it too
+        }
+        env = {**headstart.ENVIRON, **server.env, "Q4_BUILD_DIR": str(build), "SKIP_IMAGE": "1"}
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "deploy.sh"), "-no-color", "-parallelism=20", *tf.var_args(variables)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"deploy.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        workdir = build / "emulator-terraform"
+        outputs = tf.output_json(workdir, tf.terraform_env(build / "terraform-cli", base_env=env))
+    except BaseException:
+        server.stop()
+        raise
+    return {
+        "outputs": outputs,
+        "variables": variables,
+        "workdir": workdir,
+        "zip": build / "orchestrator.zip",
+        "emulator": server,
+    }
+
+
+def _undeploy(deployed: dict[str, object]) -> None:
+    server = deployed["emulator"]
+    assert isinstance(server, emulator.Emulator)
     server.stop()
 
 
-@pytest.fixture(scope="module")
+headstart.register("deployed_stack", _deploy, _undeploy)
+
+
+@pytest.fixture(scope="session")
 def deployed_stack(
-    terraform_binary: str,
-    private_emulator: emulator.Emulator,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, object]:
-    """ONE deployment of infrastructure/ to moto server by scripts/deploy.sh (its emulator mode, the path
-    docker-compose users take); returns the outputs, the variables given and the terraform work dir."""
-    build = tmp_path_factory.mktemp("deploy")
-    variables = {
-        "lambda_timeout": 45,
-        "task_cpu": 512,
-        "task_memory": 2048,
-        "task_ephemeral_storage_gib": 30,
-        "log_retention_days": 14,
-        "restrict_dlq_sources": True,  # the emulator launcher reads RedriveAllowPolicy back: check it too
-    }
-    env = {**os.environ, **private_emulator.env, "Q4_BUILD_DIR": str(build), "SKIP_IMAGE": "1"}
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "deploy.sh"), "-no-color", "-parallelism=20", *tf.var_args(variables)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, f"deploy.sh failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    workdir = build / "emulator-terraform"
-    outputs = tf.output_json(workdir, tf.terraform_env(build / "terraform-cli", base_env=env))
-    return {"outputs": outputs, "variables": variables, "workdir": workdir, "zip": build / "orchestrator.zip"}
+    terraform_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, object]]:
+    """The deployment above: outputs, the variables given, the terraform work dir, the zip, its emulator
+    (a moto server of its own: it must not share state with tests that reset the session one)."""
+    yield headstart.take("deployed_stack", tmp_path_factory.mktemp)
+    headstart.release("deployed_stack")
+
+
+@pytest.fixture(scope="session")
+def private_emulator(deployed_stack: dict[str, object]) -> emulator.Emulator:
+    server = deployed_stack["emulator"]
+    assert isinstance(server, emulator.Emulator)
+    return server

@@ -11,10 +11,11 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import headstart
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,37 +23,51 @@ BIN = Path(sys.executable).parent
 Q4 = str(BIN / "q4")
 
 
-def clean_env(state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "Q4_"))}
+def clean_env(state_dir: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: ``os.environ``) without AWS_/Q4_ variables, pointed at ``state_dir``."""
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in environ.items() if not k.startswith(("AWS_", "Q4_"))}
     env["Q4_LOCAL_STATE_DIR"] = str(state_dir)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A local stack brought up with `q4 local up --detach` in a fresh state dir, downed at the end."""
-    state_dir = tmp_path_factory.mktemp("stack") / "state"
-    env = clean_env(state_dir)
+def _up(base: Path) -> dict[str, Any]:
+    """`q4 local up --detach` in a fresh state dir (a background thread: tests/headstart.py)."""
+    state_dir = base / "state"
+    env = clean_env(state_dir, headstart.ENVIRON)
     started = time.monotonic()
-    up = subprocess.run(
-        [Q4, "local", "up", "--detach"],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    up_seconds = time.monotonic() - started
     try:
-        assert up.returncode == 0, up.stderr[-3000:]
+        up = subprocess.run(
+            [Q4, "local", "up", "--detach"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+            check=False,
+        )  # fmt: skip
+        up_seconds = time.monotonic() - started
+        if up.returncode != 0:
+            raise RuntimeError(f"q4 local up --detach exited {up.returncode}:\n{up.stderr[-3000:]}")
         exports = subprocess.run(
             [Q4, "local", "env"], env=env, capture_output=True, text=True, check=True
         ).stdout
-        aws = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
-        aws = {key: shlex.split(value)[0] for key, value in aws.items()}
-        print(f"\nlocal stack up in {up_seconds:.0f} s", file=sys.stderr)
-        yield {"state_dir": state_dir, "env": env, "aws": aws, "exports": exports, "up": up}
+    except BaseException:
+        _down({"env": env})
+        raise
+    aws = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+    aws = {key: shlex.split(value)[0] for key, value in aws.items()}
+    print(f"\nlocal stack up in {up_seconds:.0f} s", file=sys.stderr)
+    return {"state_dir": state_dir, "env": env, "aws": aws, "exports": exports, "up": up}
+
+
+def _down(stack: dict[str, Any]) -> None:
+    subprocess.run([Q4, "local", "down"], env=stack["env"], capture_output=True, timeout=120, check=False)
+
+
+headstart.register("stack", _up, _down)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A local stack brought up with `q4 local up --detach` in a fresh state dir, downed at the end."""
+    try:
+        yield headstart.take("stack", tmp_path_factory.mktemp)
     finally:
-        subprocess.run([Q4, "local", "down"], env=env, capture_output=True, timeout=120, check=False)
+        headstart.release("stack")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import headstart
 import pytest
 from botocore.exceptions import ClientError
 from q4.local import emulator, lambda_zip
@@ -106,7 +107,7 @@ class EnforcingStack:
 def _start_enforcing_emulator(log_path: Path, timeout: float = 30.0) -> tuple[str, subprocess.Popen[bytes]]:
     port = emulator.free_port()
     env = {
-        **os.environ,
+        **headstart.ENVIRON,
         **emulator.CREDENTIALS,
         "AWS_DEFAULT_REGION": REGION,
         "MOTO_DOCKER_NETWORK_MODE": "host",
@@ -143,22 +144,40 @@ def enforce_iam(endpoint_url: str) -> None:
         assert json.loads(response.read())["status"] == "ok"
 
 
+def _up(base: Path) -> tuple[EnforcingStack, subprocess.Popen[bytes]]:
+    """The enforcing emulator and the deployment (a background thread: tests/headstart.py)."""
+    if shutil.which("terraform") is None:
+        raise RuntimeError("terraform is not on PATH")
+    endpoint, process = _start_enforcing_emulator(base / "moto.log")
+    try:
+        return _deploy_and_prepare(endpoint, base), process
+    except BaseException:
+        _down((None, process))
+        raise
+
+
+def _down(deployed: tuple[EnforcingStack | None, subprocess.Popen[bytes]]) -> None:
+    process = deployed[1]
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+headstart.register("enforcing_stack", _up, _down)
+
+
 @pytest.fixture(scope="package")
 def enforcing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnforcingStack]:
     if shutil.which("terraform") is None:
         pytest.skip("terraform is not on PATH: install Terraform >= 1.6 to run the least-privilege tests")
-    base = tmp_path_factory.mktemp("security")
-    endpoint, process = _start_enforcing_emulator(base / "moto.log")
     try:
-        yield _deploy_and_prepare(endpoint, base)
+        yield headstart.take("enforcing_stack", tmp_path_factory.mktemp)[0]
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        headstart.release("enforcing_stack")
 
 
 def _deploy_and_prepare(endpoint: str, base: Path) -> EnforcingStack:
@@ -166,15 +185,17 @@ def _deploy_and_prepare(endpoint: str, base: Path) -> EnforcingStack:
     zip_path = lambda_zip.build(base / "orchestrator.zip")
     workdir = tf.copy_module(base / "terraform")
     tf.write_emulator_override(workdir, endpoint)
-    env = tf.terraform_env(workdir, base_env={**os.environ, **open_env, **emulator.CREDENTIALS})
+    env = tf.terraform_env(workdir, base_env={**headstart.ENVIRON, **open_env, **emulator.CREDENTIALS})
     tf.init(workdir, env)
     # config_recording=off: the Config role is not under test and its resources only slow the apply.
     variables = {"force_destroy": True, "lambda_zip_path": str(zip_path), "config_recording": "off"}
     tf.apply(workdir, env, variables, parallelism=20)
     outputs = tf.output_json(workdir, env)
 
+    session = boto3.session.Session()  # not the default one: this runs in a background thread
+
     def open_client(service: str) -> Any:
-        return boto3.client(
+        return session.client(
             service,
             endpoint_url=endpoint,
             region_name=REGION,

@@ -63,13 +63,17 @@ def start(
     env = {**os.environ, **CREDENTIALS, "AWS_DEFAULT_REGION": REGION}
     # Keep the emulator from trying to reach Docker for Lambda invocations.
     env.setdefault("MOTO_DOCKER_NETWORK_MODE", "host")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "q4.local.moto_launcher", "-H", host, "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "q4.local.moto_launcher", "-H", host, "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    finally:
+        if not isinstance(log, int):
+            log.close()  # the child has its own copy of the descriptor
     endpoint = f"http://{host}:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
