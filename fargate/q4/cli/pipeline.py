@@ -75,7 +75,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = subparsers.add_parser(
         "status",
         help="show a run's state from the buckets",
-        description="Show a run's state (submitted, accepted, succeeded, failed) from the buckets alone.",
+        description=(
+            "Show a run's state (submitted, accepted, succeeded, failed) from the buckets alone. For a run "
+            "that has not ended, also show its latest rejection on the done queue and its messages in the "
+            "DLQ ($Q4_DLQ_URL), consuming nothing."
+        ),
     )
     status.add_argument("run_id", metavar="RUN_ID")
     status.add_argument("--json", action="store_true", help="print the state as JSON")
