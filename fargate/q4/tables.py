@@ -27,7 +27,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from q4.errors import InputError
-from q4.features import FeatureBlock, looks_numeric
+from q4.features import FeatureBlock, is_number_text, looks_numeric
 
 CSV_SUFFIXES = (".csv",)
 #: RFC 4180: a quoted value may span lines (q4's own CSV outputs hold such values). Without this,
@@ -115,7 +115,7 @@ def open_inputs(paths: Sequence[Path], names: Sequence[str] | None = None) -> In
                 "files read as one table must have the same columns in the same order.",
                 {"input": str(path), "columns": schema.names, "expected": first.names},
             )
-    _check_names(first.names, paths[0])
+    _check_names(first.names, paths[0], csv=fmt == "csv")
     if fmt == "csv":
         stream_schema = pa.schema([pa.field(n, pa.string()) for n in first.names])
         numeric = _csv_numeric_columns(paths, stream_schema)
@@ -177,10 +177,17 @@ def _is_numeric(t: pa.DataType) -> bool:
     return bool(pa.types.is_integer(t) or pa.types.is_floating(t))
 
 
-def _check_names(columns: Sequence[str], path: Path) -> None:
+def _check_names(columns: Sequence[str], path: Path, csv: bool = False) -> None:
     seen: set[str] = set()
     for name in columns:
         if name in seen:
+            if csv and all(is_number_text(c) for c in columns):  # numeric_header's case, made fatal
+                raise InputError(
+                    "duplicate_columns",
+                    f"The input {path.name} has two columns named {name!r} and every column name is a "
+                    "number: the file most likely has no header row (its first data row was read as "
+                    "one); add a header line with a unique name per column.",
+                )
             raise InputError(
                 "duplicate_columns",
                 f"The input {path.name} has two columns named {name!r}; give every column a unique name.",

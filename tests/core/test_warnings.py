@@ -54,6 +54,21 @@ def test_headerless_csv_warns_and_still_runs(tmp_path, capsys):
     assert "warning" not in captured.out  # stdout keeps its lines
 
 
+def test_headerless_csv_with_a_repeated_number_says_the_header_is_missing(tmp_path, capsys):
+    src = tmp_path / "data.csv"
+    src.write_text("1.5,2,1.5\n3,4,5\n6,7,9\n8,1,2\n", encoding="utf-8")
+    assert main(["run", str(src), "--out", str(tmp_path / "out"), "--run-id", "h"]) == 2
+    error = read_json(tmp_path / "out" / "run=h" / "ERROR.json")
+    assert error["code"] == "duplicate_columns"
+    assert "two columns named '1.5'" in error["message"] and "no header row" in error["message"]
+    # named columns that repeat get the plain sentence
+    src.write_text("a,b,a\n3,4,5\n6,7,9\n8,1,2\n", encoding="utf-8")
+    assert main(["run", str(src), "--out", str(tmp_path / "out"), "--run-id", "n"]) == 2
+    message = read_json(tmp_path / "out" / "run=n" / "ERROR.json")["message"]
+    assert message.endswith("give every column a unique name.") and "header" not in message
+    capsys.readouterr()
+
+
 def test_spectra_header_evenly_spaced_does_not_warn(tmp_path):
     names = [str(400 + 10 * j) for j in range(5)]
     _, warnings = _run(tmp_path, write_csv(tmp_path / "s.csv", names, _data(d=5).tolist()))
