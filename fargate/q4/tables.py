@@ -255,14 +255,16 @@ def unclosed_quote(path: Path) -> int | None:
     opened = -1
     prev = _LF  # the byte before the chunk
     base = 0
+    size = max(SCAN_BYTES, len(_UTF8_BOM))  # the first read holds a whole BOM, whatever SCAN_BYTES is
     with path.open("rb") as f:
-        while chunk := f.read(SCAN_BYTES):
+        while chunk := f.read(size):
             if base == 0 and chunk.startswith(_UTF8_BOM):  # pyarrow skips it: a field starts after it
                 chunk = b"\n\n\n" + chunk[3:]
             if b'"' in chunk:
                 inside, last_close, opened = _scan_chunk(chunk, base, prev, inside, last_close, opened)
             prev = chunk[-1]
             base += len(chunk)
+            size = SCAN_BYTES
     return opened if inside else None
 
 

@@ -490,6 +490,19 @@ def cut_tables(draw: st.DrawFn) -> bytes:
     return raw[: draw(st.integers(0, len(raw)))]
 
 
+@pytest.mark.parametrize("scan_bytes", [1, 2, 3, 4])
+@pytest.mark.parametrize(
+    ("data", "opened"), [(b'\xef\xbb\xbf"', 3), (b'\xef\xbb\xbfa,"b', 5), (b'\xef\xbb\xbf""', None)]
+)
+def test_a_bom_split_across_reads_still_starts_a_field(tmp_path, data, opened, scan_bytes, monkeypatch):
+    """Found by the property below (BOM + a quote, read one byte at a time): the BOM must be seen whole."""
+    src = tmp_path / "t.csv"
+    src.write_bytes(data)
+    monkeypatch.setattr(tables, "SCAN_BYTES", scan_bytes)
+    assert unclosed_quote(src) == opened
+    assert (opened is not None) == ends_inside_quote(data)
+
+
 @settings(HOSTILE, max_examples=200)
 @given(data=cut_tables(), scan_bytes=st.sampled_from([1, 2, 3, 7, 1 << 22]))
 def test_the_quote_scanner_agrees_with_python_csv_at_any_read_size(tmp_path_factory, data, scan_bytes):
