@@ -2,7 +2,7 @@
 # Terraform and provider versions
 #
 # The provider block carries no endpoints and no credentials: deploy with the usual AWS credential chain, or point it
-# at an emulator with an `*_override.tf` file in a copy of this directory (see fargate/q4/local/terraform.py).
+# at an emulator with an `*_override.tf` file in a copy of this directory (see deploy/q4_deploy/terraform.py).
 # ---------------------------------------------------------------------------------------------------------------------
 
 terraform {

@@ -4,4 +4,4 @@
 #   scripts/build_lambda_zip.sh [OUT.zip]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec uv run python -m q4.local.lambda_zip --out "${1:-build/orchestrator.zip}"
+exec uv run python -m q4_deploy.lambda_zip --out "${1:-build/orchestrator.zip}"

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from q4.errors import Q4Error
-from q4.local import terraform as tf
+from q4_deploy import terraform as tf
 
 with tempfile.TemporaryDirectory(prefix="q4-validate-") as tmp:
     workdir = tf.copy_module(Path(tmp) / "infrastructure")

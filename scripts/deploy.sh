@@ -43,7 +43,7 @@ scripts/build_lambda_zip.sh "$ZIP"
 if [ -n "${AWS_ENDPOINT_URL:-}" ]; then
     WORKDIR="$BUILD/emulator-terraform"
     say "terraform against the emulator at $AWS_ENDPOINT_URL (in $WORKDIR)"
-    uv run python -m q4.local.terraform copy "$WORKDIR" "$AWS_ENDPOINT_URL"
+    uv run python -m q4_deploy.terraform copy "$WORKDIR" "$AWS_ENDPOINT_URL"
     SKIP_IMAGE=1
     # Later -var arguments (yours) win over these.
     EXTRA_VARS=(-var force_destroy=true -var event_source_mapping_enabled=false -var restrict_dlq_sources=false)
@@ -52,7 +52,7 @@ else
     EXTRA_VARS=()
 fi
 # Offline machines keep the AWS provider in a filesystem mirror: use it when there is one.
-eval "$(uv run python -m q4.local.terraform cli-config "$BUILD/terraform-cli")"
+eval "$(uv run python -m q4_deploy.terraform cli-config "$BUILD/terraform-cli")"
 if [ -n "${TF_CLI_CONFIG_FILE:-}" ] && [ ! -f "$TF_CLI_CONFIG_FILE" ]; then unset TF_CLI_CONFIG_FILE; fi
 
 APPROVE=(-auto-approve)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import headstart
 import pytest
-from q4.local import emulator
+from q4_local import emulator
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -13,7 +13,7 @@ def test_moto_server_answers_real_boto3_over_http(aws_env):
 
 
 def test_redrive_policy_reads_back_as_compact_json_like_sqs(aws_env):
-    # q4.local.moto_launcher.compact_redrive_policy: SQS returns the RedrivePolicy compact, target first and
+    # q4_local.moto_launcher.compact_redrive_policy: SQS returns the RedrivePolicy compact, target first and
     # the count a number; moto 5.2.5 added spaces, which the AWS provider planned as a change on every run.
     sqs = boto3.client("sqs")
     suffix = time.monotonic_ns()

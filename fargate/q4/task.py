@@ -33,9 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import q4_contract as contract
 from botocore.exceptions import BotoCoreError, ClientError
-from q4_orchestrator import contract
-from q4_orchestrator.contract import Job, Rejection
+from q4_contract import Job, Rejection
 from q4_orchestrator.runs import RunStore, key_listed
 
 from q4 import aws

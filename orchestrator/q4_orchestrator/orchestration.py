@@ -23,11 +23,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import q4_contract as contract
 from botocore.exceptions import ClientError
+from q4_contract import Job, Rejection
 
-from q4_orchestrator import contract
 from q4_orchestrator.config import OrchestratorConfig
-from q4_orchestrator.contract import Job, Rejection
 from q4_orchestrator.runs import RunStore, key_listed
 
 TERMINAL_EXIT_CODES = (0, 2)

@@ -11,9 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import q4_contract as contract
 from botocore.exceptions import ClientError
-
-from q4_orchestrator import contract
 
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 PRECONDITION_CODES = {"PreconditionFailed", "412"}

@@ -13,10 +13,10 @@ import string
 from typing import Any
 
 import pytest
+import q4_contract as contract
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from q4_orchestrator import contract
-from q4_orchestrator.contract import Job, Rejection
+from q4_contract import Job, Rejection
 
 HOSTILE = settings.get_profile("hostile")
 

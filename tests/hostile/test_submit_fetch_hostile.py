@@ -21,11 +21,11 @@ from typing import Any
 
 import boto3
 import pytest
+import q4_contract as contract
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from q4.cli import main
 from q4.cli import pipeline as cli_pipeline
-from q4_orchestrator import contract
 from runtime.conftest import boto_hooks, pipeline  # noqa: F401 -- the runtime tests' fixtures
 from runtime.harness import Pipeline, drain
 from runtime.test_task import table

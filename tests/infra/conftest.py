@@ -9,8 +9,9 @@ from pathlib import Path
 
 import headstart
 import pytest
-from q4.local import emulator, lambda_zip
-from q4.local import terraform as tf
+from q4_deploy import lambda_zip
+from q4_deploy import terraform as tf
+from q4_local import emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from q4.local import lambda_zip
+from q4_deploy import lambda_zip
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +23,7 @@ def test_zip_holds_the_handler_and_powertools_but_no_boto3_numpy_or_bytecode(orc
         names = archive.namelist()
         top = _top_level(archive)
         assert "q4_orchestrator/handler.py" in names
+        assert "q4_contract/__init__.py" in names  # the contract the task shares, not the task itself
         assert "aws_lambda_powertools" in top
         assert not top & {"boto3", "botocore", "numpy", "q4", "pytest", "moto", "bin", ".lock"}
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
@@ -30,11 +31,13 @@ def test_zip_holds_the_handler_and_powertools_but_no_boto3_numpy_or_bytecode(orc
         assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
 
 
-def test_zip_package_is_the_repository_package(orchestrator_zip: Path) -> None:
-    package = ROOT / "orchestrator" / "q4_orchestrator"
+def test_zip_packages_are_the_repository_packages(orchestrator_zip: Path) -> None:
     with zipfile.ZipFile(orchestrator_zip) as archive:
-        for source in package.glob("*.py"):
-            assert archive.read(f"q4_orchestrator/{source.name}") == source.read_bytes()
+        for package in (ROOT / "orchestrator" / "q4_orchestrator", ROOT / "contract" / "q4_contract"):
+            sources = list(package.glob("*.py"))
+            assert sources
+            for source in sources:
+                assert archive.read(f"{package.name}/{source.name}") == source.read_bytes()
 
 
 def test_rebuilding_gives_the_same_bytes_and_the_terraform_hash(
@@ -67,7 +70,7 @@ def test_handler_imports_from_the_zip_alone(orchestrator_zip: Path, tmp_path: Pa
 def test_command_line_reports_the_zip(tmp_path: Path) -> None:
     out = tmp_path / "cli.zip"
     result = subprocess.run(
-        [sys.executable, "-m", "q4.local.lambda_zip", "--out", str(out)], capture_output=True, text=True
+        [sys.executable, "-m", "q4_deploy.lambda_zip", "--out", str(out)], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
     assert str(out) in result.stdout and lambda_zip.source_code_hash(out) in result.stdout

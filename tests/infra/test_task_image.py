@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from q4.local import terraform as tf
+from q4_deploy import terraform as tf
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "fargate" / "Dockerfile"
@@ -72,6 +72,16 @@ def test_cmd_runs_from_an_environment_installed_like_the_image(tmp_path: Path) -
     packages = {p["name"] for p in json.loads(installed.stdout)}
     assert {"q4-pipeline", "numpy", "boto3"} <= packages
     assert not packages & {"pytest", "moto", "ruff", "mypy"}, "dev tools must not reach the image"
+    site = next((venv / "lib").glob("python3.*/site-packages"))
+    top_level = {path.name for path in site.iterdir()}
+    assert {"q4", "q4_contract"} <= top_level
+    assert not top_level & {"q4_local", "q4_deploy", "moto", "tests"}, "no emulator or deploy code in the image"
+    assert not [path for path in site.rglob("*.pth") if "q4" in path.read_text()], "installed, not editable"
+    # the CLI in the image names the local stack as a clone-only command instead of a traceback
+    local = subprocess.run(
+        [str(venv / "bin" / "q4"), "local", "up"], env={"PATH": env["PATH"]}, capture_output=True, text=True
+    )
+    assert local.returncode == 2 and "from a clone of the repository" in local.stderr, local.stderr
 
     # WHEN the image's CMD runs there without any Q4_* environment
     command = [str(venv / "bin" / _dockerfile_cmd()[0]), *_dockerfile_cmd()[1:]]

@@ -9,7 +9,8 @@ from typing import Any
 
 import boto3
 import pytest
-from q4.local import emulator, lambda_zip
+from q4_deploy import lambda_zip
+from q4_local import emulator
 
 pytestmark = pytest.mark.slow
 

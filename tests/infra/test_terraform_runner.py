@@ -1,11 +1,11 @@
-"""q4.local.terraform: finding the provider mirror and writing the CLI configuration."""
+"""q4_deploy.terraform: finding the provider mirror and writing the CLI configuration."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from q4.local import terraform as tf
+from q4_deploy import terraform as tf
 
 
 def _fake_mirror(root: Path) -> Path:

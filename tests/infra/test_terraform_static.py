@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from q4.local import terraform as tf
+from q4_deploy import terraform as tf
 
 MODULE = tf.MODULE_DIR
 

@@ -40,9 +40,9 @@ from urllib.parse import urlsplit
 
 import boto3
 import pytest
-from q4.local import lambda_host
-from q4.local import state as stack_state
-from q4.local.runtime import LocalRuntime, RuntimeConfig, TaskRecord
+from q4_local import lambda_host
+from q4_local import state as stack_state
+from q4_local.runtime import LocalRuntime, RuntimeConfig, TaskRecord
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ import time
 from typing import Any
 
 import pytest
-from q4.local import state as stack_state
-from q4.local import terraform
-from q4.local.runtime import aws_env
-from q4.local.stack import LOCAL_VARIABLES
+from q4_deploy import terraform
+from q4_local import state as stack_state
+from q4_local.runtime import aws_env
+from q4_local.stack import LOCAL_VARIABLES
 
 pytestmark = pytest.mark.slow
 

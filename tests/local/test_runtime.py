@@ -20,8 +20,8 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from q4.local import lambda_host
-from q4.local.runtime import LocalRuntime, RuntimeConfig
+from q4_local import lambda_host
+from q4_local.runtime import LocalRuntime, RuntimeConfig
 
 HANDLER = """
 import json, os
@@ -277,7 +277,7 @@ def test_function_runs_without_the_q4_package_on_its_path(toy_deployment, tmp_pa
 
 
 def test_moto_does_not_consume_work_messages_itself(toy_deployment):
-    # moto's own SQS->Lambda poller is switched off by q4.local.moto_launcher: a sent message is untouched.
+    # moto's own SQS->Lambda poller is switched off by q4_local.moto_launcher: a sent message is untouched.
     sqs = boto3.client("sqs")
     sqs.send_message(QueueUrl=toy_deployment["work"], MessageBody="{}")
     message = sqs.receive_message(QueueUrl=toy_deployment["work"], AttributeNames=["All"])["Messages"][0]
@@ -367,7 +367,7 @@ def test_at_most_max_tasks_run_at_once_and_the_rest_wait(toy_deployment):
 
 
 def test_moto_keeps_a_functions_dead_letter_config(aws_env, tmp_path):
-    # moto 5.2.5 dropped DeadLetterConfig; q4.local.moto_launcher keeps it, so Terraform's dead_letter_config
+    # moto 5.2.5 dropped DeadLetterConfig; q4_local.moto_launcher keeps it, so Terraform's dead_letter_config
     # reads back and the runtime knows where a failed asynchronous event goes.
     lam, iam = boto3.client("lambda"), boto3.client("iam")
     suffix = str(time.monotonic_ns())
@@ -462,7 +462,7 @@ def test_stopped_event_is_dropped_without_a_dlq_and_kept_undeliverable_when_the_
     deployment = toy_deployment
     sqs = boto3.client("sqs")
     # GIVEN a function without a DLQ: after 3 failed attempts the event is dropped (and logged), as on Lambda
-    caplog.set_level("WARNING", logger="q4.local.runtime")
+    caplog.set_level("WARNING", logger="q4_local.runtime")
     runtime = _fail_stopped_events(deployment, None)
     [record] = runtime.ledger.tasks.values()
     assert (record.status, record.delivery_attempts, record.dead_letters) == ("undeliverable", 3, [])

@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
-from q4.local import state as stack_state
+from q4_local import state as stack_state
 
 from local.test_faults import load_bench  # benchmarks/load.py, imported by path (run_id_of)
 

@@ -6,10 +6,10 @@ import dataclasses
 import json
 
 import pytest
+import q4_contract as contract
 from hypothesis import given
 from hypothesis import strategies as st
-from q4_orchestrator import contract
-from q4_orchestrator.contract import Job, Rejection
+from q4_contract import Job, Rejection
 
 run_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z").filter(lambda r: ".." not in r)
 column = st.text(

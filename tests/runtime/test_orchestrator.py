@@ -7,8 +7,8 @@ from typing import Any
 
 import boto3
 import pytest
+import q4_contract as contract
 from botocore.awsrequest import AWSResponse
-from q4_orchestrator import contract
 from q4_orchestrator.handler import lambda_handler
 
 from runtime.harness import Pipeline, deliver_batches, drain, sqs_event

@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
-from q4_orchestrator import contract
+import q4_contract as contract
 from q4_orchestrator.handler import lambda_handler
 
 from runtime.harness import Pipeline, deliver_batches, drain

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import q4_contract as contract
 from botocore.awsrequest import AWSResponse
-from q4_orchestrator import contract
 from q4_orchestrator.handler import lambda_handler
 from q4_orchestrator.runs import RunStore
 
@@ -24,7 +24,7 @@ def test_lambda_package_imports_neither_numpy_nor_q4() -> None:
     # GIVEN only the orchestrator package on the path (what the Lambda zip holds, plus the runtime's boto3)
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import q4_orchestrator.handler, q4_orchestrator.contract;"
+        "import q4_orchestrator.handler, q4_contract;"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'q4', 'pyarrow', 'pandas'));"
         "print(','.join(bad))"
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from q4_orchestrator import contract
+import q4_contract as contract
 
 from runtime.harness import Pipeline, drain
 

@@ -27,8 +27,9 @@ import boto3
 import headstart
 import pytest
 from botocore.exceptions import ClientError
-from q4.local import emulator, lambda_zip
-from q4.local import terraform as tf
+from q4_deploy import lambda_zip
+from q4_deploy import terraform as tf
+from q4_local import emulator
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER = Path(__file__).with_name("iam_emulator.py")

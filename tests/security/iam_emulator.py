@@ -1,6 +1,6 @@
 """moto server for the least-privilege tests: ``python tests/security/iam_emulator.py -H HOST -p PORT``.
 
-The same server as the local stack (``q4.local.moto_launcher``: its SQS poller switched off, the redrive
+The same server as the local stack (``q4_local.moto_launcher``: its SQS poller switched off, the redrive
 allow policy readable, bucket policies evaluated with ``aws:SecureTransport = true``) plus one fidelity fix
 for IAM enforcement: moto authorizes every ECS call against the resource ``*``, so an identity policy that
 scopes ``ecs:RunTask`` to a task definition family (as ours does, and as AWS evaluates it) never matches and
@@ -40,7 +40,7 @@ def authorize_run_task_on_its_task_definition() -> None:
 
 
 def main() -> None:
-    from q4.local import moto_launcher
+    from q4_local import moto_launcher
 
     moto_launcher.disable_builtin_sqs_lambda_poller()
     moto_launcher.support_redrive_allow_policy()

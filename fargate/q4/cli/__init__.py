@@ -15,8 +15,11 @@ from collections.abc import Sequence
 
 from q4.errors import Q4Error
 
-# Sub-command modules, in the order `q4 --help` lists them.
-_COMMAND_MODULES = ("q4.cli.run", "q4.cli.pipeline", "q4.cli.dlq", "q4.cli.local")
+# Sub-command modules, in the order `q4 --help` lists them. `q4 local` and `q4 demo` come from the local
+# stack (local/q4_local), which only a clone of the repository has (it needs moto, a dev dependency).
+_COMMAND_MODULES = ("q4.cli.run", "q4.cli.pipeline", "q4.cli.dlq")
+_LOCAL_STACK_MODULE = "q4_local.cli"
+_LOCAL_STACK_COMMANDS = ("local", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"q4 {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a sub-command module not written yet
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
+    try:
+        local_stack = importlib.import_module(_LOCAL_STACK_MODULE)
+    except ModuleNotFoundError as exc:  # an installed wheel (the task image): no local stack
+        if exc.name not in ("q4_local", _LOCAL_STACK_MODULE):
+            raise
+        for command in _LOCAL_STACK_COMMANDS:
+            stub = subparsers.add_parser(command, help="(only in a clone of the repository: the local stack)")
+            stub.set_defaults(handler=_no_local_stack)
+    else:
+        local_stack.register(subparsers)
     return parser
+
+
+def _no_local_stack(args: argparse.Namespace) -> int:
+    raise Q4Error(
+        "local_stack_missing",
+        f"'q4 {args.command}' runs the local stack, which this installation does not include; "
+        "run it from a clone of the repository with 'uv run q4 ...'.",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

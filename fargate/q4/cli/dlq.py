@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from q4_orchestrator import contract
+import q4_contract as contract
 
 from q4 import aws
 from q4.errors import EXIT_OK

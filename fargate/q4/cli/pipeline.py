@@ -27,8 +27,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import q4_contract as contract
 from botocore.exceptions import BotoCoreError, ClientError
-from q4_orchestrator import contract, runs
+from q4_orchestrator import runs
 from q4_orchestrator.runs import RunState, RunStore
 
 from q4 import aws

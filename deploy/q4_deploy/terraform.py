@@ -30,7 +30,7 @@ from typing import Any
 from q4.errors import Q4Error
 
 #: The committed Terraform module (``infrastructure/`` at the repository root).
-MODULE_DIR = Path(__file__).resolve().parents[3] / "infrastructure"
+MODULE_DIR = Path(__file__).resolve().parents[2] / "infrastructure"
 
 MIRROR_ENV = "Q4_TF_PLUGIN_MIRROR"
 AWS_PROVIDER = "registry.terraform.io/hashicorp/aws"
@@ -176,7 +176,7 @@ def emulator_override(endpoint_url: str) -> str:
     """A provider override (``*_override.tf``) pointing every service the module uses at an emulator."""
     endpoints = "\n".join(f"    {name:<17} = {json.dumps(endpoint_url)}" for name in EMULATED_SERVICES)
     return (
-        "# Written by q4.local.terraform for an emulator; never commit.\n"
+        "# Written by q4_deploy.terraform for an emulator; never commit.\n"
         'provider "aws" {\n'
         '  access_key                  = "testing"\n'
         '  secret_key                  = "testing"\n'
@@ -355,7 +355,7 @@ def state_resources(workdir: Path, env: Mapping[str, str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m q4.local.terraform`` for shell scripts.
+    """``python -m q4_deploy.terraform`` for shell scripts.
 
     ``cli-config DIR`` prints ``export TF_CLI_CONFIG_FILE=...`` when a provider mirror exists (nothing
     otherwise); ``copy DIR [ENDPOINT]`` copies the module to DIR and, with ENDPOINT, writes the emulator
@@ -365,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import shlex
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m q4.local.terraform", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m q4_deploy.terraform", description=main.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     config = commands.add_parser("cli-config", help="write a mirror CLI config, print its export")
     config.add_argument("directory", type=Path)
@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.endpoint:
                 write_emulator_override(args.directory, args.endpoint)
     except Q4Error as exc:
-        print(f"q4.local.terraform: error: {exc.message}", file=sys.stderr)
+        print(f"q4_deploy.terraform: error: {exc.message}", file=sys.stderr)
         return 1
     return 0
 

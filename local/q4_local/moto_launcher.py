@@ -1,4 +1,4 @@
-"""Run moto server as the local stack's emulator: ``python -m q4.local.moto_launcher -H HOST -p PORT``.
+"""Run moto server as the local stack's emulator: ``python -m q4_local.moto_launcher -H HOST -p PORT``.
 
 moto has its own SQS -> Lambda poller: every ``SendMessage`` to a queue with an event source
 mapping receives the visible messages, tries to invoke the function in Docker, fails without

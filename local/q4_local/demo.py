@@ -11,11 +11,11 @@ from typing import Any
 
 import boto3
 import numpy as np
-
 from q4 import aws
 from q4.errors import Q4Error
-from q4.local.stack import env_vars
-from q4.local.state import StackState
+
+from q4_local.stack import env_vars
+from q4_local.state import StackState
 
 
 class DemoError(Q4Error):

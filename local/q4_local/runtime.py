@@ -14,7 +14,7 @@ Three stand-ins, all configured from what Terraform deployed (one source of trut
   ``max_tasks`` run at once; the others wait as PROVISIONING tasks would.
 * **EventBridge** — when a task process exits, builds the ``ECS Task State Change`` (STOPPED) event
   with the real exit code, marks the task stopped in the emulator, and delivers the event to the
-  Lambda targets of every rule whose pattern matches (see :mod:`q4.local.event_pattern`), as an
+  Lambda targets of every rule whose pattern matches (see :mod:`q4_local.event_pattern`), as an
   asynchronous invocation: 3 attempts in all, then, as Lambda does, to the function's dead-letter queue
   (its ``DeadLetterConfig``) with Lambda's message attributes; dropped (and logged) when it has none.
 
@@ -22,7 +22,7 @@ Which tasks ran is kept in ``ledger.json`` so that a restarted runtime neither r
 task: a task still running is adopted, a finished one has its exit code in its folder, a vanished
 one is reported stopped without an exit code (a crash, which the orchestrator retries).
 
-Run as ``python -m q4.local.runtime --state-dir DIR`` (``q4 local up`` does).
+Run as ``python -m q4_local.runtime --state-dir DIR`` (``q4 local up`` does).
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from typing import Any
 
 import boto3
 
-from q4.local import event_pattern, lambda_host
-from q4.local import state as stack_state
+from q4_local import event_pattern, lambda_host
+from q4_local import state as stack_state
 
-log = logging.getLogger("q4.local.runtime")
+log = logging.getLogger("q4_local.runtime")
 
 READY_FILE = "runtime.ready"
 LOST_REASON = "Task process lost: the local runtime stopped while the task was running"
@@ -770,7 +770,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m q4.local.runtime", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m q4_local.runtime", description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--max-tasks", type=int, default=2, help="task processes run at once (default 2)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Run one Lambda invocation the way the Python runtime would; started by q4.local.lambda_host.
+"""Run one Lambda invocation the way the Python runtime would; started by q4_local.lambda_host.
 
 Usage: ``python -S lambda_bootstrap.py CODE_DIR RUNTIME_DIR HANDLER EVENT_FILE RESULT_FILE``.
 

@@ -1,9 +1,9 @@
 """Bring the local stack up and down: moto server, the real Terraform applied to it, the local runtime.
 
-``up`` starts three things and records them in the state directory (:mod:`q4.local.state`):
-the emulator (``python -m q4.local.moto_launcher``), the deployment (``infrastructure/`` copied to
+``up`` starts three things and records them in the state directory (:mod:`q4_local.state`):
+the emulator (``python -m q4_local.moto_launcher``), the deployment (``infrastructure/`` copied to
 ``<state>/terraform``, an ``*_override.tf`` pointing the provider at the emulator, ``terraform
-apply``), and the runtime (``python -m q4.local.runtime``). ``down`` stops exactly the processes
+apply``), and the runtime (``python -m q4_local.runtime``). ``down`` stops exactly the processes
 recorded there — each checked by pid, start time and command line — and nothing else.
 """
 
@@ -26,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from q4.errors import Q4Error
-from q4.local import emulator, lambda_zip, terraform
-from q4.local import state as stack_state
-from q4.local.runtime import READY_FILE, aws_env
-from q4.local.state import ProcessRecord, StackState
+from q4_deploy import lambda_zip, terraform
 
-MOTO_MARKER = "q4.local.moto_launcher"
-RUNTIME_MARKER = "q4.local.runtime"
+from q4_local import emulator
+from q4_local import state as stack_state
+from q4_local.runtime import READY_FILE, aws_env
+from q4_local.state import ProcessRecord, StackState
+
+MOTO_MARKER = "q4_local.moto_launcher"
+RUNTIME_MARKER = "q4_local.runtime"
 #: Terraform outputs `q4 local env` exports, with the variable names it uses.
 ENV_OUTPUTS = {
     "Q4_ARCHIVE_BUCKET": "archive_bucket",
@@ -174,7 +176,7 @@ def _apply(
 ) -> None:
     """``terraform apply``, streaming output to ``log_path`` and progress (resources created).
 
-    (A thin wrapper beside :func:`q4.local.terraform.apply`, which captures the output instead.)
+    (A thin wrapper beside :func:`q4_deploy.terraform.apply`, which captures the output instead.)
     """
     binary = shutil.which("terraform", path=env.get("PATH"))
     if binary is None:

@@ -55,7 +55,7 @@ def start(
 ) -> Emulator:
     """Start moto server on ``host:port`` (a free port when None) and wait until it answers.
 
-    The server runs through :mod:`q4.local.moto_launcher`, which switches off moto's own
+    The server runs through :mod:`q4_local.moto_launcher`, which switches off moto's own
     SQS -> Lambda poller (the local runtime polls the work queue instead).
     """
     port = port or free_port(host)
@@ -65,7 +65,7 @@ def start(
     env.setdefault("MOTO_DOCKER_NETWORK_MODE", "host")
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "q4.local.moto_launcher", "-H", host, "-p", str(port)],
+            [sys.executable, "-m", "q4_local.moto_launcher", "-H", host, "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from q4.local import state as stack_state
+from q4_local import state as stack_state
 
 ENV_HINT = 'eval "$(uv run q4 local env)"'
 
@@ -115,7 +115,7 @@ def progress_reporter(title: str) -> Iterator[Callable[[str], None]]:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from q4.local import stack  # imported here: terraform helpers are only needed by these commands
+    from q4_local import stack  # imported here: terraform helpers are only needed by these commands
 
     directory = stack_state.state_dir(args.state_dir)
     with progress_reporter("starting the local stack") as progress:
@@ -145,7 +145,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
-    from q4.local import stack
+    from q4_local import stack
 
     directory = stack_state.state_dir(args.state_dir)
     state = stack.running_state(directory)
@@ -160,7 +160,7 @@ def _env(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from q4.local import stack
+    from q4_local import stack
 
     directory = stack_state.state_dir(args.state_dir)
     stopped = stack.down(directory)
@@ -172,7 +172,7 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from q4.local import demo, stack
+    from q4_local import demo, stack
 
     directory = stack_state.state_dir(args.state_dir)
     with progress_reporter("q4 demo") as progress:

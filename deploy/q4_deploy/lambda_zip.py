@@ -1,10 +1,11 @@
-"""Build the orchestrator Lambda zip: ``orchestrator/q4_orchestrator`` + the ``lambda`` dependency group.
+"""Build the orchestrator Lambda zip: ``orchestrator/q4_orchestrator``, ``contract/q4_contract`` and the
+``lambda`` dependency group.
 
 The zip is reproducible (sorted entries, fixed timestamps and permissions, no bytecode), so Terraform's
 ``source_code_hash`` only changes when the code or its pinned dependencies change. boto3 is not packed: the
 python3.12 runtime provides it.
 
-Run as ``python -m q4.local.lambda_zip [--out build/orchestrator.zip]``.
+Run as ``python -m q4_deploy.lambda_zip [--out build/orchestrator.zip]``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from q4.errors import Q4Error
 
-PROJECT_DIR = Path(__file__).resolve().parents[3]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = PROJECT_DIR / "orchestrator" / "q4_orchestrator"
+#: The packages the zip carries: the handler and the contract it shares with the task (stdlib only).
+PACKAGE_DIRS = (PACKAGE_DIR, PROJECT_DIR / "contract" / "q4_contract")
 DEFAULT_ZIP = PROJECT_DIR / "build" / "orchestrator.zip"
 DEPENDENCY_GROUP = "lambda"
 # The Lambda runtime the zip targets (Terraform: runtime = "python3.12", architectures = ["x86_64"]).
@@ -128,18 +131,20 @@ def write_zip(staging: Path, out: Path) -> Path:
 
 def build(out: Path = DEFAULT_ZIP, *, with_dependencies: bool = True) -> Path:
     """Build the orchestrator zip at ``out`` and return its path."""
-    if not (PACKAGE_DIR / "__init__.py").is_file():
-        raise LambdaZipError(
-            "lambda_zip_failed", f"{PACKAGE_DIR} is not a Python package; run from a q4 checkout."
-        )
+    for package in PACKAGE_DIRS:
+        if not (package / "__init__.py").is_file():
+            raise LambdaZipError(
+                "lambda_zip_failed", f"{package} is not a Python package; run from a q4 checkout."
+            )
     with tempfile.TemporaryDirectory(prefix="q4-lambda-") as tmp:
         staging = Path(tmp) / "package"
         staging.mkdir()
         if with_dependencies:
             install_dependencies(export_requirements(), staging)
-        shutil.copytree(
-            PACKAGE_DIR, staging / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-        )
+        for package in PACKAGE_DIRS:
+            shutil.copytree(
+                package, staging / package.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         return write_zip(staging, out)
 
 
@@ -150,7 +155,7 @@ def source_code_hash(path: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m q4.local.lambda_zip", description=__doc__.splitlines()[0]
+        prog="python -m q4_deploy.lambda_zip", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_ZIP, help="zip to write (default: %(default)s)")
     args = parser.parse_args(argv)
