@@ -2,13 +2,14 @@
 
 Usage (from the repo root; data is generated once under benchmarks/data/, git-ignored)::
 
-    uv run python benchmarks/bench_standard.py                 # everything (SPEC sizes)
+    uv run python benchmarks/bench_standard.py                 # everything (2M x 16 CSV, 10M x 8 Parquet)
     uv run python benchmarks/bench_standard.py --rows 200000   # a quick, smaller run
     uv run python benchmarks/bench_standard.py --only speed|memory|full
 
-Every contender runs as its own process, one after the other; wall time and peak RSS
-(``ru_maxrss`` of the child) are measured from outside. Results are printed as a
-Markdown table for docs/benchmarks.md.
+Every contender runs as its own process, one after the other; wall time, CPU time and peak RSS
+(``os.wait4`` on the child) are measured from outside. The table is printed as Markdown, and the
+figures, parameters, machine, load average, commit and date go to benchmarks/results/bench_standard.json
+(``--result`` for another path; ``--note`` records e.g. that the machine was shared).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+from record import load_average, utc_now, write_result
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -125,75 +128,164 @@ def q4(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("q4")), "run", *args]
 
 
-def main() -> None:
+LIBRARIES = ("q4-pipeline", "numpy", "pyarrow", "scikit-learn", "pandas", "matplotlib")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rows", type=int, default=2_000_000)
-    parser.add_argument("--parquet-rows", type=int, default=10_000_000)
+    parser.add_argument("--rows", type=int, default=2_000_000, help="rows of the 16-column CSV")
+    parser.add_argument("--parquet-rows", type=int, default=10_000_000, help="rows of the 8-column Parquet")
     parser.add_argument("--repeat", type=int, default=3, help="runs of q4 and the floor (median is kept)")
     parser.add_argument("--only", choices=("speed", "memory", "full"), action="append")
-    args = parser.parse_args()
-    only = set(args.only or ("speed", "memory", "full"))
-    csv_path = DATA / f"bench_{args.rows}x16.csv"
-    parquet_path = DATA / f"bench_{args.parquet_rows}x8.parquet"
-    work = DATA / "work"
-    machine = platform.processor() or platform.machine()
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"machine: {machine}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load}")
+    parser.add_argument("--note", help="recorded in the result file, e.g. 'shared machine: ...'")
+    parser.add_argument(
+        "--result", type=Path, help="result file (default benchmarks/results/bench_standard.json)"
+    )
+    return parser.parse_args()
 
-    r: dict[str, dict[str, float | str]] = {}
-    if only & {"speed", "full"}:
-        generate_csv(csv_path, args.rows, 16)
-        print(f"input: {csv_path.name}, {csv_path.stat().st_size / 1e6:.0f} MB")
-    if "speed" in only:
-        floor_argv = [sys.executable, "-c", IO_FLOOR, str(csv_path), str(work / "floor")]
-        q4_argv = q4(str(csv_path), "--out", str(work / "q4"), "--run-id", "bench")
-        # interleave the repeats so a busy moment on the shared machine hits both alike
-        floors, q4s = [], []
-        for _ in range(args.repeat):
-            floors.append(measure("I/O floor (pyarrow read_csv + write_csv)", floor_argv, work / "floor"))
-            q4s.append(measure("q4 run --mode standard", q4_argv, work / "q4"))
-        r["floor"] = _median(floors)
-        r["standard"] = _median(q4s)
-        seeds_argv = [sys.executable, "-c", SEEDS_APPROACH, str(csv_path), str(work / "seeds")]
-        r["seeds"] = measure("seeds' approach (pandas + sklearn)", seeds_argv, work / "seeds")
-    if "full" in only:
-        std_argv = q4(str(csv_path), "--out", str(work / "q4"), "--run-id", "bench")
-        full_argv = q4(str(csv_path), "--out", str(work / "full"), "--run-id", "bench", "--mode", "full")
-        stds, fulls = [], []
-        for _ in range(args.repeat):  # interleaved with standard runs, like the floor above
-            if "speed" not in only:
-                stds.append(measure("q4 run --mode standard", std_argv, work / "q4"))
-            fulls.append(measure("q4 run --mode full", full_argv, work / "full"))
-        if stds:
-            r["standard"] = _median(stds)
-        r["full"] = _median(fulls)
-    if "memory" in only:
-        generate_parquet(parquet_path, args.parquet_rows, 8)
-        print(f"input: {parquet_path.name}, {parquet_path.stat().st_size / 1e6:.0f} MB")
-        pq_argv = q4(
-            str(parquet_path), "--out", str(work / "pq"), "--run-id", "bench", "--output-format", "parquet"
-        )
-        r["parquet"] = measure("q4 run --mode standard, Parquet in/out", pq_argv, work / "pq")
 
+def run_speed(csv_path: Path, work: Path, repeat: int) -> dict[str, dict[str, float | str]]:
+    """q4 standard interleaved with the I/O floor (median of ``repeat``), then the seeds' approach once."""
+    floor_argv = [sys.executable, "-c", IO_FLOOR, str(csv_path), str(work / "floor")]
+    q4_argv = q4(str(csv_path), "--out", str(work / "q4"), "--run-id", "bench")
+    # interleave the repeats so a busy moment on the shared machine hits both alike
+    floors, q4s = [], []
+    for _ in range(repeat):
+        floors.append(measure("I/O floor (pyarrow read_csv + write_csv)", floor_argv, work / "floor"))
+        q4s.append(measure("q4 run --mode standard", q4_argv, work / "q4"))
+    seeds_argv = [sys.executable, "-c", SEEDS_APPROACH, str(csv_path), str(work / "seeds")]
+    return {
+        "floor": _median(floors),
+        "standard": _median(q4s),
+        "seeds": measure("seeds' approach (pandas + sklearn)", seeds_argv, work / "seeds"),
+    }
+
+
+def run_full(
+    csv_path: Path, work: Path, repeat: int, with_standard: bool
+) -> dict[str, dict[str, float | str]]:
+    """q4 full (median of ``repeat``), interleaved with q4 standard when ``with_standard``."""
+    std_argv = q4(str(csv_path), "--out", str(work / "q4"), "--run-id", "bench")
+    full_argv = q4(str(csv_path), "--out", str(work / "full"), "--run-id", "bench", "--mode", "full")
+    stds, fulls = [], []
+    for _ in range(repeat):  # interleaved with standard runs, like the floor
+        if with_standard:
+            stds.append(measure("q4 run --mode standard", std_argv, work / "q4"))
+        fulls.append(measure("q4 run --mode full", full_argv, work / "full"))
+    r = {"full": _median(fulls)}
+    if stds:
+        r["standard"] = _median(stds)
+    return r
+
+
+def targets(r: dict[str, dict[str, float | str]], parquet_rows: int) -> dict[str, dict[str, Any]]:
+    """Each target that this run measured: its value, the bound and whether it was met."""
+
+    def ratio(a: str, b: str) -> float:
+        return round(float(r[a]["wall"]) / float(r[b]["wall"]), 3)
+
+    out: dict[str, dict[str, Any]] = {}
+    if "floor" in r:
+        value = ratio("standard", "floor")
+        out["standard_over_io_floor"] = {"value": value, "target": "<= 1.25", "met": value <= 1.25}
+        value = ratio("seeds", "standard")
+        out["seeds_over_standard"] = {"value": value, "target": ">= 5", "met": value >= 5}
+    if "full" in r and "standard" in r:
+        value = ratio("full", "standard")
+        out["full_over_standard"] = {"value": value, "target": "<= 2", "met": value <= 2}
+    if "parquet" in r:
+        value = round(float(r["parquet"]["rss"]), 1)
+        out["parquet_peak_rss_mb"] = {
+            "value": value,
+            "target": "< 400" + ("" if parquet_rows == 10_000_000 else " (set for 10,000,000 rows)"),
+            "met": value < 400,
+        }
+    return out
+
+
+def print_table(r: dict[str, dict[str, float | str]], met: dict[str, dict[str, Any]]) -> None:
     print()
     print("| run | wall (s) | CPU (s) | peak RSS (MB) |")
     print("| --- | ---: | ---: | ---: |")
     for item in r.values():
         print(f"| {item['label']} | {item['wall']:.2f} | {item['cpu']:.2f} | {item['rss']:.0f} |")
     print()
+    for name, target in met.items():
+        print(
+            f"{name}: {target['value']} (target {target['target']}: {'met' if target['met'] else 'NOT met'})"
+        )
 
-    def ratio(a: str, b: str) -> float:
-        return float(r[a]["wall"]) / float(r[b]["wall"])
 
-    if "floor" in r:
-        print(f"q4 standard / I/O floor: {ratio('standard', 'floor'):.2f}x (target <= 1.25)")
-        print(f"seeds / q4 standard: {ratio('seeds', 'standard'):.1f}x (target >= 5)")
-    if "full" in r and "standard" in r:
-        print(f"q4 full / q4 standard: {ratio('full', 'standard'):.2f}x (target <= 2)")
-    if "parquet" in r:
-        print(f"Parquet 10M x 8 peak RSS: {float(r['parquet']['rss']):.0f} MB (target < 400)")
+def main() -> None:
+    args = parse_args()
+    started, load_before = utc_now(), load_average()
+    only = set(args.only or ("speed", "memory", "full"))
+    csv_path = DATA / f"bench_{args.rows}x16.csv"
+    parquet_path = DATA / f"bench_{args.parquet_rows}x8.parquet"
+    work = DATA / "work"
+    machine = platform.processor() or platform.machine()
+    load = ", ".join(f"{x:.1f}" for x in load_before)
+    print(f"machine: {machine}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load}")
+
+    r: dict[str, dict[str, float | str]] = {}
+    inputs: dict[str, dict[str, Any]] = {}
+    if only & {"speed", "full"}:
+        generate_csv(csv_path, args.rows, 16)
+        inputs["csv"] = {
+            "file": csv_path.name,
+            "rows": args.rows,
+            "columns": 16,
+            "bytes": csv_path.stat().st_size,
+        }
+        print(f"input: {csv_path.name}, {csv_path.stat().st_size / 1e6:.0f} MB")
+    if "speed" in only:
+        r.update(run_speed(csv_path, work, args.repeat))
+    if "full" in only:
+        r.update(run_full(csv_path, work, args.repeat, with_standard="speed" not in only))
+    if "memory" in only:
+        generate_parquet(parquet_path, args.parquet_rows, 8)
+        size = parquet_path.stat().st_size
+        inputs["parquet"] = {
+            "file": parquet_path.name,
+            "rows": args.parquet_rows,
+            "columns": 8,
+            "bytes": size,
+        }
+        print(f"input: {parquet_path.name}, {size / 1e6:.0f} MB")
+        pq_argv = q4(
+            str(parquet_path), "--out", str(work / "pq"), "--run-id", "bench", "--output-format", "parquet"
+        )
+        r["parquet"] = measure("q4 run --mode standard, Parquet in/out", pq_argv, work / "pq")
+
+    met = targets(r, args.parquet_rows)
+    print_table(r, met)
+    path = write_result(
+        "bench_standard",
+        parameters={
+            "rows": args.rows,
+            "parquet_rows": args.parquet_rows,
+            "repeat": args.repeat,
+            "only": sorted(only),
+            "inputs": inputs,
+        },
+        figures={
+            "runs": {key: _rounded(item) for key, item in r.items()},
+            "targets": met,
+            "units": {"wall": "s", "cpu": "s (user + sys)", "rss": "MB (peak)"},
+        },
+        started_utc=started,
+        load_before=load_before,
+        libraries=LIBRARIES,
+        note=args.note,
+        path=args.result,
+    )
+    print(f"\nresult: {path}")
+
+
+def _rounded(item: dict[str, float | str]) -> dict[str, float | str]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in item.items()}
 
 
 def _median(results: list[dict[str, float | str]]) -> dict[str, float | str]:
