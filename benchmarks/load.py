@@ -2,7 +2,7 @@
 
     uv run python benchmarks/load.py                       # 200 runs; own stack in .q4/load (up, then down)
     uv run python benchmarks/load.py --state-dir DIR --keep  # reuse (or start) the stack in DIR, leave it up
-    uv run python benchmarks/load.py --runs 20 --json out.json
+    uv run python benchmarks/load.py --runs 20 --json out.json --result /tmp/load20.json
 
 What it does:
 
@@ -18,7 +18,9 @@ What it does:
    job.json and no task; done messages per run: exactly one, or identical copies; DLQ and work queue
    empty; tasks per run from the runtime's ledger;
 6. prints throughput (runs/minute) and the submit -> done latency (p50/p95/max), where "submit" is the
-   SendMessage call and "done" the done message's ``SentTimestamp`` (both this machine's clock).
+   SendMessage call and "done" the done message's ``SentTimestamp`` (both this machine's clock), and
+   writes that summary with the plan, machine, load average, commit and date to
+   benchmarks/results/load.json (``--result`` for another path, ``--note`` to say the machine was shared).
 
 Exit code 0 when every invariant holds, 1 otherwise. ``run_load`` is also used by tests/local.
 """
@@ -516,7 +518,20 @@ def _count(sqs: Any, queue_url: str) -> int:
     return int(attributes["Attributes"]["ApproximateNumberOfMessages"])
 
 
+def _plan_counts(planned: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the plan asked for: runs by expected outcome, by mode and (succeeding runs) by rows."""
+    return {
+        "expect": dict(Counter(p["expect"] for p in planned)),
+        "mode": dict(Counter(p["mode"] for p in planned if p["expect"] != "rejected")),
+        "rows": {str(k): v for k, v in sorted(Counter(p["rows"] for p in planned if p["rows"]).items())},
+        "parquet_output": sum(1 for p in planned if p["body"].get("output_format") == "parquet"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
+    # the result file's machine/date block; imported here because tests load this file by path
+    from record import load_average, utc_now, write_result
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--state-dir", type=Path, default=REPO / ".q4" / "load")
@@ -528,14 +543,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the summary and per-run details here")
+    parser.add_argument("--note", help="recorded in the result file, e.g. 'shared machine: ...'")
+    parser.add_argument("--result", type=Path, help="result file (default benchmarks/results/load.json)")
     args = parser.parse_args(argv)
+    started_utc, load_before = utc_now(), load_average()
     state_dir = args.state_dir.resolve()
     clock = time.monotonic()
     aws, started = stack_up(state_dir, args.max_tasks)
-    print(
-        f"load: stack {'started' if started else 'reused'} in {time.monotonic() - clock:.0f} s",
-        file=sys.stderr,
-    )
+    stack_s = time.monotonic() - clock
+    print(f"load: stack {'started' if started else 'reused'} in {stack_s:.0f} s", file=sys.stderr)
     try:
         result = run_load(aws, state_dir, args.runs, seed=args.seed, timeout=args.timeout, settle=args.settle)
     finally:
@@ -547,6 +563,25 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps({"summary": summary, "result": asdict(result)}, indent=1, default=str)
         )
+    path = write_result(
+        "load",
+        parameters={
+            "runs": args.runs,
+            "seed": args.seed,
+            "max_tasks": args.max_tasks,
+            "timeout_s": args.timeout,
+            "settle_s": args.settle,
+            "stack": {"started": started, "seconds": round(stack_s, 1)},
+            "plan": _plan_counts(result.planned),
+        },
+        figures=summary,
+        started_utc=started_utc,
+        load_before=load_before,
+        libraries=("q4-pipeline", "numpy", "pyarrow", "boto3", "moto", "aws-lambda-powertools"),
+        note=args.note,
+        path=args.result,
+    )
+    print(f"load: result in {path}", file=sys.stderr)
     return 1 if result.problems else 0
 
 
