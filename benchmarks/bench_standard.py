@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
-from record import load_average, utc_now, write_result
+from record import begin, write_result
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -220,13 +220,13 @@ def print_table(r: dict[str, dict[str, float | str]], met: dict[str, dict[str, A
 
 def main() -> None:
     args = parse_args()
-    started, load_before = utc_now(), load_average()
+    start = begin()
     only = set(args.only or ("speed", "memory", "full"))
     csv_path = DATA / f"bench_{args.rows}x16.csv"
     parquet_path = DATA / f"bench_{args.parquet_rows}x8.parquet"
     work = DATA / "work"
     machine = platform.processor() or platform.machine()
-    load = ", ".join(f"{x:.1f}" for x in load_before)
+    load = ", ".join(f"{x:.1f}" for x in start["load_before"])
     print(f"machine: {machine}, {os.cpu_count()} cores, Python {platform.python_version()}, load {load}")
 
     r: dict[str, dict[str, float | str]] = {}
@@ -275,8 +275,7 @@ def main() -> None:
             "targets": met,
             "units": {"wall": "s", "cpu": "s (user + sys)", "rss": "MB (peak)"},
         },
-        started_utc=started,
-        load_before=load_before,
+        start=start,
         libraries=LIBRARIES,
         note=args.note,
         path=args.result,

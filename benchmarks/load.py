@@ -530,7 +530,7 @@ def _plan_counts(planned: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     # the result file's machine/date block; imported here because tests load this file by path
-    from record import load_average, utc_now, write_result
+    from record import begin, write_result
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=200)
@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", help="recorded in the result file, e.g. 'shared machine: ...'")
     parser.add_argument("--result", type=Path, help="result file (default benchmarks/results/load.json)")
     args = parser.parse_args(argv)
-    started_utc, load_before = utc_now(), load_average()
+    start = begin()
     state_dir = args.state_dir.resolve()
     clock = time.monotonic()
     aws, started = stack_up(state_dir, args.max_tasks)
@@ -575,8 +575,7 @@ def main(argv: list[str] | None = None) -> int:
             "plan": _plan_counts(result.planned),
         },
         figures=summary,
-        started_utc=started_utc,
-        load_before=load_before,
+        start=start,
         libraries=("q4-pipeline", "numpy", "pyarrow", "boto3", "moto", "aws-lambda-powertools"),
         note=args.note,
         path=args.result,

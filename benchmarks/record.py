@@ -8,7 +8,7 @@ A rerun overwrites the file; git keeps the earlier ones. The document::
      "note": "...",                      # e.g. "shared machine: other test suites running"
      "started_utc": "...Z", "finished_utc": "...Z",
      "load_average": {"before": [1, 5, 15 min], "after": [...]},
-     "git": {"commit": "...", "dirty": bool},
+     "git": {"commit": "...", "dirty": bool},  # at the start; dirty: code differs (docs, results ignored)
      "machine": {"cpu_model", "cores", "memory_bytes", "os", "python", "libraries": {name: version}}}
 """
 
@@ -82,7 +82,10 @@ def machine(libraries: tuple[str, ...]) -> dict[str, Any]:
 
 
 def git_state() -> dict[str, Any]:
-    """The checked-out commit and whether the work tree differs from it (None outside a git clone)."""
+    """The checked-out commit and whether tracked files other than docs and results differ from it.
+
+    None for both outside a git clone.
+    """
 
     def git(*args: str) -> str | None:
         try:
@@ -94,32 +97,47 @@ def git_state() -> dict[str, Any]:
         return done.stdout.strip()
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git(
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)*.md",
+        ":(exclude)benchmarks/results",
+    )
     return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def begin() -> dict[str, Any]:
+    """What is recorded when a benchmark starts: the UTC time, the load average and the git state."""
+    return {"started_utc": utc_now(), "load_before": load_average(), "git": git_state()}
 
 
 def write_result(
     name: str,
     *,
+    start: dict[str, Any],
     parameters: dict[str, Any],
     figures: dict[str, Any],
-    started_utc: str,
-    load_before: list[float],
     libraries: tuple[str, ...],
     note: str | None = None,
     path: Path | None = None,
 ) -> Path:
-    """Write ``benchmarks/results/<name>.json`` (or ``path``) and return where it went."""
+    """Write ``benchmarks/results/<name>.json`` (or ``path``) and return where it went.
+
+    ``start`` is what ``begin()`` returned when the benchmark started.
+    """
     document = {
         "benchmark": name,
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "parameters": parameters,
         "figures": figures,
         "note": note,
-        "started_utc": started_utc,
+        "started_utc": start["started_utc"],
         "finished_utc": utc_now(),
-        "load_average": {"before": load_before, "after": load_average()},
-        "git": git_state(),
+        "load_average": {"before": start["load_before"], "after": load_average()},
+        "git": start["git"],
         "machine": machine(libraries),
     }
     target = path if path is not None else RESULTS / f"{name}.json"
