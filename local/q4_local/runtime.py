@@ -34,7 +34,7 @@ from q4_local import state as stack_state
 from q4_local.clients import Clients
 from q4_local.event_source import EventSourceMapping, QueueMapping
 from q4_local.eventbridge import EventBridge
-from q4_local.fargate import LOST_REASON, Fargate
+from q4_local.fargate import LOST_REASON, Fargate, TaskLauncher, task_launch
 from q4_local.ledger import Ledger, TaskRecord
 
 __all__ = [
@@ -94,7 +94,8 @@ def aws_env(endpoint_url: str, region: str) -> dict[str, str]:
 class LocalRuntime:
     """The event source mapping, Fargate and EventBridge stand-ins on one ledger, driven by :meth:`tick`."""
 
-    def __init__(self, config: RuntimeConfig) -> None:
+    def __init__(self, config: RuntimeConfig, launcher: TaskLauncher = task_launch) -> None:
+        """``launcher`` says how a task's process is made (see :func:`q4_local.fargate.task_launch`)."""
         self.config = config
         env, region = config.aws_env, config.aws_env["AWS_REGION"]
         clients = Clients.of(env)
@@ -112,7 +113,7 @@ class LocalRuntime:
         )
         cluster_arn = clients.ecs.describe_clusters(clusters=[config.cluster])["clusters"][0]["clusterArn"]
         self.fargate = Fargate(
-            clients.ecs, cluster_arn, self.ledger, config.state_dir / "tasks", env, config.max_tasks
+            clients.ecs, cluster_arn, self.ledger, config.state_dir / "tasks", env, config.max_tasks, launcher
         )
         self.eventbridge = EventBridge(
             clients.events, clients.lambda_, clients.sqs, self.functions, self.ledger, cluster_arn, region
