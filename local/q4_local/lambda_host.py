@@ -5,6 +5,8 @@ Everything comes from the deployment: handler, environment, timeout and memory f
 ``CodeSha256``. Each invocation is a fresh ``python -S`` subprocess (a cold start) with only the
 unpacked zip and the runtime's own packages (boto3 and its dependencies, from this interpreter)
 on ``sys.path`` — never the q4 package — so a zip that is not self-contained fails here as on AWS.
+:class:`Functions` is what the local runtime's stand-ins use: each deployed function loaded once, by name
+or ARN, and invoked with the emulator's endpoint.
 
 An asynchronous event that failed all its attempts goes where Lambda sends it: the function's
 ``DeadLetterConfig`` target (read with :func:`dead_letter_target`), as :func:`dead_letter_message` builds it.
