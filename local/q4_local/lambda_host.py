@@ -5,6 +5,8 @@ Everything comes from the deployment: handler, environment, timeout and memory f
 ``CodeSha256``. Each invocation is a fresh ``python -S`` subprocess (a cold start) with only the
 unpacked zip and the runtime's own packages (boto3 and its dependencies, from this interpreter)
 on ``sys.path`` — never the q4 package — so a zip that is not self-contained fails here as on AWS.
+:class:`Functions` is what the local runtime's stand-ins use: each deployed function loaded once, by name
+or ARN, and invoked with the emulator's endpoint.
 
 An asynchronous event that failed all its attempts goes where Lambda sends it: the function's
 ``DeadLetterConfig`` target (read with :func:`dead_letter_target`), as :func:`dead_letter_message` builds it.
@@ -138,24 +140,7 @@ def invoke(
     passed as ``Q4_LOCAL_REQUEST_ID`` for the bootstrap.
     """
     request_id = request_id or str(uuid.uuid4())
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-        "TZ": "UTC",
-        **function.environment,
-        **aws_env,
-        "AWS_LAMBDA_FUNCTION_NAME": function.name,
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
-        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
-        "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
-        "LAMBDA_TASK_ROOT": str(function.code_dir),
-        "_HANDLER": function.handler,
-        "Q4_LOCAL_FUNCTION_ARN": function.arn,
-        "Q4_LOCAL_FUNCTION_TIMEOUT": str(function.timeout_s),
-        "Q4_LOCAL_REQUEST_ID": request_id,
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
+    env = invocation_env(function, aws_env, request_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="q4-invoke-") as scratch:
@@ -185,29 +170,86 @@ def invoke(
                 )
             except subprocess.TimeoutExpired:
                 message = f"Task timed out after {function.timeout_s} seconds"
-                return Invocation(
-                    False,
-                    None,
-                    message,
-                    time.monotonic() - started,
-                    request_id=request_id,
-                    error_message=message,
-                )
+                return _failure(message, message, time.monotonic() - started, request_id)
         duration = time.monotonic() - started
         if not result_file.exists():
             message = "Runtime exited without a result"
-            return Invocation(False, None, message, duration, request_id=request_id, error_message=message)
+            return _failure(message, message, duration, request_id)
         outcome = json.loads(result_file.read_text())
     if outcome["ok"]:
         return Invocation(True, outcome["result"], None, duration, request_id=request_id)
-    return Invocation(
-        False,
-        None,
+    return _failure(
         f"{outcome['errorType']}: {outcome['errorMessage']}",
+        str(outcome["errorMessage"]) or str(outcome["errorType"]),
         duration,
-        request_id=request_id,
-        error_message=str(outcome["errorMessage"]) or str(outcome["errorType"]),
+        request_id,
     )
+
+
+def invocation_env(function: DeployedFunction, aws_env: dict[str, str], request_id: str) -> dict[str, str]:
+    """The invocation process's whole environment: the function's variables, the emulator's endpoint and
+    credentials, what the Lambda runtime sets (``AWS_LAMBDA_*``, ``_HANDLER`` ...) and the bootstrap's
+    ``Q4_LOCAL_*``; nothing else of the caller's."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "TZ": "UTC",
+        **function.environment,
+        **aws_env,
+        "AWS_LAMBDA_FUNCTION_NAME": function.name,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
+        "LAMBDA_TASK_ROOT": str(function.code_dir),
+        "_HANDLER": function.handler,
+        "Q4_LOCAL_FUNCTION_ARN": function.arn,
+        "Q4_LOCAL_FUNCTION_TIMEOUT": str(function.timeout_s),
+        "Q4_LOCAL_REQUEST_ID": request_id,
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def _failure(error: str, message: str, duration_s: float, request_id: str) -> Invocation:
+    """A function error or timeout: ``error`` for logs, ``message`` as Lambda reports it."""
+    return Invocation(False, None, error, duration_s, request_id=request_id, error_message=message)
+
+
+class Functions:
+    """The deployed functions the local runtime invokes, each loaded once (by name or ARN) from the zip the
+    local stack deployed, and invoked with the emulator's endpoint, their output appended to ``log_path``."""
+
+    def __init__(
+        self,
+        lambda_client: Any,
+        zips: dict[str, Path],
+        cache_dir: Path,
+        aws_env: dict[str, str],
+        log_path: Path,
+    ) -> None:
+        self.lambda_client = lambda_client
+        self.zips = zips
+        self.cache_dir = cache_dir
+        self.aws_env = aws_env
+        self.log_path = log_path
+        self.runtime_dir = runtime_packages_dir(cache_dir)
+        self.loaded: dict[str, DeployedFunction] = {}
+
+    def get(self, name_or_arn: str) -> DeployedFunction:
+        """The function ``name_or_arn`` names; :class:`LambdaCodeError` when its code is not available."""
+        name = name_or_arn.split(":function:")[-1].split(":")[0]
+        if name not in self.loaded:
+            zip_path = self.zips.get(name)
+            if zip_path is None:
+                raise LambdaCodeError(
+                    "lambda_code_missing", f"The local stack does not know the code zip of function {name}."
+                )
+            self.loaded[name] = load_function(self.lambda_client, name, zip_path, self.cache_dir)
+        return self.loaded[name]
+
+    def invoke(self, function: DeployedFunction, event: dict[str, Any]) -> Invocation:
+        """A synchronous invocation of ``function`` with ``event`` (see :func:`invoke`)."""
+        return invoke(function, event, self.aws_env, runtime_dir=self.runtime_dir, log_path=self.log_path)
 
 
 def dead_letter_target(lambda_client: Any, function: str) -> str | None:

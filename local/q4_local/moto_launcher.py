@@ -1,36 +1,9 @@
 """Run moto server as the local stack's emulator: ``python -m q4_local.moto_launcher -H HOST -p PORT``.
 
-moto has its own SQS -> Lambda poller: every ``SendMessage`` to a queue with an event source
-mapping receives the visible messages, tries to invoke the function in Docker, fails without
-Docker, and makes the messages visible again. That hides messages from the real poller for a
-moment and counts a receive against ``maxReceiveCount`` on every send, so messages reach the DLQ
-early. The local runtime *is* the event source mapping here, so this launcher switches moto's
-poller off (the mapping itself is still created, listed and described as deployed) and then
-starts moto server.
-
-It also fills one gap Terraform trips over: moto stores an SQS queue's ``RedriveAllowPolicy``
-but never returns it, so the AWS provider waits forever for an
-``aws_sqs_queue_redrive_allow_policy`` to appear; the launcher makes the attribute readable.
-
-And one it gets wrong: moto evaluates bucket policies without request context and skips the
-``Bool`` operator, so the buckets' TLS-only statement (Deny when ``aws:SecureTransport`` is
-``false``) denies every request. The launcher evaluates ``Bool``/``StringEquals`` conditions
-of bucket policies with ``aws:SecureTransport = true``: the emulator listens on loopback only,
-where traffic never leaves the machine, and counts it as secure transport. The deployed
-policies stay exactly as written.
-
-And one it drops: moto (5.2.5) ignores a function's ``DeadLetterConfig`` — ``LambdaFunction.__init__``
-never reads it from the CreateFunction request, ``update_configuration`` skips the key, and
-``get_configuration`` never returns it — so the DLQ that Terraform's ``dead_letter_config`` sets is lost,
-Terraform plans to set it again on every run, and the local runtime cannot know where Lambda would send
-an asynchronous event that failed all its retries. The launcher keeps it and reports it, as Lambda does.
-
-And one it formats differently: moto (5.2.5) returns a queue's ``RedrivePolicy`` as ``json.dumps`` makes it,
-``{"deadLetterTargetArn": "arn:...", "maxReceiveCount": 5}`` with spaces, where SQS returns compact JSON,
-``{"deadLetterTargetArn":"arn:...","maxReceiveCount":5}``. The AWS provider stores the returned string as
-is (``aws_sqs_queue.redrive_policy`` has no JSON-equivalence diff suppression), so every ``terraform plan``
-showed "whitespace changes" on the work queue and, through it, an update of the orchestrator's role policy.
-The launcher returns it compact, as SQS does.
+Before it starts, five adjustments ("patches") make moto behave as AWS does where the local stack
+relies on it; each is one function here. Why each exists (what moto does, how it was found, what AWS
+does): docs/decisions/local.md, decision 7. None touches the deployment: Terraform's files stay as
+they are for AWS.
 """
 
 from __future__ import annotations
@@ -41,7 +14,7 @@ from typing import Any
 
 
 def disable_builtin_sqs_lambda_poller() -> None:
-    """Make moto's SQS queues forget event source mappings they are told about (moto keeps its own list)."""
+    """7(a): moto's own SQS->Lambda poller took work messages on every send; the runtime is the poller."""
     from moto.sqs.models import Queue
 
     def _mappings(self: Any) -> dict[str, Any]:
@@ -54,7 +27,7 @@ def disable_builtin_sqs_lambda_poller() -> None:
 
 
 def support_redrive_allow_policy() -> None:
-    """Let ``GetQueueAttributes`` return the ``RedriveAllowPolicy`` that ``SetQueueAttributes`` stored."""
+    """7(b): moto stored a queue's ``RedriveAllowPolicy`` but never returned it; Terraform waited for it."""
     from moto.sqs.models import Queue
 
     if "RedriveAllowPolicy" not in Queue.BASE_ATTRIBUTES:
@@ -86,8 +59,7 @@ def _condition_holds(condition: dict[str, Any], context: dict[str, str]) -> bool
 
 
 def loopback_is_secure_transport() -> None:
-    """Evaluate bucket policy conditions against ``BUCKET_POLICY_CONTEXT`` (statements whose condition
-    does not hold do not apply; moto would treat them as an explicit Deny)."""
+    """7(c): moto applied the buckets' TLS-only Deny unconditionally; loopback counts as secure transport."""
     from moto.iam.access_control import IAMPolicy, PermissionResult
     from moto.s3.models import FakeBucket
 
@@ -112,10 +84,7 @@ def loopback_is_secure_transport() -> None:
 
 
 def keep_lambda_dead_letter_config() -> None:
-    """Let CreateFunction/UpdateFunctionConfiguration store ``DeadLetterConfig`` and GetFunction and
-    GetFunctionConfiguration return it. As on Lambda, an empty ``TargetArn`` removes it and a function
-    without one omits the key (moto 5.2.5 drops it in all three places; function versions are deep
-    copies, so they keep it too)."""
+    """7(d): moto dropped a function's ``DeadLetterConfig``; stored and returned here as Lambda does."""
     from moto.awslambda.models import LambdaFunction
 
     if getattr(LambdaFunction, "_q4_keeps_dead_letter_config", False):
@@ -155,12 +124,7 @@ REDRIVE_POLICY_KEYS = ("deadLetterTargetArn", "maxReceiveCount")
 
 
 def compact_redrive_policy() -> None:
-    """Let ``GetQueueAttributes`` return ``RedrivePolicy`` as SQS does: compact JSON (no spaces after ``:``
-    and ``,``), ``deadLetterTargetArn`` first and ``maxReceiveCount`` a number (moto already stores it as an
-    int). moto 5.2.5 ``Queue.attributes`` uses plain ``json.dumps``, whose separators add spaces; AWS answers
-    ``{"deadLetterTargetArn":"arn:aws:sqs:...","maxReceiveCount":5}`` (terraform-provider-aws#16964 and
-    localstack#3427 describe the same false whitespace diff against another emulator), and the AWS
-    provider 5.x compares the stored string with its compact ``jsonencode`` byte for byte."""
+    """7(e): moto returned a queue's ``RedrivePolicy`` with spaces; Terraform planned a change every run."""
     from moto.sqs.models import Queue
 
     if getattr(Queue, "_q4_compact_redrive_policy", False):

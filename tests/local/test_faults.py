@@ -219,10 +219,10 @@ def deliver_stopped(stack: dict[str, Any], records: list[TaskRecord]) -> list[An
     outcomes = []
     for record in records:
         event = runtime.stopped_event(record)
-        targets = runtime._matching_lambda_targets(event)
+        targets = runtime.eventbridge.matching_lambda_targets(event)
         assert len(targets) == 1, targets
         invocation = lambda_host.invoke(
-            runtime._function(targets[0]),
+            runtime.functions.get(targets[0]),
             event,
             runtime.config.aws_env,
             runtime_dir=runtime.runtime_dir,

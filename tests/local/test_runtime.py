@@ -21,6 +21,8 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from q4_local import lambda_host
+from q4_local.fargate import Container, Launch, task_launch
+from q4_local.ledger import TaskRecord
 from q4_local.runtime import LocalRuntime, RuntimeConfig
 
 HANDLER = """
@@ -228,6 +230,73 @@ def test_message_runs_a_task_whose_real_exit_code_reaches_the_rule_target(toy_de
     attributes = boto3.client("sqs").get_queue_attributes(QueueUrl=deployment["work"], AttributeNames=["All"])
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
     assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_a_launcher_given_to_the_runtime_decides_how_tasks_run(toy_deployment):
+    # GIVEN a runtime whose launcher starts each task as task_launch says, with one variable changed
+    deployment = toy_deployment
+
+    def launcher(record: TaskRecord, container: Container, task_dir: Path, env: dict[str, str]) -> Launch:
+        launch = task_launch(record, container, task_dir, env)
+        return Launch(launch.argv, {**launch.env, "STATIC": "from-the-launcher"}, launch.cwd)
+
+    runtime = LocalRuntime(deployment["config"], launcher=launcher)
+    # WHEN a work message asks for a task exiting with 4
+    boto3.client("sqs").send_message(QueueUrl=deployment["work"], MessageBody=json.dumps({"exit": 4}))
+    received: list[dict[str, Any]] = []
+    _until(runtime, lambda: received.extend(_events(deployment["events"])) or received)
+    # THEN the task ran with the launcher's environment, and the rest (exit code, event) is unchanged
+    assert [event["detail"]["containers"][0]["exitCode"] for event in received] == [4]
+    task_arn = received[0]["detail"]["taskArn"]
+    scratch = deployment["config"].state_dir / "tasks" / task_arn.rsplit("/", 1)[-1] / "scratch"
+    assert (scratch / "seen.txt").read_text().split(" ") == [task_arn, "from-the-launcher", str(scratch)]
+
+
+def test_task_launch_maps_mount_points_to_the_scratch_dir_and_keeps_the_callers_env_out(
+    tmp_path, monkeypatch
+):
+    # GIVEN a container with a scratch volume, a variable pointing into it and an override; a caller's secret
+    monkeypatch.setenv("CALLERS_SECRET", "must-not-leak")
+    task_arn = "arn:aws:ecs:us-east-1:123456789012:task/c/0123abcd"
+    container = Container(
+        task={"taskArn": task_arn, "clusterArn": "arn:aws:ecs:us-east-1:123456789012:cluster/c"},
+        definition={"family": "q4", "revision": 7, "cpu": "2048", "memory": "4096"},
+        container={
+            "name": "q4",
+            "image": "q4:latest",
+            "entryPoint": ["q4-task"],
+            "command": ["--from-definition"],
+            "environment": [{"name": "OUT", "value": "/scratch/out"}, {"name": "KEEP", "value": "/scratchy"}],
+            "mountPoints": [{"sourceVolume": "scratch", "containerPath": "/scratch"}],
+        },
+        override={"command": ["--overridden"], "environment": [{"name": "MODE", "value": "full"}]},
+    )
+    # WHEN its launch is built
+    launch = task_launch(
+        TaskRecord(task_arn=task_arn, status="pending"), container, tmp_path, {"AWS_REGION": "r"}
+    )
+    # THEN entry point + the override's command, in the scratch dir, which the mount path maps to
+    scratch = tmp_path / "scratch"
+    assert launch.argv == ["q4-task", "--overridden"] and launch.cwd == scratch and scratch.is_dir()
+    assert (launch.env["OUT"], launch.env["KEEP"], launch.env["MODE"]) == (
+        f"{scratch}/out",
+        "/scratchy",
+        "full",
+    )
+    assert (launch.env["Q4_TASK_ARN"], launch.env["Q4_SCRATCH_DIR"], launch.env["AWS_REGION"]) == (
+        task_arn,
+        str(scratch),
+        "r",
+    )
+    assert "CALLERS_SECRET" not in launch.env
+    # AND the task metadata endpoint, as files, gives the task's ARN and size
+    metadata = json.loads((tmp_path / "metadata" / "task").read_text())
+    assert launch.env["ECS_CONTAINER_METADATA_URI_V4"] == (tmp_path / "metadata").as_uri()
+    assert (metadata["TaskARN"], metadata["Revision"], metadata["Limits"]) == (
+        task_arn,
+        "7",
+        {"CPU": 2.0, "Memory": 4096},
+    )
 
 
 def test_restarted_runtime_neither_reruns_nor_loses_tasks(toy_deployment):

@@ -63,7 +63,7 @@ def run_orchestrator(stack: EnforcingStack, event: dict[str, Any], tmp: Path) ->
 
 
 def sqs_event(stack: EnforcingStack, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    from q4_local.runtime import _sqs_record
+    from q4_local.event_source import sqs_record as _sqs_record
 
     queue_arn = stack.client("admin", "sqs").get_queue_attributes(
         QueueUrl=stack.outputs["work_queue_url"], AttributeNames=["QueueArn"]
