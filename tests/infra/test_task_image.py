@@ -75,7 +75,8 @@ def test_cmd_runs_from_an_environment_installed_like_the_image(tmp_path: Path) -
     site = next((venv / "lib").glob("python3.*/site-packages"))
     top_level = {path.name for path in site.iterdir()}
     assert {"q4", "q4_contract"} <= top_level
-    assert not top_level & {"q4_local", "q4_deploy", "moto", "tests"}, "no emulator or deploy code in the image"
+    no_emulator = not top_level & {"q4_local", "q4_deploy", "moto", "tests"}
+    assert no_emulator, "no emulator or deploy code in the image"
     assert not [path for path in site.rglob("*.pth") if "q4" in path.read_text()], "installed, not editable"
     # the CLI in the image names the local stack as a clone-only command instead of a traceback
     local = subprocess.run(
