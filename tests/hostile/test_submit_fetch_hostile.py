@@ -24,8 +24,9 @@ import pytest
 import q4_contract as contract
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from q4.cli import fetch as cli_fetch
 from q4.cli import main
-from q4.cli import pipeline as cli_pipeline
+from q4.cli import submit as cli_submit
 from runtime.conftest import boto_hooks, pipeline  # noqa: F401 -- the runtime tests' fixtures
 from runtime.harness import Pipeline, drain
 from runtime.test_task import table
@@ -373,8 +374,8 @@ def test_a_large_input_goes_up_as_a_conditional_multipart_upload(
     user: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN multipart thresholds of 5 MiB (S3's smallest part) and an 11 MiB file
-    monkeypatch.setattr(cli_pipeline, "SINGLE_PUT_LIMIT", 5 << 20)
-    monkeypatch.setattr(cli_pipeline, "PART_SIZE", 5 << 20)
+    monkeypatch.setattr(cli_submit, "SINGLE_PUT_LIMIT", 5 << 20)
+    monkeypatch.setattr(cli_submit, "PART_SIZE", 5 << 20)
     body = table() * ((11 << 20) // len(table()) + 1)
     data = tmp_path / "big.csv"
     data.write_bytes(body)
@@ -694,15 +695,15 @@ def test_a_manifest_claiming_more_than_the_free_space_is_refused(
     user: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     put_run(user, "sp1")
-    real = cli_pipeline.shutil.disk_usage
-    monkeypatch.setattr(cli_pipeline.shutil, "disk_usage", lambda p: real(p)._replace(free=10))
+    real = cli_fetch.shutil.disk_usage
+    monkeypatch.setattr(cli_fetch.shutil, "disk_usage", lambda p: real(p)._replace(free=10))
     assert "bytes but" in fetch_refused(capsys, "sp1", tmp_path)
 
 
 def test_an_oversized_manifest_is_not_read(
     user: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_pipeline, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(cli_fetch, "MAX_MANIFEST_BYTES", 100)
     put_run(user, "big1", manifest={"run_id": "big1", "artifacts": [], "pad": "x" * 200})
     assert "MANIFEST.json of run big1 is 2" in fetch_refused(capsys, "big1", tmp_path)
 
