@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,10 @@ def q4(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def one_sentence(err: str) -> str:
-    """The stderr of a refused command: one line, ``q4: error: ...``, ending with a full stop, short."""
+    """The stderr of a refused command: one line, ``q4: error: ...``, a sentence ending with a full stop
+    (optionally followed by the error code, `` [code]``), short."""
     assert err.startswith("q4: error: ") and err.count("\n") == 1, err
-    assert err.rstrip().endswith("."), err
+    assert re.search(r"\.( \[[a-z0-9_]+\])?\Z", err.rstrip()), err
     assert len(err) < 400, err
     return err
 
@@ -215,12 +217,17 @@ def test_submit_refuses_an_unknown_mode(user: Pipeline, tmp_path: Path, capsys: 
     data = tmp_path / "data.csv"
     data.write_bytes(table())
     before = snapshot(user)
-    code, _, err = q4(capsys, "submit", str(data), "--run-id", "m1", "--mode", "turbo; rm -rf /")
-    # argparse's standard refusal: usage line + one sentence naming the allowed modes
-    assert (
-        code == 2 and "invalid choice: 'turbo; rm -rf /'" in err and "'standard', 'enhanced', 'full'" in err
-    )
+    code, out, err = q4(capsys, "submit", str(data), "--run-id", "m1", "--mode", "turbo; rm -rf /")
+    # the work message is checked by the contract before anything is uploaded: its rejection, exit 2
+    assert code == 2 and out == ""
+    assert "Unknown mode 'turbo; rm -rf /'" in one_sentence(err) and "standard, enhanced, full" in err
+    assert not err.rstrip().endswith("]") or err.rstrip().endswith(" [unknown_mode]"), err
     assert snapshot(user) == before
+
+
+def test_submit_help_shows_the_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = q4(capsys, "submit", "--help")
+    assert code == 0 and "--mode {standard,enhanced,full}" in out
 
 
 @pytest.mark.parametrize("name", ["my data é 🙂.csv", "100% (final) #2 + more.parquet", "ÆØÅ 東京.CSV"])

@@ -55,7 +55,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     submit.add_argument(
         "--run-id", metavar="ID", help="run id (default: <UTC yyyymmdd-HHMMSS.mmm>-<file name>)"
     )
-    submit.add_argument("--mode", choices=contract.MODES, default=contract.DEFAULT_MODE, help="Q4 mode")
+    # no argparse `choices`: the work message, mode included, is judged by the contract (a code, exit 2)
+    submit.add_argument(
+        "--mode", default=contract.DEFAULT_MODE, metavar="{" + ",".join(contract.MODES) + "}", help="Q4 mode"
+    )
     submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
     submit.add_argument(
         "--timeout", type=float, default=3600.0, metavar="S", help="give up waiting after S seconds (3600)"
@@ -72,11 +75,7 @@ def handle_submit(args: argparse.Namespace) -> int:
     # an explicit --run-id "" is refused like any other invalid id, not replaced by the default
     run_id = check_run_id(args.run_id if args.run_id is not None else default_run_id(path))
     key = contract.input_root(run_id) + path.name
-    message = {"run_id": run_id, "input_key": key, "mode": args.mode}
-    try:
-        contract.parse_job(message)
-    except contract.Rejection as rejection:  # the checks above should make this unreachable
-        raise InputError(rejection.code, rejection.message) from None
+    message = _work_message(run_id, key, args.mode)
     try:
         digest = sha256_file(path)
     except OSError as exc:
@@ -111,6 +110,17 @@ def handle_submit(args: argparse.Namespace) -> int:
         out(f"q4: follow it with: q4 status {run_id}")
         return EXIT_OK
     return _wait_and_report(pipeline, run_id, args.timeout, message, sent_at)
+
+
+def _work_message(run_id: str, key: str, mode: str) -> dict[str, Any]:
+    """The work message ``q4 submit`` will send, checked by the contract before anything is uploaded: a
+    message the orchestrator would reject (an unknown mode, ...) is refused with the rejection's code."""
+    message = {"run_id": run_id, "input_key": key, "mode": mode}
+    try:
+        contract.parse_job(message)
+    except contract.Rejection as rejection:
+        raise InputError(rejection.code, rejection.message) from None
+    return message
 
 
 def _check_input_file(path: Path) -> None:
