@@ -19,9 +19,6 @@ from q4_orchestrator.runs import RunState, RunStore
 from q4 import aws
 from q4.errors import InputError, RunStateError
 
-#: ``repr(value)`` cut to 80 characters: messages echo what was given but stay short.
-shown = contract._shown
-
 
 class Pipeline:
     """The pipeline's buckets and queues, reached through boto3."""
@@ -54,6 +51,13 @@ class Pipeline:
         return f"s3://{self.config.artifacts_bucket}/{contract.run_prefix(run_id)}"
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` cut to :data:`q4_contract.MAX_ECHO` characters, as the contract's rejections echo
+    values: messages echo what was given but stay short."""
+    text = repr(value)
+    return text if len(text) <= contract.MAX_ECHO else text[: contract.MAX_ECHO - 3] + "..."
+
+
 def check_run_id(run_id: str) -> str:
     if not contract.is_valid_run_id(run_id):
         raise InputError(
@@ -67,7 +71,10 @@ def check_run_id(run_id: str) -> str:
 def unusable_in_a_key(name: str) -> bool:
     """Control characters, backslashes and what UTF-8 cannot encode (undecodable bytes of a Linux file
     name arrive as lone surrogates): the work-message validator refuses such keys."""
-    return "\\" in name or contract._has_control(name)
+    return "\\" in name or any(
+        ord(ch) < 32 or 127 <= ord(ch) < 160 or 0xD800 <= ord(ch) < 0xE000 or ch in "\ufffe\uffff"
+        for ch in name
+    )
 
 
 def printable(text: object) -> str:
