@@ -197,7 +197,7 @@ def _existing_input(s3: Any, bucket: str, key: str, path: Path, digest: str) -> 
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if aws.is_not_found(exc):
+        if runs.is_not_found(exc):
             return False
         raise
     stored = (head.get("Metadata") or {}).get(SHA256_METADATA)
