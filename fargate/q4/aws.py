@@ -82,10 +82,6 @@ def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def is_not_found(exc: ClientError) -> bool:
-    return error_code(exc) in {"404", "NoSuchKey", "NotFound"}
-
-
 @contextmanager
 def aws_errors(action: str) -> Iterator[None]:
     """Turn AWS failures while doing ``action`` into one-sentence :class:`Q4Error` s.

@@ -43,6 +43,7 @@ from q4.checks import check_finite
 from q4.energy import EnergyTally
 from q4.errors import InputError, ModelError, RunStateError, name_list
 from q4.features import FeatureBlock, feature_block, numeric_header_warning, row_id_warnings, select_features
+from q4.manifest import sha256_file
 from q4.model import Q4Model, fit_model, json_number, load_model
 from q4.moments import Moments
 from q4.outputs import RowWriters, content_type
@@ -50,7 +51,7 @@ from q4.progress import Progress
 from q4.projectors import Standardization, is_degenerate
 from q4.quadrants import quadrant_labels, scores
 from q4.study import QuadrantStats, study_section, svd_section
-from q4.tables import InputTable, Spill, file_sha256, iter_batches, open_inputs, prefetched
+from q4.tables import InputTable, Spill, iter_batches, open_inputs, prefetched
 
 MODES = ("standard", "enhanced", "full")
 OUTPUT_FORMATS = ("csv", "parquet")
@@ -227,8 +228,7 @@ def _run(
     features, passthrough = _features(table, spec, model)
     by_default = model is None and spec.features is None
     warnings = _input_warnings(table)
-    d = len(features)
-    _check_width(d, spec.mode)
+    _check_width(len(features), spec.mode)
     if spec.output_format == "csv":
         _check_csv_writable(table, passthrough)
 
@@ -238,129 +238,38 @@ def _run(
         # CSV files are hashed as they are parsed; Parquet files (read by row group) on the side.
         hasher = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="q4-sha256"))
         parquet_digests = (
-            {p: hasher.submit(file_sha256, p) for p in table.paths} if table.format == "parquet" else {}
+            {p: hasher.submit(sha256_file, p) for p in table.paths} if table.format == "parquet" else {}
         )
-        # ---- pass 1: read, classify, moments
-        moments = Moments(d)
-        n_input = 0
-        id_checked = False
-        spill = Spill(scratch / "pass1.arrow", table.schema, d) if table.format == "csv" else None
-        if spill is not None:
-            stack.callback(spill.close)
-        task = bar.add("Reading", total=table.bytes, unit="bytes")
-        chunk_rows = effective_chunk_rows(spec.chunk_rows, d)
-        batches = iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests)
-        with single_threaded_blas():
-            for _, batch in prefetched(batches):
-                block = feature_block(batch, features)
-                if by_default and batch.num_rows and not id_checked:  # names, and the first chunk's values
-                    warnings.extend(row_id_warnings(features, block.values))
-                    id_checked = True
-                moments.update(block.values if block.all_valid else block.values[block.valid])
-                n_input += batch.num_rows
-                if spill is not None:
-                    spill.write(batch, block)
-            if spill is not None:
-                spill.close()
-        task.done()
+        read = _read_pass(table, spec, features, by_default, warnings, digests, scratch, stack, bar)
         timings["read"] = time.perf_counter() - clock
 
-        # ---- fit (or apply a model)
         clock = time.perf_counter()
-        _check_rows(n_input, moments.n, table)
-        if model is None:
-            check_finite(moments, features)
-            if int((~moments.constant).sum()) < 2:
-                constant = [f for f, c in zip(features, moments.constant, strict=True) if c]
-                raise InputError(
-                    "too_few_features",
-                    f"Only {d - len(constant)} of the {d} feature columns vary over the valid rows "
-                    f"(constant: {name_list(constant)}); Q4 needs at least 2 non-constant features.",
-                    {"constant_columns": constant},
-                )
-            model = fit_model(moments, features, n_components=spec.svd_k, source_run=spec.run_id)
-            source = "fitted"
-        else:
-            source = spec.model_name or str(spec.model_path)
-        if is_degenerate(model.eigenvalues):
-            warnings.append(
-                {
-                    "code": "degenerate_projectors",
-                    "message": "The two leading eigenvalues are equal or zero, so the quadrant split "
-                    "depends on an arbitrary choice of basis; treat the split with care.",
-                }
-            )
+        model, source = _fit(spec, table, features, read, model, warnings)
         timings["fit"] = time.perf_counter() - clock
 
-        # ---- pass 2: project and write
         clock = time.perf_counter()
-        k = min(spec.svd_k, d, moments.n, model.components.shape[0])
-        enhanced = spec.mode in ("enhanced", "full")
-        output = run_dir / "output"
-        output.mkdir(exist_ok=True)
-        writers = RowWriters(
-            output,
-            table,
-            features,
-            spec.output_format,
-            svd_k=k if enhanced else 0,
-            queue_chunks=FULL_MODE_QUEUE_CHUNKS if spec.mode == "full" else 1,
-        )
-        stack.callback(writers.close)
-        energy = EnergyTally()
-        quadrant_stats = QuadrantStats(d) if spec.mode == "full" else None
-        sample = _Sample(stride=max(1, math.ceil(moments.n / PLOT_SAMPLE_ROWS)))
-        task = bar.add("Projecting", total=n_input, unit="rows")
-        row = 0
-        with single_threaded_blas():
-            for batch, block in prefetched(_second_pass(table, spill, features, chunk_rows)):
-                x = block.values if block.all_valid else block.values[block.valid]
-                z = model.std.apply(x)
-                s = scores(z, model.projectors)
-                labels = quadrant_labels(s)
-                svd = _svd_scores(z, model.components[:k]) if enhanced else None
-                writers.write(batch, block, row, s, labels, svd)
-                energy.update(z, s, labels)
-                if quadrant_stats is not None:
-                    quadrant_stats.update(x, z, labels)
-                sample.take(s, labels, svd)
-                row += batch.num_rows
-                task.advance(batch.num_rows)
-        task.done()
+        projected = _project_pass(run_dir, spec, table, features, model, read, stack, bar)
         timings["project"] = time.perf_counter() - clock
 
-        # ---- documents (and plots) while the writer threads finish the row files
+        # documents (and plots) while the writer threads finish the row files
         clock = time.perf_counter()
-        er = energy.to_dict()
-        rows = {
-            "input": n_input,
-            "valid": moments.n,
-            "rejected": n_input - moments.n,
-            "keep": er["keep"]["rows"],
-            "discard": er["discard"]["rows"],
-        }
         sha = [digests[p] if p in digests else parquet_digests[p].result() for p in table.paths]
         input_doc = {"keys": list(table.names), "bytes": table.bytes, "format": table.format, "sha256": sha}
-        study = _study_doc(spec, model, source, input_doc, rows, features, passthrough, warnings)
-        if enhanced:
-            study["svd"] = svd_section(model.eigenvalues, model.n_samples_fit, k)
-        if quadrant_stats is not None:
-            study["study"] = study_section(quadrant_stats, model.std, model.eigenvalues, model.projectors)
-        _write_json(output / "er.json", er)
-        _write_json(output / "Q_study.json", study)
-        if enhanced:
-            (run_dir / "model").mkdir(exist_ok=True)
-            _write_json(run_dir / "model" / "q4_model.json", model.to_dict(version=__version__))
+        rows, er, study = _write_documents(
+            run_dir, spec, model, source, input_doc, read, projected, features, passthrough, warnings
+        )
         timings["documents"] = time.perf_counter() - clock
 
         report: Path | None = None
         if spec.mode == "full":
             clock = time.perf_counter()
-            report = _render_viz(run_dir / "viz", er, study, sample, model, moments, k)
+            report = _render_viz(
+                run_dir / "viz", er, study, projected.sample, model, read.moments, projected.k
+            )
             timings["viz"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        writers.close()
+        projected.writers.close()
         timings["finish_writing"] = time.perf_counter() - clock
 
     fingerprints: dict[str, tuple[int, int, int]] = {}
@@ -378,6 +287,193 @@ def _run(
         report=report,
         fingerprints=fingerprints,
     )
+
+
+@dataclass
+class _Read:
+    """What pass 1 leaves for the fit and pass 2."""
+
+    moments: Moments
+    n_input: int
+    spill: Spill | None  # the CSV chunks, parsed (None for Parquet: pass 2 reads it again)
+    chunk_rows: int
+
+
+def _read_pass(
+    table: InputTable,
+    spec: JobSpec,
+    features: list[str],
+    by_default: bool,
+    warnings: list[dict[str, str]],
+    digests: dict[Path, str],
+    scratch: Path,
+    stack: ExitStack,
+    bar: Progress,
+) -> _Read:
+    """Pass 1: read every chunk, classify its rows, merge the valid rows' moments; CSV chunks are spilled
+    to ``scratch`` (closed by ``stack``) and hashed into ``digests``; row-id warnings join ``warnings``."""
+    d = len(features)
+    moments = Moments(d)
+    n_input = 0
+    id_checked = False
+    spill = Spill(scratch / "pass1.arrow", table.schema, d) if table.format == "csv" else None
+    if spill is not None:
+        stack.callback(spill.close)
+    task = bar.add("Reading", total=table.bytes, unit="bytes")
+    chunk_rows = effective_chunk_rows(spec.chunk_rows, d)
+    batches = iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests)
+    with single_threaded_blas():
+        for _, batch in prefetched(batches):
+            block = feature_block(batch, features)
+            if by_default and batch.num_rows and not id_checked:  # names, and the first chunk's values
+                warnings.extend(row_id_warnings(features, block.values))
+                id_checked = True
+            moments.update(block.values if block.all_valid else block.values[block.valid])
+            n_input += batch.num_rows
+            if spill is not None:
+                spill.write(batch, block)
+        if spill is not None:
+            spill.close()
+    task.done()
+    return _Read(moments, n_input, spill, chunk_rows)
+
+
+def _fit(
+    spec: JobSpec,
+    table: InputTable,
+    features: list[str],
+    read: _Read,
+    model: Q4Model | None,
+    warnings: list[dict[str, str]],
+) -> tuple[Q4Model, str]:
+    """Fit the model from pass 1's moments, or take the given one; returns it and its source (for
+    Q_study.json: "fitted", or the model's name)."""
+    moments = read.moments
+    _check_rows(read.n_input, moments.n, table)
+    if model is None:
+        check_finite(moments, features)
+        if int((~moments.constant).sum()) < 2:
+            d = len(features)
+            constant = [f for f, c in zip(features, moments.constant, strict=True) if c]
+            raise InputError(
+                "too_few_features",
+                f"Only {d - len(constant)} of the {d} feature columns vary over the valid rows "
+                f"(constant: {name_list(constant)}); Q4 needs at least 2 non-constant features.",
+                {"constant_columns": constant},
+            )
+        model = fit_model(moments, features, n_components=spec.svd_k, source_run=spec.run_id)
+        source = "fitted"
+    else:
+        source = spec.model_name or str(spec.model_path)
+    if is_degenerate(model.eigenvalues):
+        warnings.append(
+            {
+                "code": "degenerate_projectors",
+                "message": "The two leading eigenvalues are equal or zero, so the quadrant split "
+                "depends on an arbitrary choice of basis; treat the split with care.",
+            }
+        )
+    return model, source
+
+
+@dataclass
+class _Projected:
+    """What pass 2 leaves: the row writers (still finishing), the tallies and the plot sample."""
+
+    writers: RowWriters
+    energy: EnergyTally
+    quadrant_stats: QuadrantStats | None  # full mode only
+    sample: _Sample
+    k: int  # SVD components written (enhanced and full modes)
+    enhanced: bool
+
+
+def _project_pass(
+    run_dir: Path,
+    spec: JobSpec,
+    table: InputTable,
+    features: list[str],
+    model: Q4Model,
+    read: _Read,
+    stack: ExitStack,
+    bar: Progress,
+) -> _Projected:
+    """Pass 2: project every chunk and hand it to the row writers under ``run_dir/output`` (closed by
+    ``stack`` on failure), tallying energy, the plot sample and, in full mode, per-quadrant moments."""
+    d = len(features)
+    moments = read.moments
+    k = min(spec.svd_k, d, moments.n, model.components.shape[0])
+    enhanced = spec.mode in ("enhanced", "full")
+    output = run_dir / "output"
+    output.mkdir(exist_ok=True)
+    writers = RowWriters(
+        output,
+        table,
+        features,
+        spec.output_format,
+        svd_k=k if enhanced else 0,
+        queue_chunks=FULL_MODE_QUEUE_CHUNKS if spec.mode == "full" else 1,
+    )
+    stack.callback(writers.close)
+    energy = EnergyTally()
+    quadrant_stats = QuadrantStats(d) if spec.mode == "full" else None
+    sample = _Sample(stride=max(1, math.ceil(moments.n / PLOT_SAMPLE_ROWS)))
+    task = bar.add("Projecting", total=read.n_input, unit="rows")
+    row = 0
+    with single_threaded_blas():
+        for batch, block in prefetched(_second_pass(table, read.spill, features, read.chunk_rows)):
+            x = block.values if block.all_valid else block.values[block.valid]
+            z = model.std.apply(x)
+            s = scores(z, model.projectors)
+            labels = quadrant_labels(s)
+            svd = _svd_scores(z, model.components[:k]) if enhanced else None
+            writers.write(batch, block, row, s, labels, svd)
+            energy.update(z, s, labels)
+            if quadrant_stats is not None:
+                quadrant_stats.update(x, z, labels)
+            sample.take(s, labels, svd)
+            row += batch.num_rows
+            task.advance(batch.num_rows)
+    task.done()
+    return _Projected(writers, energy, quadrant_stats, sample, k, enhanced)
+
+
+def _write_documents(
+    run_dir: Path,
+    spec: JobSpec,
+    model: Q4Model,
+    source: str,
+    input_doc: dict[str, Any],
+    read: _Read,
+    projected: _Projected,
+    features: list[str],
+    passthrough: list[str],
+    warnings: list[dict[str, str]],
+) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
+    """Write er.json, Q_study.json and (enhanced, full) the model; returns the row counts, er and study."""
+    n_input, moments = read.n_input, read.moments
+    er = projected.energy.to_dict()
+    rows = {
+        "input": n_input,
+        "valid": moments.n,
+        "rejected": n_input - moments.n,
+        "keep": er["keep"]["rows"],
+        "discard": er["discard"]["rows"],
+    }
+    study = _study_doc(spec, model, source, input_doc, rows, features, passthrough, warnings)
+    if projected.enhanced:
+        study["svd"] = svd_section(model.eigenvalues, model.n_samples_fit, projected.k)
+    if projected.quadrant_stats is not None:
+        study["study"] = study_section(
+            projected.quadrant_stats, model.std, model.eigenvalues, model.projectors
+        )
+    output = run_dir / "output"
+    _write_json(output / "er.json", er)
+    _write_json(output / "Q_study.json", study)
+    if projected.enhanced:
+        (run_dir / "model").mkdir(exist_ok=True)
+        _write_json(run_dir / "model" / "q4_model.json", model.to_dict(version=__version__))
+    return rows, er, study
 
 
 def _input_warnings(table: InputTable) -> list[dict[str, str]]:

@@ -554,12 +554,6 @@ def iter_batches(
         yield from ((index, b) for b in batches)
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, hex."""
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _iter_csv(
     table: InputTable,
     path: Path,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ import pytest
 import q4_contract as contract
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from q4.cli import fetch as cli_fetch
 from q4.cli import main
-from q4.cli import pipeline as cli_pipeline
+from q4.cli import submit as cli_submit
 from runtime.conftest import boto_hooks, pipeline  # noqa: F401 -- the runtime tests' fixtures
 from runtime.harness import Pipeline, drain
 from runtime.test_task import table
@@ -57,9 +59,10 @@ def q4(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def one_sentence(err: str) -> str:
-    """The stderr of a refused command: one line, ``q4: error: ...``, ending with a full stop, short."""
+    """The stderr of a refused command: one line, ``q4: error: ...``, a sentence ending with a full stop
+    (optionally followed by the error code, `` [code]``), short."""
     assert err.startswith("q4: error: ") and err.count("\n") == 1, err
-    assert err.rstrip().endswith("."), err
+    assert re.search(r"\.( \[[a-z0-9_]+\])?\Z", err.rstrip()), err
     assert len(err) < 400, err
     return err
 
@@ -214,12 +217,17 @@ def test_submit_refuses_an_unknown_mode(user: Pipeline, tmp_path: Path, capsys: 
     data = tmp_path / "data.csv"
     data.write_bytes(table())
     before = snapshot(user)
-    code, _, err = q4(capsys, "submit", str(data), "--run-id", "m1", "--mode", "turbo; rm -rf /")
-    # argparse's standard refusal: usage line + one sentence naming the allowed modes
-    assert (
-        code == 2 and "invalid choice: 'turbo; rm -rf /'" in err and "'standard', 'enhanced', 'full'" in err
-    )
+    code, out, err = q4(capsys, "submit", str(data), "--run-id", "m1", "--mode", "turbo; rm -rf /")
+    # the work message is checked by the contract before anything is uploaded: its rejection, exit 2
+    assert code == 2 and out == ""
+    assert "Unknown mode 'turbo; rm -rf /'" in one_sentence(err) and "standard, enhanced, full" in err
+    assert not err.rstrip().endswith("]") or err.rstrip().endswith(" [unknown_mode]"), err
     assert snapshot(user) == before
+
+
+def test_submit_help_shows_the_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = q4(capsys, "submit", "--help")
+    assert code == 0 and "--mode {standard,enhanced,full}" in out
 
 
 @pytest.mark.parametrize("name", ["my data é 🙂.csv", "100% (final) #2 + more.parquet", "ÆØÅ 東京.CSV"])
@@ -373,8 +381,8 @@ def test_a_large_input_goes_up_as_a_conditional_multipart_upload(
     user: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GIVEN multipart thresholds of 5 MiB (S3's smallest part) and an 11 MiB file
-    monkeypatch.setattr(cli_pipeline, "SINGLE_PUT_LIMIT", 5 << 20)
-    monkeypatch.setattr(cli_pipeline, "PART_SIZE", 5 << 20)
+    monkeypatch.setattr(cli_submit, "SINGLE_PUT_LIMIT", 5 << 20)
+    monkeypatch.setattr(cli_submit, "PART_SIZE", 5 << 20)
     body = table() * ((11 << 20) // len(table()) + 1)
     data = tmp_path / "big.csv"
     data.write_bytes(body)
@@ -694,15 +702,15 @@ def test_a_manifest_claiming_more_than_the_free_space_is_refused(
     user: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     put_run(user, "sp1")
-    real = cli_pipeline.shutil.disk_usage
-    monkeypatch.setattr(cli_pipeline.shutil, "disk_usage", lambda p: real(p)._replace(free=10))
+    real = cli_fetch.shutil.disk_usage
+    monkeypatch.setattr(cli_fetch.shutil, "disk_usage", lambda p: real(p)._replace(free=10))
     assert "bytes but" in fetch_refused(capsys, "sp1", tmp_path)
 
 
 def test_an_oversized_manifest_is_not_read(
     user: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli_pipeline, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(cli_fetch, "MAX_MANIFEST_BYTES", 100)
     put_run(user, "big1", manifest={"run_id": "big1", "artifacts": [], "pad": "x" * 200})
     assert "MANIFEST.json of run big1 is 2" in fetch_refused(capsys, "big1", tmp_path)
 

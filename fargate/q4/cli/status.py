@@ -1,0 +1,123 @@
+"""``q4 status``: a run's state from the buckets, and for a run that has not ended, its latest rejection
+on the done queue and its messages in the DLQ (nothing consumed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from q4_orchestrator.runs import RunState
+
+from q4 import aws
+from q4.cli.common import Pipeline, check_run_id, out, printable
+from q4.errors import EXIT_OK, InputError
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = subparsers.add_parser(
+        "status",
+        help="show a run's state from the buckets",
+        description=(
+            "Show a run's state (submitted, accepted, succeeded, failed) from the buckets alone. For a run "
+            "that has not ended, also show its latest rejection on the done queue and its messages in the "
+            "DLQ ($Q4_DLQ_URL), consuming nothing."
+        ),
+    )
+    status.add_argument("run_id", metavar="RUN_ID")
+    status.add_argument("--json", action="store_true", help="print the state as JSON")
+    status.set_defaults(handler=handle_status)
+
+
+def _summary(pipeline: Pipeline, state: RunState) -> dict[str, Any]:
+    job = state.job or {}
+    doc: dict[str, Any] = {"run_id": state.run_id, "state": state.state, "mode": job.get("mode")}
+    doc["input"] = job.get("input_key") or job.get("input_prefix")
+    doc["attempts"] = len(state.attempts)
+    if state.manifest is not None:
+        doc["mode"] = state.manifest.get("mode", doc["mode"])
+        rows = state.manifest.get("rows")
+        doc["rows"] = rows if isinstance(rows, dict) else None
+        doc["results"] = pipeline.results_url(state.run_id)
+        doc["manifest"] = f"{doc['results']}MANIFEST.json"
+    if state.error is not None:
+        doc["error"] = {"code": state.error.get("code"), "message": state.error.get("message")}
+        doc["details"] = f"{pipeline.results_url(state.run_id)}ERROR.json"
+    if state.state == "submitted":
+        doc["note"] = (
+            "Inputs are uploaded but the orchestrator has not accepted the run: its work message is queued, "
+            "or it was rejected (rejections are reported on the done queue only)."
+        )
+    return doc
+
+
+def _add_queue_findings(pipeline: Pipeline, state: RunState, doc: dict[str, Any]) -> None:
+    """What the queues add to a run that has not ended: its latest rejection on the done queue (submitted),
+    and its messages in the DLQ (``Q4_DLQ_URL``; submitted or accepted). Nothing is consumed."""
+    run_id = state.run_id
+    if state.state == "submitted":
+        found: list[tuple[float, dict[str, Any]]] = []
+
+        def collect(body: dict[str, Any], message: Any) -> bool:
+            if body.get("run_id") == run_id and body.get("status") == "rejected":
+                sent = (message.get("Attributes") or {}).get("SentTimestamp") or 0
+                found.append((float(sent), body))
+            return False  # look through the whole queue
+
+        with aws.aws_errors("read the done queue"):
+            aws.find_message(pipeline.sqs, pipeline.config.done_queue_url, collect, delete=False)
+        if found:
+            error = max(found, key=lambda item: item[0])[1].get("error")
+            if isinstance(error, dict):
+                doc["rejection"] = {"code": error.get("code"), "message": error.get("message")}
+                doc["note"] = (
+                    "Inputs are uploaded but no job was accepted; the latest done message for this run is a "
+                    "rejection (above): fix what it says and submit again."
+                )
+    dlq_url = os.environ.get("Q4_DLQ_URL", "").strip()
+    if state.state in ("submitted", "accepted") and dlq_url:
+        from q4.cli import dlq
+
+        with aws.aws_errors("read the dead-letter queue"):
+            letters = dlq.letters_of(pipeline.sqs, dlq_url, run_id)
+        if letters:
+            doc["dlq"] = [letter.describe().strip() for letter in letters]
+            doc["note"] = (
+                f"This run has {len(letters)} message(s) in the DLQ, so nothing moves it on: fix what made "
+                f"them fail, then `q4 dlq --redrive --run {run_id}`."
+            )
+
+
+def handle_status(args: argparse.Namespace) -> int:
+    run_id = check_run_id(args.run_id)
+    pipeline = Pipeline()
+    state = pipeline.state(run_id)
+    if state.state == "unknown":
+        raise InputError(
+            "run_not_found",
+            f"No run {run_id} in s3://{pipeline.config.artifacts_bucket} or "
+            f"s3://{pipeline.config.archive_bucket}; "
+            "check the run id (`q4 runs` lists them).",
+        )
+    doc = _summary(pipeline, state)
+    _add_queue_findings(pipeline, state, doc)
+    if args.json:
+        out(json.dumps(doc, indent=2))
+        return EXIT_OK
+    for name in ("run_id", "state", "mode", "input", "attempts"):
+        if doc.get(name) is not None:
+            out(f"{name.replace('_', ' ') + ':':<10} {printable(doc[name])}")
+    if doc.get("rows"):
+        rows = doc["rows"]
+        out(f"{'rows:':<10} " + printable(", ".join(f"{k} {v}" for k, v in rows.items())))
+    for name in ("results", "error", "details", "rejection", "dlq", "note"):
+        value = doc.get(name)
+        if value is None:
+            continue
+        if name in ("error", "rejection"):
+            value = f"{value['code']}: {value['message']}"
+        if name == "dlq":
+            value = "; ".join(value)
+        out(f"{name + ':':<10} {printable(value)}")
+    return EXIT_OK
