@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from q4_contract.errors import Rejection
@@ -74,12 +75,27 @@ def _has_control(text: str) -> bool:
     )
 
 
+def default_run_id(file_name: str, now: datetime | None = None) -> str:
+    """The run id ``q4 run``, ``q4 submit`` and scripts/submit_run.sh give a file when none is named:
+    ``<UTC yyyymmdd-HHMMSS.mmm>-<file stem sanitized>``, at most 64 characters (docs/contract.md, "Run id").
+
+    Milliseconds, so two runs started in the same second on files of the same name get two run ids; the id
+    still reads as a time and sorts in start order.
+    """
+    now = now or datetime.now(UTC)
+    stamp = f"{now:%Y%m%d-%H%M%S}.{now.microsecond // 1000:03d}"
+    stem = file_name.split(".")[0]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "input"
+    stem = stem.replace("..", ".")
+    return f"{stamp}-{stem}"[:RUN_ID_MAX_LENGTH].rstrip("-.")
+
+
 def check_run_id(run_id: str) -> str:
     """The run id, or ``invalid_run_id`` (an id of a sane length travels back in the rejection)."""
     if not is_valid_run_id(run_id):
         raise Rejection(
             "invalid_run_id",
-            f"run_id {_shown(run_id)} is not valid; use 1-64 letters, digits, '.', "
+            f"The run id {_shown(run_id)} is not valid; use 1-64 letters, digits, '.', "
             "'_' or '-', starting with a letter or digit, without '..'.",
             run_id if len(run_id) <= MAX_KEY_LENGTH else None,
         )

@@ -19,23 +19,22 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import shutil
 import stat
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from q4.errors import InputError, Q4Error, RunStateError, name_list
+import q4_contract as contract
+
+from q4.errors import InputError, Q4Error, RunStateError, contract_errors, name_list
 
 if TYPE_CHECKING:
     from q4.job import JobSpec, RunResult
-
-RUN_ID_MAX = 64
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--mode",
-        choices=("standard", "enhanced", "full"),
-        default="standard",
-        help="standard: split + energy; enhanced: + SVD and the model; full: + study, plots, report.html",
+        default=contract.DEFAULT_MODE,
+        metavar="|".join(contract.MODES),
+        help="standard: split + energy; enhanced: + SVD and the model; full: + study, plots, report.html "
+        f"(default {contract.DEFAULT_MODE})",
     )
     parser.add_argument(
         "--model", type=Path, metavar="FILE", help="apply this q4_model.json instead of fitting"
@@ -65,11 +65,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--features", metavar="A,B", help="comma-separated feature columns (default: all numeric)"
     )
+    low, high = contract.SVD_K_RANGE
     parser.add_argument(
-        "--svd-k", type=int, default=10, metavar="K", help="SVD components (1..1000, default 10)"
+        "--svd-k",
+        default=str(contract.DEFAULT_SVD_K),
+        metavar="K",
+        help=f"SVD components ({low}..{high}, default {contract.DEFAULT_SVD_K})",
     )
     parser.add_argument(
-        "--output-format", choices=("csv", "parquet"), default="csv", help="row outputs format"
+        "--output-format",
+        default=contract.DEFAULT_OUTPUT_FORMAT,
+        metavar="|".join(contract.OUTPUT_FORMATS),
+        help=f"row outputs format (default {contract.DEFAULT_OUTPUT_FORMAT})",
     )
     parser.add_argument(
         "--chunk-rows",
@@ -82,17 +89,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def default_run_id(first_input: Path, now: datetime | None = None) -> str:
-    """``<UTC yyyymmdd-HHMMSS.mmm>-<input stem sanitized>``, at most 64 characters.
-
-    Milliseconds, so two runs started in the same second on files of the same name get two run
-    ids; the id still reads as a time and sorts in start order.
-    """
-    now = now or datetime.now(UTC)
-    stamp = f"{now:%Y%m%d-%H%M%S}.{now.microsecond // 1000:03d}"
-    stem = first_input.name.split(".")[0]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "input"
-    stem = stem.replace("..", ".")
-    return f"{stamp}-{stem}"[:RUN_ID_MAX].rstrip("-.")
+    """``<UTC yyyymmdd-HHMMSS.mmm>-<input stem sanitized>`` (:func:`q4_contract.default_run_id`)."""
+    return contract.default_run_id(first_input.name, now)
 
 
 def _features(text: str | None) -> tuple[str, ...] | None:
@@ -361,11 +359,13 @@ def handle(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # an explicit --run-id "" is refused like any other invalid id, not replaced by the default
     run_id = args.run_id if args.run_id is not None else default_run_id(args.inputs[0])
+    with contract_errors():  # the same rules and codes as a work message
+        svd_k = contract.svd_k_from_text(args.svd_k, "--svd-k ")
     spec = JobSpec(
         run_id=run_id,
         mode=args.mode,
         features=_features(args.features),
-        svd_k=args.svd_k,
+        svd_k=svd_k,
         output_format=args.output_format,
         model_path=args.model,
         chunk_rows=args.chunk_rows,
