@@ -57,7 +57,7 @@ class DirectoryStore:
     def read_json(self, key: str) -> dict[str, Any] | None:
         try:
             body = (self.root / key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # also: run=<id> is a file, not a run directory
             return None
         except (OSError, ValueError) as exc:  # a directory, no permission, a NUL in the path
             raise UnreadableDocument(key, f"cannot be read ({exc})") from None

@@ -291,54 +291,49 @@ def _ended(
 
     A terminal document is written once and never replaced, so this needs no lock.
     """
-    from q4.manifest import ERROR_NAME, MANIFEST_NAME, read_document
-
     run_id = spec.run_id
-    manifest_path, error_path = run_dir / MANIFEST_NAME, run_dir / ERROR_NAME
-    if manifest_path.exists():
-        doc = read_document(manifest_path)
-        if doc is None or doc.get("run_id") != run_id:
+
+    def differs(status: str, document: Mapping[str, Any]) -> str | None:
+        return job_difference(document, job, inputs, by_content=status == "succeeded")
+
+    try:
+        ended = contract.run_ended(contract.DirectoryStore(out), run_id, differs)
+    except contract.UnreadableDocument as exc:
+        name = exc.key.rsplit("/", 1)[-1]
+        raise RunStateError(
+            "run_exists",
+            f"Run {run_id} in {out} holds {'an' if name == contract.ERROR_NAME else 'a'} {name} that q4 "
+            "cannot read as this run's; choose another --run-id.",
+            {"run_dir": str(run_dir)},
+        ) from None
+    if ended is None:
+        return None
+    if ended.status == "succeeded":
+        if not ended.same_job:
             raise RunStateError(
                 "run_exists",
-                f"Run {run_id} in {out} holds a MANIFEST.json that q4 cannot read as this run's; "
-                "choose another --run-id.",
-                {"run_dir": str(run_dir)},
-            )
-        diff = job_difference(doc, job, inputs, by_content=True)
-        if diff is not None:
-            raise RunStateError(
-                "run_exists",
-                f"Run {run_id} in {out} is already committed with another job ({diff}); "
+                f"Run {run_id} in {out} is already committed with another job ({ended.difference}); "
                 "choose another --run-id.",
                 {"run_dir": str(run_dir)},
             )
         print(f"q4: run {run_id} is already committed with the same job; nothing was rewritten.")
         print(f"q4: results in {run_dir}/ (MANIFEST.json lists every artifact)")
         return 0
-    if error_path.exists():
-        doc = read_document(error_path)
-        if doc is None or doc.get("run_id") != run_id:
-            raise RunStateError(
-                "run_exists",
-                f"Run {run_id} in {out} holds an ERROR.json that q4 cannot read as this run's; "
-                "choose another --run-id.",
-                {"run_dir": str(run_dir)},
-            )
-        diff = job_difference(doc, job, inputs, by_content=False)
-        if diff is not None:
-            raise RunStateError(
-                "run_exists",
-                f"Run {run_id} in {out} already failed with another job ({diff}); choose another --run-id.",
-                {"run_dir": str(run_dir)},
-            )
-        message = str(doc.get("message") or doc.get("code") or "no reason recorded")
+    if not ended.same_job:
         raise RunStateError(
-            "run_failed",
-            f"Run {run_id} already failed with this job ({error_path}): {message} "
-            "A failed run is final: fix the cause and run again with another --run-id.",
-            {"run_dir": str(run_dir), "code": doc.get("code")},
+            "run_exists",
+            f"Run {run_id} in {out} already failed with another job ({ended.difference}); "
+            "choose another --run-id.",
+            {"run_dir": str(run_dir)},
         )
-    return None
+    doc = ended.document
+    message = str(doc.get("message") or doc.get("code") or "no reason recorded")
+    raise RunStateError(
+        "run_failed",
+        f"Run {run_id} already failed with this job ({run_dir / contract.ERROR_NAME}): {message} "
+        "A failed run is final: fix the cause and run again with another --run-id.",
+        {"run_dir": str(run_dir), "code": doc.get("code")},
+    )
 
 
 def _size(path: Path) -> int | None:
