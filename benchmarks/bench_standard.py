@@ -2,7 +2,7 @@
 
 Usage (from the repo root; data is generated once under benchmarks/data/, git-ignored)::
 
-    uv run python benchmarks/bench_standard.py                 # everything (SPEC sizes)
+    uv run python benchmarks/bench_standard.py                 # everything (the default sizes)
     uv run python benchmarks/bench_standard.py --rows 200000   # a quick, smaller run
     uv run python benchmarks/bench_standard.py --only speed|memory|full
 

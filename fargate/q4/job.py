@@ -68,7 +68,7 @@ OUTPUT_DIRS = ("output", "model", "viz")
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What to run: the job parameters of SPEC §4, resolved to local paths."""
+    """What to run: the job parameters (docs/contract.md, Work message), resolved to local paths."""
 
     run_id: str
     mode: str = contract.DEFAULT_MODE

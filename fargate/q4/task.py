@@ -1,7 +1,8 @@
 """The Fargate task (``q4-task``): one task = one run.
 
-Environment (SPEC §5): the per-run job (``Q4_RUN_ID``, ``Q4_INPUT_KEY`` | ``Q4_INPUT_PREFIX``,
-``Q4_MODE``, ``Q4_MODEL_KEY``, ``Q4_FEATURES``, ``Q4_SVD_K``, ``Q4_OUTPUT_FORMAT``, ``Q4_ATTEMPT``)
+Environment (docs/contract.md, Task environment and exit codes): the per-run job (``Q4_RUN_ID``,
+``Q4_INPUT_KEY`` | ``Q4_INPUT_PREFIX``, ``Q4_MODE``, ``Q4_MODEL_KEY``, ``Q4_FEATURES``, ``Q4_SVD_K``,
+``Q4_OUTPUT_FORMAT``, ``Q4_ATTEMPT``)
 and the static ``Q4_INPUT_BUCKET``, ``Q4_ARTIFACTS_BUCKET``, ``Q4_DONE_QUEUE_URL``,
 ``Q4_CHUNK_ROWS``, ``Q4_SCRATCH_DIR``.
 

@@ -1,9 +1,9 @@
 """``q4 run INPUT... --out DIR``: the whole Q4 job locally, no AWS, written to ``DIR/run=<ID>/``.
 
-Exit codes as the task (SPEC §5): 0 succeeded, also when ``DIR/run=<ID>/`` already holds a run
-committed with the same job (nothing rewritten); 2 bad input (ERROR.json written), or a run that
-already failed, or was committed with another job, or is being written by another ``q4 run``
-right now (then nothing is touched).
+Exit codes as the task (docs/contract.md, Task environment and exit codes): 0 succeeded, also when
+``DIR/run=<ID>/`` already holds a run committed with the same job (nothing rewritten); 2 bad input
+(ERROR.json written), or a run that already failed, or was committed with another job, or is being
+written by another ``q4 run`` right now (then nothing is touched).
 
 One writer per run directory: ``q4 run`` holds an exclusive ``flock`` on ``DIR/.run=<ID>.lock``
 from before it looks at ``DIR/run=<ID>/`` until it has committed (MANIFEST.json) or failed
