@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,15 @@ def test_the_scripts_modes_are_the_contracts() -> None:
     assert found and tuple(found.group(1).split("|")) == contract.MODES
 
 
-def run_script(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+def run_script(
+    tmp_path: Path, *args: str, file_name: str = "table.csv"
+) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     fake = tmp_path / "aws"
     fake.write_text(FAKE_AWS)
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     calls = tmp_path / "calls"
     calls.write_text("")
-    table = tmp_path / "table.csv"
+    table = tmp_path / file_name
     table.write_text("a,b\n1,2\n3,4\n")
     env = {
         **os.environ,
@@ -85,3 +88,20 @@ def test_a_valid_run_id_goes_on_to_upload_and_send(tmp_path: Path, run_id: str) 
     body = sent.split("--message-body ", 1)[1].split(" --output ", 1)[0]
     job = contract.parse_job(json.loads(body))  # a message the orchestrator accepts
     assert (job.run_id, job.mode, job.input_key) == (run_id, "full", f"run={run_id}/input/table.csv")
+
+
+@pytest.mark.parametrize(
+    "file_name",
+    ["table.csv", "my  data+v2.csv", "==x==.parquet", "-.-.csv", "a" * 80 + ".csv", "a" * 43 + "-b.csv"],
+)
+def test_the_default_run_id_is_the_contracts(tmp_path: Path, file_name: str) -> None:
+    proc, calls = run_script(tmp_path, file_name=file_name)
+    assert proc.returncode == 0, proc.stderr
+    found = re.search(r"^submitted run (\S+) ", proc.stdout, flags=re.MULTILINE)
+    assert found, proc.stdout
+    run_id = found.group(1)
+    expected = contract.default_run_id(file_name, datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC))
+    stamp = len("20250102-030405.678-")
+    assert re.fullmatch(r"\d{8}-\d{6}\.\d{3}-", run_id[:stamp]) and run_id[stamp:] == expected[stamp:]
+    assert contract.is_valid_run_id(run_id)
+    assert any(f"run={run_id}/input/{file_name}" in call for call in calls)
