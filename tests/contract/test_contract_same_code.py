@@ -48,6 +48,8 @@ CASES: dict[str, tuple[list[str], dict[str, Any], list[str] | None]] = {
     "invalid_svd_k": (["--svd-k", "0"], {"svd_k": 0}, None),
     "invalid_features": (["--features", "a,b,a"], {"features": ["a", "b", "a"]}, None),
     "unsupported_input": (["INPUT=t.txt"], {"input_key": f"run={RUN_ID}/input/t.txt"}, ["FILE=t.txt"]),
+    # nothing at the path / key: the orchestrator lists the archive bucket before it accepts a job
+    "input_not_found": (["MISSING"], {"input_key": f"run={RUN_ID}/input/absent.csv"}, ["MISSING"]),
 }
 
 
@@ -72,8 +74,9 @@ def shown_code(err: str) -> str | None:
 def run_code(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str]) -> str | None:
     name = next((a.removeprefix("INPUT=") for a in extra if a.startswith("INPUT=")), "t.csv")
     table = tmp_path / name
-    table.write_text(TABLE)
-    flags = [a for a in extra if not a.startswith("INPUT=")]
+    if "MISSING" not in extra:
+        table.write_text(TABLE)
+    flags = [a for a in extra if not a.startswith("INPUT=") and a != "MISSING"]
     if "--run-id" not in flags:
         flags += ["--run-id", RUN_ID]
     code, err = q4(capsys, "run", str(table), "--out", str(tmp_path / "out"), *flags)
@@ -128,8 +131,12 @@ def test_q4_run_and_a_work_message_give_the_same_code(
     run_args, fields, _ = CASES[code]
     assert run_code(tmp_path, capsys, run_args) == code
     assert message_code(orchestrator_env, fields) == code
+    message = {"run_id": RUN_ID, "input_key": f"run={RUN_ID}/input/t.csv", **fields}
+    if code == "input_not_found":  # the orchestrator looks in the bucket; the message itself is sound
+        assert contract.validate_work_message(message).input_key == fields["input_key"]
+        return
     with pytest.raises(Rejection) as rejected:  # the check q4 submit applies to the message it sends
-        contract.validate_work_message({"run_id": RUN_ID, "input_key": f"run={RUN_ID}/input/t.csv", **fields})
+        contract.validate_work_message(message)
     assert rejected.value.code == code
 
 
@@ -152,8 +159,9 @@ def test_q4_submit_gives_the_same_code_and_sends_nothing(
 ) -> None:
     name = next((a.removeprefix("FILE=") for a in submit_args if a.startswith("FILE=")), "t.csv")
     table = tmp_path / name
-    table.write_text(TABLE)
-    flags = [a for a in submit_args if not a.startswith("FILE=")]
+    if "MISSING" not in submit_args:
+        table.write_text(TABLE)
+    flags = [a for a in submit_args if not a.startswith("FILE=") and a != "MISSING"]
     exit_code, err = q4(capsys, "submit", str(table), *flags)
     assert exit_code == 2 and shown_code(err) == code, err
     assert (
