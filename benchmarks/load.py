@@ -44,6 +44,7 @@ from typing import Any
 
 import boto3
 import numpy as np
+from q4_contract import MODES
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,7 +52,6 @@ Q4 = str(BIN / "q4")
 
 # (rows, weight): most runs are small, a few are large, as a batch of scientists' tables would be.
 SIZES = ((100, 30), (1_000, 25), (10_000, 20), (50_000, 12), (200_000, 5))
-MODES = ("standard", "enhanced", "full")
 
 
 @dataclass

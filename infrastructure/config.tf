@@ -134,7 +134,7 @@ resource "aws_iam_role_policy_attachment" "config_broad" {
 }
 
 resource "aws_config_configuration_recorder" "this" {
-  #checkov:skip=CKV2_AWS_48:Recording everything is the config_recording = "broad" choice; the default records the control plane only, to keep Config cost bounded (SPEC 7).
+  #checkov:skip=CKV2_AWS_48:Recording everything is the config_recording = "broad" choice; the default records the control plane only, to keep Config cost bounded (docs/contract.md, Infrastructure).
   count = local.config_enabled ? 1 : 0
 
   name     = "${var.name}-recorder"

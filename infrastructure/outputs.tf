@@ -1,5 +1,5 @@
 # ---------------------------------------------------------------------------------------------------------------------
-# Outputs of SPEC §7, then what deployment scripts and the local stack need.
+# The outputs of docs/contract.md, Infrastructure, then what deployment scripts and the local stack need.
 # ---------------------------------------------------------------------------------------------------------------------
 
 output "archive_bucket" {

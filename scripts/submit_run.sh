@@ -19,9 +19,12 @@ name=$(basename -- "$file")
 [[ $name =~ ^[A-Za-z0-9._+=\ -]+$ ]] || die "the file name $name has characters other than letters, digits, space and ._+=-; rename it."
 
 stem=${name%%.*}
-stem=$(printf '%s' "$stem" | tr -c 'A-Za-z0-9._-' '-' | sed -e 's/\.\.*/./g' -e 's/^[-.]*//' -e 's/[-.]*$//')
+# The default run id of docs/contract.md ("Run id"), as q4_contract.default_run_id makes it (a test compares).
+stem=$(printf '%s' "$stem" | sed -e 's/[^A-Za-z0-9._-]\{1,\}/-/g' -e 's/^[-.]*//' -e 's/[-.]*$//')
 default_run_id="$(date -u +%Y%m%d-%H%M%S.%3N)-${stem:-input}"
-run_id=${2:-${default_run_id:0:64}}
+default_run_id=${default_run_id:0:64}
+while [[ $default_run_id == *[-.] ]]; do default_run_id=${default_run_id%?}; done
+run_id=${2:-$default_run_id}
 mode=${3:-standard}
 [[ $run_id =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$ && $run_id != *..* ]] \
   || die "run id '$run_id' is not valid; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit."

@@ -31,7 +31,7 @@ def as_matrix(data: ArrayLike) -> NDArray[np.float64]:
 
 
 def check_fit_rows(moments: Moments) -> None:
-    """At least 2 valid rows and 2 non-constant features (SPEC §1)."""
+    """At least 2 valid rows and 2 non-constant features (docs/contract.md, The Q4 operator)."""
     if moments.n < 2:
         raise DataError(
             "too_few_rows", f"Found {moments.n} valid sample(s); Q4 needs at least 2 rows of finite values."

@@ -1,4 +1,4 @@
-"""Energy and projected energy per quadrant (SPEC §1.8) and the ``er.json`` document.
+"""Energy and projected energy per quadrant (docs/contract.md, The Q4 operator) and the ``er.json`` document.
 
 A row's energy is ``‖z_i‖²``; its projected energy ``s1² + s2²``. Fractions are over the
 total energy of the valid rows.

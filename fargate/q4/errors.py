@@ -14,8 +14,11 @@ failed done messages (``too_few_rows``, ``model_mismatch``, …).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+from q4_contract import Rejection
 
 EXIT_OK = 0
 EXIT_PERMANENT = 2
@@ -76,3 +79,13 @@ class TransientError(Q4Error):
 
     exit_code = EXIT_CRASH
     retryable = True
+
+
+@contextmanager
+def contract_errors() -> Iterator[None]:
+    """A job parameter that breaks the contract (a :class:`q4_contract.Rejection`) becomes an
+    :class:`InputError` with the same code: one mistake, one code, in q4 run, q4 submit and a work message."""
+    try:
+        yield
+    except Rejection as rejection:
+        raise InputError(rejection.code, rejection.message) from None

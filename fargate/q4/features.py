@@ -1,4 +1,4 @@
-"""Feature selection (SPEC §1.1) and valid / rejected rows (SPEC §1.2).
+"""Feature selection and valid / rejected rows (docs/contract.md, The Q4 operator, 1-2).
 
 A row is valid when every feature value is a finite number. A rejected row carries the
 reason of its first bad feature (in feature order): ``missing:<col>`` (empty or an NA

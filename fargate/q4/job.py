@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -36,12 +35,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import q4_contract as contract
 from numpy.typing import NDArray
 
 from q4 import __version__
 from q4.checks import check_finite
 from q4.energy import EnergyTally
-from q4.errors import InputError, ModelError, RunStateError, name_list
+from q4.errors import InputError, ModelError, RunStateError, contract_errors, name_list
 from q4.features import FeatureBlock, feature_block, numeric_header_warning, row_id_warnings, select_features
 from q4.manifest import sha256_file
 from q4.model import Q4Model, fit_model, json_number, load_model
@@ -53,10 +53,6 @@ from q4.quadrants import quadrant_labels, scores
 from q4.study import QuadrantStats, study_section, svd_section
 from q4.tables import InputTable, Spill, iter_batches, open_inputs, prefetched
 
-MODES = ("standard", "enhanced", "full")
-OUTPUT_FORMATS = ("csv", "parquet")
-# \Z, not $: "$" also matches before a trailing newline ("r\n" would pass).
-RUN_ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 STUDY_SCHEMA = "q4.study/v1"
 #: At most this many rows (a fixed stride sample of the valid rows) reach the plots.
 PLOT_SAMPLE_ROWS = 100_000
@@ -73,36 +69,27 @@ OUTPUT_DIRS = ("output", "model", "viz")
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What to run: the job parameters of SPEC §4, resolved to local paths."""
+    """What to run: the job parameters (docs/contract.md, Work message), resolved to local paths."""
 
     run_id: str
-    mode: str = "standard"
+    mode: str = contract.DEFAULT_MODE
     features: tuple[str, ...] | None = None
-    svd_k: int = 10
-    output_format: str = "csv"
+    svd_k: int = contract.DEFAULT_SVD_K
+    output_format: str = contract.DEFAULT_OUTPUT_FORMAT
     model_path: Path | None = None
     chunk_rows: int = 65_536
     model_name: str | None = None  # how Q_study.json names the model (e.g. its S3 key); default: the path
 
     def validate(self) -> None:
-        """A clear :class:`InputError` for a parameter out of range."""
-        if not RUN_ID_PATTERN.match(self.run_id) or ".." in self.run_id:
-            raise InputError(
-                "invalid_run_id",
-                f"The run id {self.run_id!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit.",
-            )
-        if self.mode not in MODES:
-            raise InputError(
-                "invalid_mode", f"The mode {self.mode!r} is unknown; use one of {', '.join(MODES)}."
-            )
-        if self.output_format not in OUTPUT_FORMATS:
-            raise InputError(
-                "invalid_output_format",
-                f"The output format {self.output_format!r} is unknown; use csv or parquet.",
-            )
-        if not 1 <= self.svd_k <= 1000:
-            raise InputError("invalid_svd_k", f"svd_k must be between 1 and 1000, not {self.svd_k}.")
+        """A clear :class:`InputError` for a parameter out of range; the job parameters' codes are the
+        work message's (q4_contract's rules)."""
+        with contract_errors():
+            contract.check_run_id(self.run_id)
+            contract.check_mode(self.mode)
+            if self.features is not None:
+                contract.check_feature_names(self.features)
+            contract.check_svd_k(self.svd_k)
+            contract.check_output_format(self.output_format)
         if self.chunk_rows < 1:
             raise InputError("invalid_chunk_rows", f"chunk_rows must be at least 1, not {self.chunk_rows}.")
 

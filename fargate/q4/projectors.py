@@ -1,4 +1,4 @@
-"""Standardization and PCA projectors (SPEC §1.3–1.4), from streamed moments.
+"""Standardization and PCA projectors (docs/contract.md, The Q4 operator, 3-4), from streamed moments.
 
 ``C = Zᵀ Z / n`` follows from the co-moment matrix without a second pass:
 ``C_ij = M2_ij / (n · scale_i · scale_j)``, with the rows and columns of constant features

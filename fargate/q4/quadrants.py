@@ -1,4 +1,4 @@
-"""Scores and quadrants (SPEC §1.5–1.7).
+"""Scores and quadrants (docs/contract.md, The Q4 operator, 5-6).
 
 Q1: s1 ≥ 0, s2 ≥ 0 · Q2: s1 < 0, s2 ≥ 0 · Q3: s1 < 0, s2 < 0 · Q4: s1 ≥ 0, s2 < 0.
 Keep (signal) = Q1 ∪ Q4, discard (noise) = Q2 ∪ Q3.

@@ -1,7 +1,8 @@
 """The Fargate task (``q4-task``): one task = one run.
 
-Environment (SPEC §5): the per-run job (``Q4_RUN_ID``, ``Q4_INPUT_KEY`` | ``Q4_INPUT_PREFIX``,
-``Q4_MODE``, ``Q4_MODEL_KEY``, ``Q4_FEATURES``, ``Q4_SVD_K``, ``Q4_OUTPUT_FORMAT``, ``Q4_ATTEMPT``)
+Environment (docs/contract.md, Task environment and exit codes): the per-run job (``Q4_RUN_ID``,
+``Q4_INPUT_KEY`` | ``Q4_INPUT_PREFIX``, ``Q4_MODE``, ``Q4_MODEL_KEY``, ``Q4_FEATURES``, ``Q4_SVD_K``,
+``Q4_OUTPUT_FORMAT``, ``Q4_ATTEMPT``)
 and the static ``Q4_INPUT_BUCKET``, ``Q4_ARTIFACTS_BUCKET``, ``Q4_DONE_QUEUE_URL``,
 ``Q4_CHUNK_ROWS``, ``Q4_SCRATCH_DIR``.
 
@@ -35,8 +36,7 @@ from typing import Any
 
 import q4_contract as contract
 from botocore.exceptions import BotoCoreError, ClientError
-from q4_contract import Job, Rejection
-from q4_orchestrator.runs import RunStore, key_listed
+from q4_contract import Job, Rejection, S3Store
 
 from q4 import aws
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
@@ -153,7 +153,7 @@ class Task:
         self.environ = environ
         self.s3 = aws.client("s3")
         self.sqs = aws.client("sqs")
-        self.store = RunStore(self.s3, settings.artifacts_bucket)
+        self.store = S3Store(self.s3, settings.artifacts_bucket)
         self.inputs: list[dict[str, Any]] = []
         self.compute: dict[str, Any] = {}
 
@@ -177,19 +177,21 @@ class Task:
     def _already_ended(self) -> int | None:
         """Exit code when the run already ended (or belongs to another job); None to go on."""
         run_id = self.job.run_id
-        manifest = self.store.manifest(run_id)
-        if manifest is not None:
-            committed = self.store.job(run_id) or manifest.get("job")
-            if committed is None or _same_job(committed, self.job):
+        ended = contract.ended_with(self.store, self.job)
+        if ended is not None and ended.status == "succeeded":
+            if ended.same_job:
                 logger.info("Run already committed with the same job; nothing to do.")
                 return EXIT_OK
-            logger.error("Run already committed with a different job; refused, nothing written.")
+            logger.error(
+                "Run already committed with a different job; refused, nothing written.",
+                extra={"difference": ended.difference},
+            )
             return EXIT_PERMANENT
-        if self.store.exists(contract.error_key(run_id)):
+        if ended is not None:
             logger.error("Run already failed (ERROR.json exists); refused, nothing written.")
             return EXIT_PERMANENT
         accepted = self.store.job(run_id)
-        if accepted is not None and not _same_job(accepted, self.job):
+        if accepted is not None and contract.job_difference(accepted, self.job) is not None:
             logger.error("job.json holds a different job for this run; refused, nothing written.")
             return EXIT_PERMANENT
         return None
@@ -313,7 +315,7 @@ class Task:
         bucket, key = self.settings.artifacts_bucket, str(self.job.model_key)
         path = root / "q4_model.json"
         with aws.aws_errors(f"find the model s3://{bucket}/{key}"):
-            found = key_listed(self.s3, bucket, key)
+            found = contract.key_listed(self.s3, bucket, key)
         if not found:
             raise ModelError(
                 "model_not_found",
@@ -335,7 +337,7 @@ def send_done(sqs: Any, queue_url: str, message: Mapping[str, Any]) -> None:
 
 
 def fail_run(
-    store: RunStore,
+    store: S3Store,
     sqs: Any,
     settings: TaskSettings,
     exc: Q4Error,
@@ -364,13 +366,6 @@ def fail_run(
             return EXIT_PERMANENT
     send_done(sqs, settings.done_queue_url, contract.failed_done(error_doc, settings.artifacts_bucket))
     return EXIT_PERMANENT
-
-
-def _same_job(doc: Mapping[str, Any], job: Job) -> bool:
-    try:
-        return contract.parse_job(doc) == job
-    except Rejection:
-        return False
 
 
 # ---------------------------------------------------------------- entry point
@@ -425,12 +420,12 @@ def _reject_environment(rejection: Rejection, settings: TaskSettings, context: d
         "The task's job environment is invalid.", extra={"code": rejection.code, "reason": rejection.message}
     )
     run_id = rejection.run_id
-    if not run_id or not contract.RUN_ID_PATTERN.match(run_id) or ".." in run_id:
+    if not run_id or not contract.is_valid_run_id(run_id):
         return EXIT_PERMANENT
     try:
         s3 = aws.client("s3")
         return fail_run(
-            RunStore(s3, settings.artifacts_bucket),
+            S3Store(s3, settings.artifacts_bucket),
             aws.client("sqs"),
             settings,
             InputError(rejection.code, rejection.message),

@@ -1,1 +1,1 @@
-"""The Q4 orchestrator Lambda and the job contract it shares with the task (stdlib + Powertools only)."""
+"""The Q4 orchestrator Lambda (stdlib, boto3, Powertools); it shares q4_contract with the task."""

@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from q4_contract import DEFAULT_CONTAINER_NAME
+
 DEFAULT_MAX_ATTEMPTS = 3
 
 
@@ -57,7 +59,7 @@ class OrchestratorConfig:
             done_queue_url=required("Q4_DONE_QUEUE_URL"),
             cluster=required("Q4_CLUSTER"),
             task_definition=required("Q4_TASK_DEFINITION"),
-            container_name=env.get("Q4_CONTAINER_NAME", "").strip() or "q4",
+            container_name=env.get("Q4_CONTAINER_NAME", "").strip() or DEFAULT_CONTAINER_NAME,
             subnets=_split(required("Q4_SUBNETS")),
             security_groups=_split(env.get("Q4_SECURITY_GROUPS", "")),
             assign_public_ip=assign,

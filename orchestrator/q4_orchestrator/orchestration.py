@@ -28,7 +28,6 @@ from botocore.exceptions import ClientError
 from q4_contract import Job, Rejection
 
 from q4_orchestrator.config import OrchestratorConfig
-from q4_orchestrator.runs import RunStore, key_listed
 
 TERMINAL_EXIT_CODES = (0, 2)
 
@@ -48,7 +47,7 @@ class Orchestrator:
         self.sqs = sqs
         self.ecs = ecs
         self.logger = logger
-        self.store = RunStore(s3, config.artifacts_bucket)
+        self.store = contract.S3Store(s3, config.artifacts_bucket)
 
     # ------------------------------------------------------------ work messages
 
@@ -58,29 +57,14 @@ class Orchestrator:
         if event is not None:
             return self.redriven_stop(event)
         try:
-            job = contract.parse_message_body(body)
-            contract.check_overrides_size(job, self.config.container_name)
+            message = contract.decode_message_body(body)
+            job = contract.validate_work_message(message, self.config.container_name)
         except Rejection as rejection:
             return self._reject(rejection, contract.mode_hint(body))
         run_id = job.run_id
-
-        manifest = self.store.manifest(run_id)
-        error = None if manifest is not None else self.store.error(run_id)
-        if manifest is not None or error is not None:
-            if not self._same_job(run_id, job):
-                return self._reject(self._conflict(run_id), job.mode)
-            if manifest is not None:
-                self._send(contract.succeeded_done(manifest, self.config.artifacts_bucket, duplicate=True))
-            else:
-                assert error is not None
-                self._send(
-                    contract.failed_done(error, self.config.artifacts_bucket, mode=job.mode, duplicate=True)
-                )
-            self.logger.info(
-                "Run already ended; sent a duplicate done message.",
-                extra={"run_id": run_id, "outcome": "duplicate"},
-            )
-            return "duplicate"
+        ended = contract.ended_with(self.store, job)
+        if ended is not None:
+            return self._ended(job, ended)
 
         existing = self.store.job(run_id)
         if existing is None:
@@ -90,7 +74,7 @@ class Orchestrator:
                 return self._reject(rejection, job.mode)
             if not self.store.put_json_once(contract.job_key(run_id), job.to_dict()):
                 existing = self.store.job(run_id)
-        if existing is not None and not _same(existing, job):
+        if existing is not None and contract.job_difference(existing, job) is not None:
             return self._reject(self._conflict(run_id), job.mode)
 
         if self.store.attempts(run_id):
@@ -105,6 +89,21 @@ class Orchestrator:
             extra={"run_id": run_id, "attempt": 1, "task_arn": task_arn, "outcome": "launched"},
         )
         return "launched"
+
+    def _ended(self, job: Job, ended: contract.Ended) -> str:
+        """A work message for a run that already ended: a duplicate of its done message, or run_conflict."""
+        if not ended.same_job:
+            return self._reject(self._conflict(job.run_id), job.mode)
+        bucket = self.config.artifacts_bucket
+        if ended.status == "succeeded":
+            self._send(contract.succeeded_done(ended.document, bucket, duplicate=True))
+        else:
+            self._send(contract.failed_done(ended.document, bucket, mode=job.mode, duplicate=True))
+        self.logger.info(
+            "Run already ended; sent a duplicate done message.",
+            extra={"run_id": job.run_id, "outcome": "duplicate"},
+        )
+        return "duplicate"
 
     def _reject(self, rejection: Rejection, mode: str | None) -> str:
         self._send(contract.rejected_done(rejection, self.config.artifacts_bucket, mode=mode))
@@ -127,15 +126,11 @@ class Orchestrator:
             run_id,
         )
 
-    def _same_job(self, run_id: str, job: Job) -> bool:
-        existing = self.store.job(run_id)
-        return existing is None or _same(existing, job)
-
     def _check_inputs(self, job: Job) -> None:
         """Reject at once when the input object (or every input under the prefix) is missing."""
         bucket = self.config.archive_bucket
         if job.input_key is not None:
-            if not key_listed(self.s3, bucket, job.input_key):
+            if not contract.key_listed(self.s3, bucket, job.input_key):
                 raise Rejection(
                     "input_not_found",
                     f"No input object s3://{bucket}/{job.input_key}; upload it before sending the work "
@@ -252,28 +247,11 @@ class Orchestrator:
 
     def task_stopped(self, detail: Mapping[str, Any]) -> str:
         """Handle an ECS Task State Change: relaunch a crashed attempt, or report the run failed."""
-        if detail.get("lastStatus") != "STOPPED":
+        stopped = self._stopped_task(detail)
+        if stopped is None:
             return "ignored"
-        cluster_arn = str(detail.get("clusterArn", ""))
-        if cluster_arn and cluster_arn.rsplit("/", 1)[-1] != self.config.cluster_name:
-            return "ignored"
-        container = next(
-            (c for c in detail.get("containers", []) if c.get("name") == self.config.container_name), None
-        )
-        env = _override_env(detail, self.config.container_name)
-        run_id = env.get(contract.ENV_RUN_ID)
-        if container is None or not run_id:
-            return "ignored"
-        attempt = contract.attempt_from_env(env)
-        exit_code = container.get("exitCode")
-        context = {
-            "run_id": run_id,
-            "attempt": attempt,
-            "task_arn": detail.get("taskArn"),
-            "exit_code": exit_code,
-            "stopped_reason": detail.get("stoppedReason"),
-        }
-        if exit_code in TERMINAL_EXIT_CODES:
+        run_id, attempt, env, context = stopped
+        if context["exit_code"] in TERMINAL_EXIT_CODES:
             self.logger.info(
                 "Task ended; its done message is already sent.", extra={**context, "outcome": "reported"}
             )
@@ -306,7 +284,38 @@ class Orchestrator:
                 extra={**context, "new_task_arn": task_arn, "outcome": "relaunched"},
             )
             return "relaunched"
+        return self._crashed_for_good(job, attempt, detail, context)
 
+    def _stopped_task(
+        self, detail: Mapping[str, Any]
+    ) -> tuple[str, int, dict[str, str], dict[str, Any]] | None:
+        """``(run_id, attempt, environment, log context)`` of a STOPPED task of ours, else None."""
+        if detail.get("lastStatus") != "STOPPED":
+            return None
+        cluster_arn = str(detail.get("clusterArn", ""))
+        if cluster_arn and cluster_arn.rsplit("/", 1)[-1] != self.config.cluster_name:
+            return None
+        container = _container(detail, self.config.container_name)
+        env = _override_env(detail, self.config.container_name)
+        run_id = env.get(contract.ENV_RUN_ID)
+        if container is None or not run_id:
+            return None
+        attempt = contract.attempt_from_env(env)
+        context = {
+            "run_id": run_id,
+            "attempt": attempt,
+            "task_arn": detail.get("taskArn"),
+            "exit_code": container.get("exitCode"),
+            "stopped_reason": detail.get("stoppedReason"),
+        }
+        return run_id, attempt, env, context
+
+    def _crashed_for_good(
+        self, job: Job, attempt: int, detail: Mapping[str, Any], context: Mapping[str, Any]
+    ) -> str:
+        """The last attempt crashed: ERROR.json ``task_crashed`` (once) and the failed done message."""
+        run_id = job.run_id
+        container = _container(detail, self.config.container_name) or {}
         reason = _stop_reason(detail, container)
         error_doc = contract.error_document(
             run_id=run_id,
@@ -318,7 +327,7 @@ class Orchestrator:
             details={
                 "stopped_reason": detail.get("stoppedReason"),
                 "stop_code": detail.get("stopCode"),
-                "exit_code": exit_code,
+                "exit_code": container.get("exitCode"),
                 "container_reason": container.get("reason"),
                 "task_arn": detail.get("taskArn"),
             },
@@ -365,11 +374,9 @@ class Orchestrator:
         )
 
 
-def _same(doc: Mapping[str, Any], job: Job) -> bool:
-    try:
-        return contract.parse_job(doc) == job
-    except Rejection:
-        return False
+def _container(detail: Mapping[str, Any], container_name: str) -> Mapping[str, Any] | None:
+    """The event's entry for the task's container (its exit code and reason)."""
+    return next((c for c in detail.get("containers", []) if c.get("name") == container_name), None)
 
 
 def _override_env(detail: Mapping[str, Any], container_name: str) -> dict[str, str]:

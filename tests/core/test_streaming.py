@@ -1,4 +1,4 @@
-"""Streamed, chunked processing equals the in-memory result (SPEC §1 "Any size")."""
+"""Streamed, chunked processing equals the in-memory result (docs/contract.md, The Q4 operator)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Warnings about two silent mistakes: a CSV without a header row, a row id used as a feature.
 
 Both are warnings (the run succeeds): numeric column names are legitimate (spectra), and a
-default-chosen integer column follows the SPEC. They reach Q_study.json, the manifest, the
+default-chosen integer column follows docs/contract.md. They reach Q_study.json, the manifest, the
 report and `q4 run`'s stderr.
 """
 

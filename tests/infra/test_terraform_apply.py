@@ -14,7 +14,7 @@ from q4_local import emulator
 
 pytestmark = pytest.mark.slow
 
-SPEC_OUTPUTS = {
+CONTRACT_OUTPUTS = {  # docs/contract.md, Infrastructure
     "archive_bucket",
     "artifacts_bucket",
     "work_queue_url",
@@ -73,8 +73,8 @@ def _by_sid(statements: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_every_spec_output_is_set(outputs: dict[str, Any]) -> None:
-    assert outputs.keys() >= SPEC_OUTPUTS
-    assert all(outputs[name] for name in SPEC_OUTPUTS)
+    assert outputs.keys() >= CONTRACT_OUTPUTS
+    assert all(outputs[name] for name in CONTRACT_OUTPUTS)
 
 
 @pytest.mark.parametrize("output", ["archive_bucket", "artifacts_bucket"])

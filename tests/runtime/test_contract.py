@@ -227,3 +227,22 @@ def test_an_input_key_the_task_cannot_read_is_rejected_at_once(key: str) -> None
 )
 def test_a_rejection_carries_the_mode_the_message_asked_for(body: str, mode: str | None) -> None:
     assert contract.mode_hint(body) == mode
+
+
+def test_the_field_table_is_the_job() -> None:
+    """One table: the work message's fields, Job's attributes and defaults, and the task variables agree."""
+    attributes = dataclasses.fields(Job)
+    assert [a.name for a in attributes] == list(contract.FIELDS)
+    defaults = {a.name: a.default for a in attributes}
+    for field in contract.JOB_FIELDS:
+        assert defaults[field.name] == field.default, field.name
+        assert field.env == f"Q4_{field.name.upper()}"
+    assert (
+        contract.ENV_RUN_ID,
+        *(field.env for field in contract.JOB_FIELDS),
+        contract.ENV_ATTEMPT,
+    ) == contract.PER_RUN_ENV
+    assert (
+        contract.MODES[0],
+        contract.OUTPUT_FORMATS[0],
+    ) == (contract.DEFAULT_MODE, contract.DEFAULT_OUTPUT_FORMAT)

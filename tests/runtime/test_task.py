@@ -1,4 +1,4 @@
-"""The Fargate task (`q4-task`) as a real subprocess with the environment of SPEC §5, against moto."""
+"""The Fargate task (`q4-task`) as a real subprocess, its environment per docs/contract.md, on moto."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Each sub-command lives in its own module, which exposes ``register(subparsers)``;
 the module's handler returns the process exit code. Errors that users can act on
-are raised as :class:`q4.errors.Q4Error` and printed as one sentence, never a
-traceback.
+are raised as :class:`q4.errors.Q4Error` and printed as one sentence followed by its
+code (``q4: error: <sentence> [<code>]``, docs/contract.md, "Error codes"), never a traceback.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except Q4Error as exc:
-        print(f"q4: error: {exc.message}", file=sys.stderr)
+        print(f"q4: error: {exc.message} [{exc.code}]", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("q4: interrupted", file=sys.stderr)

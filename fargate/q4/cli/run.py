@@ -1,9 +1,9 @@
 """``q4 run INPUT... --out DIR``: the whole Q4 job locally, no AWS, written to ``DIR/run=<ID>/``.
 
-Exit codes as the task (SPEC §5): 0 succeeded, also when ``DIR/run=<ID>/`` already holds a run
-committed with the same job (nothing rewritten); 2 bad input (ERROR.json written), or a run that
-already failed, or was committed with another job, or is being written by another ``q4 run``
-right now (then nothing is touched).
+Exit codes as the task (docs/contract.md, Task environment and exit codes): 0 succeeded, also when
+``DIR/run=<ID>/`` already holds a run committed with the same job (nothing rewritten); 2 bad input
+(ERROR.json written), or a run that already failed, or was committed with another job, or is being
+written by another ``q4 run`` right now (then nothing is touched).
 
 One writer per run directory: ``q4 run`` holds an exclusive ``flock`` on ``DIR/.run=<ID>.lock``
 from before it looks at ``DIR/run=<ID>/`` until it has committed (MANIFEST.json) or failed
@@ -19,23 +19,22 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import shutil
 import stat
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from q4.errors import InputError, Q4Error, RunStateError, name_list
+import q4_contract as contract
+
+from q4.errors import InputError, Q4Error, RunStateError, contract_errors, name_list
 
 if TYPE_CHECKING:
     from q4.job import JobSpec, RunResult
-
-RUN_ID_MAX = 64
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--mode",
-        choices=("standard", "enhanced", "full"),
-        default="standard",
-        help="standard: split + energy; enhanced: + SVD and the model; full: + study, plots, report.html",
+        default=contract.DEFAULT_MODE,
+        metavar="|".join(contract.MODES),
+        help="standard: split + energy; enhanced: + SVD and the model; full: + study, plots, report.html "
+        f"(default {contract.DEFAULT_MODE})",
     )
     parser.add_argument(
         "--model", type=Path, metavar="FILE", help="apply this q4_model.json instead of fitting"
@@ -65,11 +65,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--features", metavar="A,B", help="comma-separated feature columns (default: all numeric)"
     )
+    low, high = contract.SVD_K_RANGE
     parser.add_argument(
-        "--svd-k", type=int, default=10, metavar="K", help="SVD components (1..1000, default 10)"
+        "--svd-k",
+        default=str(contract.DEFAULT_SVD_K),
+        metavar="K",
+        help=f"SVD components ({low}..{high}, default {contract.DEFAULT_SVD_K})",
     )
     parser.add_argument(
-        "--output-format", choices=("csv", "parquet"), default="csv", help="row outputs format"
+        "--output-format",
+        default=contract.DEFAULT_OUTPUT_FORMAT,
+        metavar="|".join(contract.OUTPUT_FORMATS),
+        help=f"row outputs format (default {contract.DEFAULT_OUTPUT_FORMAT})",
     )
     parser.add_argument(
         "--chunk-rows",
@@ -82,17 +89,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def default_run_id(first_input: Path, now: datetime | None = None) -> str:
-    """``<UTC yyyymmdd-HHMMSS.mmm>-<input stem sanitized>``, at most 64 characters.
-
-    Milliseconds, so two runs started in the same second on files of the same name get two run
-    ids; the id still reads as a time and sorts in start order.
-    """
-    now = now or datetime.now(UTC)
-    stamp = f"{now:%Y%m%d-%H%M%S}.{now.microsecond // 1000:03d}"
-    stem = first_input.name.split(".")[0]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.") or "input"
-    stem = stem.replace("..", ".")
-    return f"{stamp}-{stem}"[:RUN_ID_MAX].rstrip("-.")
+    """``<UTC yyyymmdd-HHMMSS.mmm>-<input stem sanitized>`` (:func:`q4_contract.default_run_id`)."""
+    return contract.default_run_id(first_input.name, now)
 
 
 def _features(text: str | None) -> tuple[str, ...] | None:
@@ -293,54 +291,49 @@ def _ended(
 
     A terminal document is written once and never replaced, so this needs no lock.
     """
-    from q4.manifest import ERROR_NAME, MANIFEST_NAME, read_document
-
     run_id = spec.run_id
-    manifest_path, error_path = run_dir / MANIFEST_NAME, run_dir / ERROR_NAME
-    if manifest_path.exists():
-        doc = read_document(manifest_path)
-        if doc is None or doc.get("run_id") != run_id:
+
+    def differs(status: str, document: Mapping[str, Any]) -> str | None:
+        return job_difference(document, job, inputs, by_content=status == "succeeded")
+
+    try:
+        ended = contract.run_ended(contract.DirectoryStore(out), run_id, differs)
+    except contract.UnreadableDocument as exc:
+        name = exc.key.rsplit("/", 1)[-1]
+        raise RunStateError(
+            "run_exists",
+            f"Run {run_id} in {out} holds {'an' if name == contract.ERROR_NAME else 'a'} {name} that q4 "
+            "cannot read as this run's; choose another --run-id.",
+            {"run_dir": str(run_dir)},
+        ) from None
+    if ended is None:
+        return None
+    if ended.status == "succeeded":
+        if not ended.same_job:
             raise RunStateError(
                 "run_exists",
-                f"Run {run_id} in {out} holds a MANIFEST.json that q4 cannot read as this run's; "
-                "choose another --run-id.",
-                {"run_dir": str(run_dir)},
-            )
-        diff = job_difference(doc, job, inputs, by_content=True)
-        if diff is not None:
-            raise RunStateError(
-                "run_exists",
-                f"Run {run_id} in {out} is already committed with another job ({diff}); "
+                f"Run {run_id} in {out} is already committed with another job ({ended.difference}); "
                 "choose another --run-id.",
                 {"run_dir": str(run_dir)},
             )
         print(f"q4: run {run_id} is already committed with the same job; nothing was rewritten.")
         print(f"q4: results in {run_dir}/ (MANIFEST.json lists every artifact)")
         return 0
-    if error_path.exists():
-        doc = read_document(error_path)
-        if doc is None or doc.get("run_id") != run_id:
-            raise RunStateError(
-                "run_exists",
-                f"Run {run_id} in {out} holds an ERROR.json that q4 cannot read as this run's; "
-                "choose another --run-id.",
-                {"run_dir": str(run_dir)},
-            )
-        diff = job_difference(doc, job, inputs, by_content=False)
-        if diff is not None:
-            raise RunStateError(
-                "run_exists",
-                f"Run {run_id} in {out} already failed with another job ({diff}); choose another --run-id.",
-                {"run_dir": str(run_dir)},
-            )
-        message = str(doc.get("message") or doc.get("code") or "no reason recorded")
+    if not ended.same_job:
         raise RunStateError(
-            "run_failed",
-            f"Run {run_id} already failed with this job ({error_path}): {message} "
-            "A failed run is final: fix the cause and run again with another --run-id.",
-            {"run_dir": str(run_dir), "code": doc.get("code")},
+            "run_exists",
+            f"Run {run_id} in {out} already failed with another job ({ended.difference}); "
+            "choose another --run-id.",
+            {"run_dir": str(run_dir)},
         )
-    return None
+    doc = ended.document
+    message = str(doc.get("message") or doc.get("code") or "no reason recorded")
+    raise RunStateError(
+        "run_failed",
+        f"Run {run_id} already failed with this job ({run_dir / contract.ERROR_NAME}): {message} "
+        "A failed run is final: fix the cause and run again with another --run-id.",
+        {"run_dir": str(run_dir), "code": doc.get("code")},
+    )
 
 
 def _size(path: Path) -> int | None:
@@ -361,11 +354,13 @@ def handle(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # an explicit --run-id "" is refused like any other invalid id, not replaced by the default
     run_id = args.run_id if args.run_id is not None else default_run_id(args.inputs[0])
+    with contract_errors():  # the same rules and codes as a work message
+        svd_k = contract.svd_k_from_text(args.svd_k, "--svd-k ")
     spec = JobSpec(
         run_id=run_id,
         mode=args.mode,
         features=_features(args.features),
-        svd_k=args.svd_k,
+        svd_k=svd_k,
         output_format=args.output_format,
         model_path=args.model,
         chunk_rows=args.chunk_rows,
