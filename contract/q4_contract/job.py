@@ -61,13 +61,13 @@ def is_valid_run_id(run_id: str) -> bool:
     return bool(RUN_ID_PATTERN.match(run_id)) and ".." not in run_id
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
     """``repr(value)``, cut to :data:`MAX_ECHO` characters: rejections echo values but stay small."""
     text = repr(value)
     return text if len(text) <= MAX_ECHO else text[: MAX_ECHO - 3] + "..."
 
 
-def _has_control(text: str) -> bool:
+def has_control(text: str) -> bool:
     """Control characters, and what UTF-8 / S3's XML listings cannot carry (lone surrogates, U+FFFE/F)."""
     return any(
         ord(ch) < 32 or 127 <= ord(ch) < 160 or 0xD800 <= ord(ch) < 0xE000 or ch in "\ufffe\uffff"
@@ -95,7 +95,7 @@ def check_run_id(run_id: str) -> str:
     if not is_valid_run_id(run_id):
         raise Rejection(
             "invalid_run_id",
-            f"The run id {_shown(run_id)} is not valid; use 1-64 letters, digits, '.', "
+            f"The run id {shown(run_id)} is not valid; use 1-64 letters, digits, '.', "
             "'_' or '-', starting with a letter or digit, without '..'.",
             run_id if len(run_id) <= MAX_KEY_LENGTH else None,
         )
@@ -104,9 +104,7 @@ def check_run_id(run_id: str) -> str:
 
 def check_mode(mode: str, run_id: str | None = None) -> str:
     if mode not in MODES:
-        raise Rejection(
-            "unknown_mode", f"Unknown mode {_shown(mode)}; use one of {', '.join(MODES)}.", run_id
-        )
+        raise Rejection("unknown_mode", f"Unknown mode {shown(mode)}; use one of {', '.join(MODES)}.", run_id)
     return mode
 
 
@@ -114,7 +112,7 @@ def check_output_format(output_format: str, run_id: str | None = None) -> str:
     if output_format not in OUTPUT_FORMATS:
         raise Rejection(
             "unknown_output_format",
-            f"Unknown output_format {_shown(output_format)}; use {' or '.join(OUTPUT_FORMATS)}.",
+            f"Unknown output_format {shown(output_format)}; use {' or '.join(OUTPUT_FORMATS)}.",
             run_id,
         )
     return output_format
@@ -132,7 +130,7 @@ def _svd_k_integer(text: str, label: str, run_id: str | None) -> int:
     except ValueError:
         raise Rejection(
             "invalid_svd_k",
-            f"{label}{_shown(text)} is not an integer; set it to an integer from 1 to 1000.",
+            f"{label}{shown(text)} is not an integer; set it to an integer from 1 to 1000.",
             run_id,
         ) from None
 
@@ -146,7 +144,7 @@ def svd_k_from_text(text: str, label: str = "svd_k ", run_id: str | None = None)
 def check_feature_names(names: Sequence[str], run_id: str | None = None) -> tuple[str, ...]:
     """Feature column names: a non-empty list of distinct names without commas or control characters
     (the task environment carries them as a comma list)."""
-    if not names or any(name == "" or "," in name or _has_control(name) for name in names):
+    if not names or any(name == "" or "," in name or has_control(name) for name in names):
         raise Rejection(
             "invalid_features",
             "'features' must be a non-empty list of column names without commas, control characters "
@@ -165,7 +163,7 @@ def _check_key(field: str, value: str, run_id: str) -> str:
             f"'{field}' must be a non-empty S3 key of at most {MAX_KEY_LENGTH} characters.",
             run_id,
         )
-    if _has_control(value) or "\\" in value:
+    if has_control(value) or "\\" in value:
         raise Rejection(
             "invalid_key",
             f"'{field}' contains control characters, characters UTF-8 cannot encode or backslashes; "
@@ -176,7 +174,7 @@ def _check_key(field: str, value: str, run_id: str) -> str:
     if value.startswith("/") or any(seg in (".", "..") for seg in segments) or "//" in value:
         raise Rejection(
             "path_traversal",
-            f"'{field}' {_shown(value)} contains '.', '..' or empty path segments; "
+            f"'{field}' {shown(value)} contains '.', '..' or empty path segments; "
             "give a plain key without them.",
             run_id,
         )
@@ -189,7 +187,7 @@ def _check_input(field: str, value: str, run_id: str) -> str:
     if not key.startswith(root) or (key == root and field == "input_key"):
         raise Rejection(
             "wrong_prefix",
-            f"'{field}' {_shown(key)} must lie under {root!r} in the archive bucket; upload the input there.",
+            f"'{field}' {shown(key)} must lie under {root!r} in the archive bucket; upload the input there.",
             run_id,
         )
     return key
@@ -200,7 +198,7 @@ def _input_key(value: str, run_id: str) -> str:
     if not is_input_object(key):
         raise Rejection(
             "unsupported_input",
-            f"'input_key' {_shown(key)} is neither a .csv nor a .parquet file; convert the table to "
+            f"'input_key' {shown(key)} is neither a .csv nor a .parquet file; convert the table to "
             "CSV or Parquet, upload it and send the message again.",
             run_id,
         )
@@ -222,7 +220,7 @@ def _model_key(value: str, run_id: str) -> str:
     ):
         raise Rejection(
             "invalid_model_key",
-            f"'model_key' {_shown(model_key)} is not a saved model; give the key of a model written by "
+            f"'model_key' {shown(model_key)} is not a saved model; give the key of a model written by "
             f"an enhanced or full run: run=<run_id>{MODEL_KEY_SUFFIX}.",
             run_id,
         )
@@ -374,7 +372,7 @@ def _message_run_id(message: Mapping[Any, Any]) -> str:
         more = f" and {len(unknown) - MAX_ECHO_FIELDS} more" if len(unknown) > MAX_ECHO_FIELDS else ""
         raise Rejection(
             "unknown_field",
-            f"Unknown field(s) {', '.join(_shown(n) for n in unknown[:MAX_ECHO_FIELDS])}{more}; allowed "
+            f"Unknown field(s) {', '.join(shown(n) for n in unknown[:MAX_ECHO_FIELDS])}{more}; allowed "
             f"fields are {', '.join(FIELDS)}.",
             hint,
         )

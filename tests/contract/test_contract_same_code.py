@@ -4,7 +4,6 @@ from ``q4 submit`` (docs/contract.md, "Command line")."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import uuid
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 import q4_contract as contract
-from q4.cli import build_parser, main
+from q4.cli import main
 from q4_contract import Job, Rejection
 from q4_orchestrator.handler import lambda_handler
 from runtime.harness import drain, sqs_event
@@ -21,19 +20,6 @@ from runtime.harness import drain, sqs_event
 RUN_ID = "same-code-1"
 TABLE = "a,b,c\n1,2,3\n4,5,7\n2,9,1\n"
 
-
-def _submit_checks_mode_with_argparse() -> bool:
-    """Whether ``q4 submit --mode`` is still an argparse choice (which cannot give a code)."""
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    submit = subparsers.choices["submit"]
-    return any("--mode" in a.option_strings and a.choices is not None for a in submit._actions)
-
-
-SUBMIT_PENDING = pytest.mark.xfail(
-    _submit_checks_mode_with_argparse(),
-    reason="q4 submit still checks --mode with argparse choices, not through q4_contract",
-    strict=True,
-)
 
 #: code -> (q4 run arguments, work message fields, q4 submit arguments or None). Each bad value is the
 #: same in the three forms.
@@ -144,8 +130,7 @@ def _submit_cases() -> list[Any]:
     cases = []
     for code, (_, _, submit_args) in sorted(CASES.items()):
         if submit_args is not None:
-            marks = [SUBMIT_PENDING] if code == "unknown_mode" else []
-            cases.append(pytest.param(code, submit_args, id=code, marks=marks))
+            cases.append(pytest.param(code, submit_args, id=code))
     return cases
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import q4_contract as contract
-from q4_orchestrator.runs import RunState, RunStore
 
 from q4 import aws
 from q4.errors import InputError, RunStateError
@@ -27,9 +26,9 @@ class Pipeline:
         self.config = aws.PipelineConfig.from_env()
         self.s3 = aws.client("s3")
         self.sqs = aws.client("sqs")
-        self.store = RunStore(self.s3, self.config.artifacts_bucket)
+        self.store = contract.S3Store(self.s3, self.config.artifacts_bucket)
 
-    def state(self, run_id: str) -> RunState:
+    def state(self, run_id: str) -> contract.RunState:
         with aws.aws_errors(f"read the state of run {run_id}"):
             try:
                 state = self.store.state(run_id)
@@ -51,11 +50,8 @@ class Pipeline:
         return f"s3://{self.config.artifacts_bucket}/{contract.run_prefix(run_id)}"
 
 
-def shown(value: object) -> str:
-    """``repr(value)`` cut to :data:`q4_contract.MAX_ECHO` characters, as the contract's rejections echo
-    values: messages echo what was given but stay short."""
-    text = repr(value)
-    return text if len(text) <= contract.MAX_ECHO else text[: contract.MAX_ECHO - 3] + "..."
+#: ``repr(value)`` cut short, exactly as the contract's rejections echo values.
+shown = contract.shown
 
 
 def check_run_id(run_id: str) -> str:
@@ -71,10 +67,7 @@ def check_run_id(run_id: str) -> str:
 def unusable_in_a_key(name: str) -> bool:
     """Control characters, backslashes and what UTF-8 cannot encode (undecodable bytes of a Linux file
     name arrive as lone surrogates): the work-message validator refuses such keys."""
-    return "\\" in name or any(
-        ord(ch) < 32 or 127 <= ord(ch) < 160 or 0xD800 <= ord(ch) < 0xE000 or ch in "\ufffe\uffff"
-        for ch in name
-    )
+    return "\\" in name or contract.has_control(name)
 
 
 def printable(text: object) -> str:

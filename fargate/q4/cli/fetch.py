@@ -14,7 +14,6 @@ from typing import Any
 
 import q4_contract as contract
 from botocore.exceptions import ClientError
-from q4_orchestrator import runs
 
 from q4 import aws
 from q4.cli.common import Pipeline, check_run_id, out, printable, shown, unusable_in_a_key
@@ -196,7 +195,9 @@ def _read_document(s3: Any, bucket: str, key: str, run_id: str) -> bytes | None:
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if runs.is_not_found(exc) or (runs.is_denied(exc) and not runs.key_listed(s3, bucket, key)):
+        if contract.is_not_found(exc) or (
+            contract.is_denied(exc) and not contract.key_listed(s3, bucket, key)
+        ):
             return None
         raise
     body = response["Body"]

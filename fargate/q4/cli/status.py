@@ -8,7 +8,7 @@ import json
 import os
 from typing import Any
 
-from q4_orchestrator.runs import RunState
+from q4_contract import RunState
 
 from q4 import aws
 from q4.cli.common import Pipeline, check_run_id, out, printable

@@ -22,7 +22,6 @@ from typing import Any
 
 import q4_contract as contract
 from botocore.exceptions import BotoCoreError, ClientError
-from q4_orchestrator import runs
 
 from q4 import aws
 from q4.cli.common import Pipeline, check_run_id, out, printable, shown, unusable_in_a_key
@@ -183,7 +182,7 @@ def _upload_input(s3: Any, bucket: str, key: str, path: Path, digest: str) -> bo
     try:
         _put_once(s3, bucket, key, path, digest)
     except ClientError as exc:
-        if not runs.is_precondition_failed(exc):
+        if not contract.is_precondition_failed(exc):
             raise
         # someone uploaded to the key between the check and the upload
         if not _existing_input(s3, bucket, key, path, digest):
@@ -197,7 +196,7 @@ def _existing_input(s3: Any, bucket: str, key: str, path: Path, digest: str) -> 
     try:
         head = s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if runs.is_not_found(exc):
+        if contract.is_not_found(exc):
             return False
         raise
     stored = (head.get("Metadata") or {}).get(SHA256_METADATA)
