@@ -199,3 +199,34 @@ def task_command(
         "ECS_CONTAINER_METADATA_URI_V4": f"file://{METADATA_PATH}",
     }
     return argv, env
+
+
+def launch(
+    image: TaskImage,
+    task_dir: Path,
+    command: Sequence[str],
+    environment: Mapping[str, str],
+    metadata: Mapping[str, Any],
+    *,
+    container_name: str | None = None,
+    scratch_path: str = "/scratch",
+    user: str | None = None,
+) -> tuple[list[str], dict[str, str], Path]:
+    """A local runtime's launch of one task inside ``image``: ``(argv, env, cwd)``.
+
+    ``task_dir`` gets ``scratch/`` (mounted at ``scratch_path``) and ``metadata/task``: ``metadata`` (the
+    task metadata document) with ``Containers`` naming this image (Image: the reference given, ImageID: its
+    id). ``command``: entry point + command of the task definition (the image's when empty).
+    ``environment``: the container's environment and overrides, the endpoint, credentials and
+    ``Q4_TASK_ARN``, with paths as inside the container.
+    """
+    scratch, metadata_dir = task_dir / "scratch", task_dir / "metadata"
+    scratch.mkdir(parents=True, exist_ok=True)
+    metadata_dir.mkdir(parents=True, exist_ok=True)
+    document = {**metadata, "Containers": [image.metadata_container(container_name)]}
+    (metadata_dir / "task").write_text(json.dumps(document, default=str))
+    argv, env = task_command(
+        image, list(command) or image.command, environment, scratch, metadata_dir, scratch_path=scratch_path,
+        user=user,
+    )  # fmt: skip
+    return argv, env, scratch

@@ -1,6 +1,6 @@
 """The task image, built for real with scripts/build_image.sh (docker, else buildah; a stand-in base where
 python:3.12-slim cannot be pulled), looked at from inside, and one standard job run inside it against the
-moto server. Skipped, saying why, where neither docker nor buildah can run."""
+moto server (a standard and a full job). Skipped, saying why, where neither docker nor buildah can run."""
 
 from __future__ import annotations
 
@@ -159,31 +159,30 @@ def stack(aws_env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def test_a_standard_job_runs_inside_the_image_against_the_emulator(
-    mounted: image_task.TaskImage, moto_server: emulator.Emulator, stack: dict[str, str], tmp_path: Path
+@pytest.mark.parametrize("mode", ["standard", "full"])
+def test_a_job_runs_inside_the_image_against_the_emulator(
+    mode: str,
+    mounted: image_task.TaskImage,
+    moto_server: emulator.Emulator,
+    stack: dict[str, str],
+    tmp_path: Path,
 ) -> None:
     # GIVEN an input and an accepted job in the emulator, and the task metadata the local runtime serves
     s3 = boto3.client("s3")
     run_id, key = "2026-12-04-001", "run=2026-12-04-001/input/mydata.csv"
     s3.put_object(Bucket=stack["Q4_INPUT_BUCKET"], Key=key, Body=_csv())
-    job = contract.parse_job({"input_key": key, "run_id": run_id})
+    job = contract.parse_job({"input_key": key, "run_id": run_id, "mode": mode})
     s3.put_object(
         Bucket=stack["Q4_ARTIFACTS_BUCKET"], Key=contract.job_key(run_id), Body=job.to_json().encode()
     )
     task_arn = f"arn:aws:ecs:us-east-1:123456789012:task/q4/{run_id}-1"
-    scratch, metadata = tmp_path / "scratch", tmp_path / "metadata"
-    scratch.mkdir()
-    metadata.mkdir()
-    (metadata / "task").write_text(
-        json.dumps(
-            {"TaskARN": task_arn, "Limits": {"CPU": 1, "Memory": 4096},
-             "Containers": [mounted.metadata_container("q4")]}
-        )
-    )  # fmt: skip
     environment = {**stack, **job.to_env(1), **moto_server.env, "Q4_TASK_ARN": task_arn}
-    # WHEN the image's command runs inside it
-    argv, env = image_task.task_command(mounted, mounted.command, environment, scratch, metadata)
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
+    metadata = {"TaskARN": task_arn, "Limits": {"CPU": 1, "Memory": 4096}}
+    # WHEN the image's command runs inside it, launched as the local runtime launches a task
+    argv, env, cwd = image_task.launch(
+        mounted, tmp_path / "task", mounted.command, environment, metadata, container_name="q4"
+    )
+    result = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
     # THEN the run commits, and the manifest names the image the task ran and the task's compute
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     body = s3.get_object(Bucket=stack["Q4_ARTIFACTS_BUCKET"], Key=contract.manifest_key(run_id))[
@@ -191,10 +190,15 @@ def test_a_standard_job_runs_inside_the_image_against_the_emulator(
     ].read()
     manifest = json.loads(body)
     assert manifest["status"] == "succeeded" and manifest["rows"]["input"] == 60
+    assert manifest["job"]["mode"] == mode
     assert manifest["compute"]["image"] == mounted.reference
     assert manifest["compute"]["image_id"] == mounted.image_id
     assert (manifest["compute"]["task_arn"], manifest["compute"]["memory"]) == (task_arn, 4096)
     logs = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     assert logs and all(record["run_id"] == run_id for record in logs)
     # AND the task wrote only to its scratch volume, as its user
-    assert {path.stat().st_uid for path in scratch.rglob("*")} <= {10001}
+    assert {path.stat().st_uid for path in (tmp_path / "task" / "scratch").rglob("*")} <= {10001}
+    task_metadata = json.loads((tmp_path / "task" / "metadata" / "task").read_text())
+    assert task_metadata["Containers"] == [
+        {"Name": "q4", "Image": mounted.reference, "ImageID": mounted.image_id}
+    ]
