@@ -159,7 +159,7 @@ image_python_version() {
 
 pick_engine
 pick_base
-[ "$PUSH" = 1 ] && [ "$STANDIN" = 1 ] && die "refusing to push $REF: it is built on the stand-in base $BASE"
+[ "$PUSH" = 1 ] && [ "$STANDIN" = 1 ] && die "refusing to push $REF: it would be built on the stand-in base $BASE"
 
 say "building $REF from fargate/Dockerfile (BASE_IMAGE=$BASE)"
 if [ "$ENGINE" = docker ]; then

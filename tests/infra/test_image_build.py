@@ -202,3 +202,30 @@ def test_a_job_runs_inside_the_image_against_the_emulator(
     assert task_metadata["Containers"] == [
         {"Name": "q4", "Image": mounted.reference, "ImageID": mounted.image_id}
     ]
+
+
+def test_an_image_on_the_stand_in_base_is_never_pushed(built: tuple[str, str]) -> None:
+    # GIVEN a machine where the production base cannot be pulled (the build said STAND-IN)
+    engine, _ = built
+    env = {**os.environ, "Q4_IMAGE_ENGINE": engine}
+    strict = subprocess.run(
+        [str(BUILD_SCRIPT)], cwd=ROOT, env={**env, "Q4_NO_STANDIN": "1"}, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    if strict.returncode == 0:
+        pytest.skip("python:3.12-slim can be pulled here: no stand-in base to refuse")
+    # WHEN the stand-in is refused, or a push is asked for
+    assert (
+        strict.stderr.strip().splitlines()[-1]
+        == "build_image: the base image python:3.12-slim cannot be pulled"
+    )
+    push = subprocess.run(
+        [str(BUILD_SCRIPT), "--tag", "registry.invalid/q4-task:never", "--push"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    # THEN nothing is built or pushed, and the last line says why
+    assert push.returncode == 1 and push.stdout == ""
+    assert push.stderr.strip().splitlines()[-1] == (
+        "build_image: refusing to push registry.invalid/q4-task:never: "
+        "it would be built on the stand-in base localhost/q4-base-standin:bookworm"
+    )
