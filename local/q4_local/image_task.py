@@ -182,7 +182,7 @@ def task_command(
         )
     user = user or image.user
     os.chown(scratch, *_owner(image.root, scratch_path))
-    script = _MOUNT_AND_RUN.format(
+    script = "; ".join(line for line in _MOUNT_AND_RUN.strip().splitlines()).format(
         mount=shlex.quote(str(tools["mount"])),
         mkdir=shlex.quote(str(tools["mkdir"])),
         chroot=shlex.quote(str(tools["chroot"])),
