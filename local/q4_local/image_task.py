@@ -22,12 +22,13 @@ unmounts and removes it.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -230,3 +231,30 @@ def launch(
         user=user,
     )  # fmt: skip
     return argv, env, scratch
+
+
+def image_launcher(image: TaskImage) -> Callable[[Any, Any, Path, dict[str, str]], Any]:
+    """A ``q4_local.fargate.TaskLauncher`` that runs every task inside ``image``: give it to
+    ``LocalRuntime(config, launcher=...)`` (``q4 local up --task-image REF``).
+
+    ``q4_local.fargate`` (the runtime's Fargate stand-in and its ``Launch``) is imported when this is
+    called, so this module stays importable without it.
+    """
+    fargate = importlib.import_module("q4_local.fargate")
+
+    def launch_in_image(record: Any, container: Any, task_dir: Path, aws_env: dict[str, str]) -> Any:
+        definition: dict[str, Any] = container.container
+        mounts = definition.get("mountPoints") or [{"containerPath": "/scratch"}]
+        argv, env, cwd = launch(
+            image,
+            task_dir,
+            container.command,
+            {**container.environment, **aws_env, "Q4_TASK_ARN": record.task_arn},
+            fargate._task_metadata(container),
+            container_name=definition.get("name"),
+            scratch_path=mounts[0]["containerPath"],
+            user=definition.get("user") or None,
+        )
+        return fargate.Launch(argv=argv, env=env, cwd=cwd)
+
+    return launch_in_image

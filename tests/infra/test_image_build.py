@@ -4,6 +4,7 @@ moto server (a standard and a full job). Skipped, saying why, where neither dock
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
@@ -229,3 +230,50 @@ def test_an_image_on_the_stand_in_base_is_never_pushed(built: tuple[str, str]) -
         "build_image: refusing to push registry.invalid/q4-task:never: "
         "it would be built on the stand-in base localhost/q4-base-standin:bookworm"
     )
+
+
+def test_the_local_runtime_launches_its_tasks_inside_the_image(
+    mounted: image_task.TaskImage, moto_server: emulator.Emulator, stack: dict[str, str], tmp_path: Path
+) -> None:
+    try:
+        fargate = importlib.import_module("q4_local.fargate")
+        ledger = importlib.import_module("q4_local.ledger")
+    except ModuleNotFoundError:
+        pytest.skip(
+            "q4_local.fargate (the local runtime's Fargate stand-in with its launcher seam) is not here"
+        )
+    # GIVEN a task RunTask recorded: the task definition's container (environment, scratch mount) + overrides
+    s3 = boto3.client("s3")
+    run_id, key = "2026-12-04-002", "run=2026-12-04-002/input/mydata.csv"
+    s3.put_object(Bucket=stack["Q4_INPUT_BUCKET"], Key=key, Body=_csv())
+    job = contract.parse_job({"input_key": key, "run_id": run_id, "mode": "full"})
+    s3.put_object(
+        Bucket=stack["Q4_ARTIFACTS_BUCKET"], Key=contract.job_key(run_id), Body=job.to_json().encode()
+    )
+    task_arn = f"arn:aws:ecs:us-east-1:123456789012:task/q4/{run_id}-launcher"
+    definition = {
+        "name": "q4", "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/q4-task:git-x",
+        "command": ["q4-task"], "mountPoints": [{"sourceVolume": "scratch", "containerPath": "/scratch"}],
+        "environment": [{"name": name, "value": value} for name, value in stack.items()],
+    }  # fmt: skip
+    container = fargate.Container(
+        task={"taskArn": task_arn, "clusterArn": "arn:aws:ecs:us-east-1:123456789012:cluster/q4"},
+        definition={"family": "q4-task", "revision": 1, "cpu": "1024", "memory": "4096",
+                    "containerDefinitions": [definition]},
+        container=definition,
+        override={"name": "q4", "environment": [{"name": k, "value": v} for k, v in job.to_env(1).items()]},
+    )  # fmt: skip
+    record = ledger.TaskRecord(task_arn=task_arn, status="pending")
+    # WHEN the runtime's launcher for the image makes its launch, and it runs
+    launch = image_task.image_launcher(mounted)(record, container, tmp_path / "task", moto_server.env)
+    result = subprocess.run(
+        launch.argv, env=launch.env, cwd=launch.cwd, capture_output=True, text=True, timeout=300, check=False
+    )
+    # THEN the task ran in the image: the manifest names the image given, not the definition's
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    body = s3.get_object(Bucket=stack["Q4_ARTIFACTS_BUCKET"], Key=contract.manifest_key(run_id))[
+        "Body"
+    ].read()
+    compute = json.loads(body)["compute"]
+    assert (compute["image"], compute["image_id"]) == (mounted.reference, mounted.image_id)
+    assert (compute["task_arn"], compute["cpu"], compute["memory"]) == (task_arn, 1.0, 4096)
