@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Deploy the Q4 control plane once: build the Lambda zip, terraform apply infrastructure/, build and push the
-# task image to the stack's ECR repository.
+# task image to the stack's ECR repository (with scripts/build_image.sh --push, on python:3.12-slim).
 #
 #   scripts/deploy.sh [terraform apply options...]      e.g. -var region=eu-west-1 -var-file=prod.tfvars
 #
@@ -72,8 +72,9 @@ push_image() {
     command -v aws >/dev/null 2>&1 || aws_cli=(uv run aws)
     "${aws_cli[@]}" ecr get-login-password --region "$region" \
         | docker login --username AWS --password-stdin "$registry"
-    docker build --platform linux/amd64 -f fargate/Dockerfile -t "$repo:$IMAGE_TAG" .
-    docker push "$repo:$IMAGE_TAG"
+    # The same script as local builds; here with the engine just logged in, the production base only
+    # (no stand-in), for linux/amd64, and pushed.
+    Q4_IMAGE_ENGINE=docker Q4_NO_STANDIN=1 scripts/build_image.sh --tag "$repo:$IMAGE_TAG" --push >/dev/null
 }
 
 # Push before the apply when the repository already exists, so the new task definition never names a

@@ -125,7 +125,8 @@ class TaskSettings:
 
 
 def task_compute(environ: Mapping[str, str], attempt: int) -> dict[str, Any]:
-    """``{task_arn, cpu, memory, attempt}`` from the ECS task metadata endpoint, else ``Q4_TASK_ARN``."""
+    """``{task_arn, cpu, memory, attempt}`` from the ECS task metadata endpoint, else ``Q4_TASK_ARN``; plus
+    ``image`` and ``image_id`` (its Image and ImageID) when the metadata names the container's image."""
     compute: dict[str, Any] = {"task_arn": environ.get("Q4_TASK_ARN") or None, "cpu": None, "memory": None}
     uri = environ.get("ECS_CONTAINER_METADATA_URI_V4")
     if uri:
@@ -134,6 +135,9 @@ def task_compute(environ: Mapping[str, str], attempt: int) -> dict[str, Any]:
                 meta = json.loads(response.read())
             limits = meta.get("Limits") or {}
             compute.update(task_arn=meta.get("TaskARN"), cpu=limits.get("CPU"), memory=limits.get("Memory"))
+            container: dict[str, Any] = next(iter(meta.get("Containers") or []), {})
+            if container.get("Image"):  # the task's one container: the image it ran
+                compute.update(image=container["Image"], image_id=container.get("ImageID"))
         except (OSError, ValueError) as exc:
             logger.warning("Could not read the ECS task metadata.", extra={"error": str(exc)})
     compute["attempt"] = attempt
