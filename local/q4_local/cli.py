@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
         "--detach", action="store_true", help="return once the stack is ready and leave it running"
     )
     up.add_argument("--max-tasks", type=int, default=2, help="task processes run at once (default 2)")
+    up.add_argument(
+        "--task-image", metavar="REF", help="run each task inside this image (scripts/build_image.sh)"
+    )
     up.set_defaults(handler=_up)
     env = actions.add_parser("env", help="print export lines for the AWS CLI, boto3 and scripts")
     env.set_defaults(handler=_env)
@@ -119,7 +122,7 @@ def _up(args: argparse.Namespace) -> int:
 
     directory = stack_state.state_dir(args.state_dir)
     with progress_reporter("starting the local stack") as progress:
-        state, started = stack.up(directory, progress, max_tasks=args.max_tasks)
+        state, started = stack.up(directory, progress, max_tasks=args.max_tasks, task_image=args.task_image)
     if not started:
         print(
             f"The local stack is already up at {state.endpoint_url} (state in {directory}).", file=sys.stderr

@@ -111,7 +111,7 @@ def write_task_metadata(task_dir: Path, container: Container) -> Path:
     opens the agent's http:// one. Returns the folder standing in for the endpoint."""
     metadata = task_dir / "metadata"
     metadata.mkdir(exist_ok=True)
-    (metadata / "task").write_text(json.dumps(_task_metadata(container), default=str))
+    (metadata / "task").write_text(json.dumps(task_metadata(container), default=str))
     return metadata
 
 
@@ -275,7 +275,7 @@ class Fargate:
                 process.wait()
 
 
-def _task_metadata(container: Container) -> dict[str, Any]:
+def task_metadata(container: Container) -> dict[str, Any]:
     """What the task metadata endpoint v4 answers at ``/task`` on Fargate (the fields Q4 reads, and a few
     more): ``Limits`` are the task size, CPU in vCPUs (units / 1024) and memory in MiB."""
     task, definition = container.task, container.definition
@@ -293,7 +293,8 @@ def _task_metadata(container: Container) -> dict[str, Any]:
             "CPU": int(cpu) / 1024 if cpu else None,
             "Memory": int(memory) if memory else None,
         },
-        "Containers": [{"Name": container.container.get("name"), "Image": container.container.get("image")}],
+        # No "Image": a task run as a process ran no image (the image launcher adds the one it ran).
+        "Containers": [{"Name": container.container.get("name")}],
     }
 
 

@@ -250,7 +250,7 @@ def image_launcher(image: TaskImage) -> Callable[[Any, Any, Path, dict[str, str]
             task_dir,
             container.command,
             {**container.environment, **aws_env, "Q4_TASK_ARN": record.task_arn},
-            fargate._task_metadata(container),
+            fargate.task_metadata(container),
             container_name=definition.get("name"),
             scratch_path=mounts[0]["containerPath"],
             user=definition.get("user") or None,

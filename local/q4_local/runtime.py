@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from q4_local import lambda_host
+from q4_local import image_task, lambda_host
 from q4_local import state as stack_state
 from q4_local.clients import Clients
 from q4_local.event_source import EventSourceMapping, QueueMapping
@@ -186,16 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m q4_local.runtime", description=__doc__.split("\n")[0])
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--max-tasks", type=int, default=2, help="task processes run at once (default 2)")
+    parser.add_argument("--task-image", help="run each task inside this local image (q4_local.image_task)")
     args = parser.parse_args(argv)
     directory = args.state_dir.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    runtime = LocalRuntime(RuntimeConfig.from_stack(directory, max_tasks=args.max_tasks))
+    image = image_task.prepare(args.task_image) if args.task_image else None
+    launcher = image_task.image_launcher(image) if image else task_launch
+    runtime = LocalRuntime(RuntimeConfig.from_stack(directory, max_tasks=args.max_tasks), launcher)
     (directory / READY_FILE).write_text(str(os.getpid()))
     log.info("local runtime ready (pid %d)", os.getpid())
-    runtime.run(stop)
+    try:
+        runtime.run(stop)
+    finally:
+        if image is not None:
+            image_task.release(image)
     log.info("local runtime stopped")
     return 0
 

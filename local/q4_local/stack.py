@@ -103,19 +103,30 @@ def _exclusive(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def up(directory: Path, progress: Progress = _quiet, *, max_tasks: int = 2) -> tuple[StackState, bool]:
+def up(
+    directory: Path, progress: Progress = _quiet, *, max_tasks: int = 2, task_image: str | None = None
+) -> tuple[StackState, bool]:
     """Start the stack in ``directory`` (or find it running); returns the state and whether it was started."""
     with _exclusive(directory):
-        return _up(directory, progress, max_tasks)
+        return _up(directory, progress, max_tasks, task_image)
 
 
-def _up(directory: Path, progress: Progress, max_tasks: int) -> tuple[StackState, bool]:
+def _up(
+    directory: Path, progress: Progress, max_tasks: int, task_image: str | None
+) -> tuple[StackState, bool]:
     existing = stack_state.load(directory)
     if existing is not None and existing.ready and existing.moto and existing.moto.is_ours():
+        if task_image is not None and task_image != existing.task_image:
+            how = f"inside {existing.task_image}" if existing.task_image else "as processes"
+            raise StackError(
+                "stack_running",
+                f"The local stack in {directory} is already up and runs tasks {how}; "
+                f"run 'q4 local down' first to run them inside {task_image}.",
+            )
         if existing.runtime and existing.runtime.is_ours():
             return existing, False
         progress("restarting the local runtime (the emulator is still up)")
-        existing.runtime = _start_runtime(directory, max_tasks)
+        existing.runtime = _start_runtime(directory, max_tasks, existing.task_image)
         stack_state.save(directory, existing)
         return existing, True
     if existing is not None:
@@ -124,7 +135,7 @@ def _up(directory: Path, progress: Progress, max_tasks: int) -> tuple[StackState
     _forget(directory)
     started = time.monotonic()
     try:
-        state = _start(directory, progress, max_tasks)
+        state = _start(directory, progress, max_tasks, task_image)
     except BaseException:
         _down(directory, _quiet)
         raise
@@ -132,7 +143,7 @@ def _up(directory: Path, progress: Progress, max_tasks: int) -> tuple[StackState
     return state, True
 
 
-def _start(directory: Path, progress: Progress, max_tasks: int) -> StackState:
+def _start(directory: Path, progress: Progress, max_tasks: int, task_image: str | None) -> StackState:
     progress("starting the AWS emulator (moto server)")
     server = emulator.start(log_path=directory / "moto.log")
     state = StackState(
@@ -165,7 +176,8 @@ def _start(directory: Path, progress: Progress, max_tasks: int) -> StackState:
     stack_state.save(directory, state)
 
     progress("starting the local runtime")
-    state.runtime = _start_runtime(directory, max_tasks)
+    state.task_image = task_image
+    state.runtime = _start_runtime(directory, max_tasks, task_image)
     state.ready = True
     stack_state.save(directory, state)
     return state
@@ -219,7 +231,9 @@ def _apply(
         raise StackError("terraform_failed", f"terraform apply failed: {reason} (full output in {log_path}).")
 
 
-def _start_runtime(directory: Path, max_tasks: int, timeout: float = 60.0) -> ProcessRecord:
+def _start_runtime(
+    directory: Path, max_tasks: int, task_image: str | None = None, timeout: float = 60.0
+) -> ProcessRecord:
     ready = directory / READY_FILE
     ready.unlink(missing_ok=True)
     log_path = directory / "runtime.log"
@@ -233,6 +247,7 @@ def _start_runtime(directory: Path, max_tasks: int, timeout: float = 60.0) -> Pr
                 str(directory),
                 "--max-tasks",
                 str(max_tasks),
+                *(["--task-image", task_image] if task_image else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -64,6 +64,7 @@ class StackState:
     outputs: dict[str, Any] = field(default_factory=dict)
     lambda_zips: dict[str, str] = field(default_factory=dict)  # function name -> zip terraform deployed
     ready: bool = False
+    task_image: str | None = None  # `q4 local up --task-image REF`: tasks run inside this image
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

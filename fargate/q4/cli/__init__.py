@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         for command in _LOCAL_STACK_COMMANDS:
             stub = subparsers.add_parser(command, help="(only in a clone of the repository: the local stack)")
+            stub.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             stub.set_defaults(handler=_no_local_stack)
     else:
         local_stack.register(subparsers)
