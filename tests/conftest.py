@@ -1,14 +1,21 @@
-"""Shared fixtures: a real moto server over HTTP, started once per test session; and the head start of the
-slow deployments (tests/headstart.py)."""
+"""Fixtures shared by the test directories: a real moto server over HTTP, started once per test session; a
+pipeline's resources in it (tests/runtime, tests/hostile); and the head start of the slow deployments
+(tests/support/headstart.py). Helpers live in tests/support/ (on the path: ``pythonpath`` in pyproject.toml).
+"""
 
 from __future__ import annotations
 
+import json
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import headstart
+import boto3
 import pytest
 from q4_local import emulator
+from support import headstart
+from support.pipeline import Pipeline
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -42,3 +49,75 @@ def aws_env(moto_server: emulator.Emulator, monkeypatch: pytest.MonkeyPatch) -> 
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CA_BUNDLE"):
         monkeypatch.delenv(key, raising=False)
     return moto_server.env
+
+
+@pytest.fixture
+def pipeline(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Pipeline:
+    """Buckets, a work queue with a DLQ (maxReceiveCount 2), a done queue, a Fargate cluster and task
+    definition in the moto server; the orchestrator's environment is set for the test."""
+    name = f"q4t-{uuid.uuid4().hex[:10]}"
+    s3 = boto3.client("s3")
+    sqs = boto3.client("sqs")
+    ecs = boto3.client("ecs")
+    ec2 = boto3.client("ec2")
+    for bucket in (f"{name}-archive", f"{name}-artifacts"):
+        s3.create_bucket(Bucket=bucket)
+    dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    work_url = sqs.create_queue(
+        QueueName=f"{name}-work",
+        Attributes={
+            "VisibilityTimeout": "30",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}),
+        },
+    )["QueueUrl"]
+    done_url = sqs.create_queue(QueueName=f"{name}-done")["QueueUrl"]
+    ecs.create_cluster(clusterName=f"{name}-cluster")
+    task_definition = ecs.register_task_definition(
+        family=f"{name}-task",
+        networkMode="awsvpc",
+        requiresCompatibilities=["FARGATE"],
+        cpu="1024",
+        memory="4096",
+        containerDefinitions=[
+            {"name": "q4", "image": "q4:latest", "command": ["q4-task"], "essential": True, "memory": 4096}
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    # moto's RunTask (awsvpc) needs DNS hostnames on the VPC, as the Terraform VPC enables them.
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(GroupName=name, Description="q4 tasks", VpcId=vpc)["GroupId"]
+    result = Pipeline(
+        archive_bucket=f"{name}-archive",
+        artifacts_bucket=f"{name}-artifacts",
+        work_queue_url=work_url,
+        dlq_url=dlq_url,
+        done_queue_url=done_url,
+        cluster=f"{name}-cluster",
+        task_definition=task_definition,
+        subnet=subnet,
+        security_group=group,
+        max_receive_count=2,
+    )
+    for key, value in result.lambda_env.items():
+        monkeypatch.setenv(key, value)
+    return result
+
+
+@pytest.fixture
+def boto_hooks() -> Iterator[Callable[[str, Callable[..., Any]], None]]:
+    """Register botocore event hooks on boto3's default session (used by clients the code under test
+    creates); unregistered after the test."""
+    session = boto3._get_default_session()
+    registered: list[tuple[str, Callable[..., Any]]] = []
+
+    def register(event_name: str, hook: Callable[..., Any]) -> None:
+        session.events.register(event_name, hook)
+        registered.append((event_name, hook))
+
+    yield register
+    for event_name, hook in registered:
+        session.events.unregister(event_name, hook)

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import headstart
 import pytest
+from support import headstart
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import http.server
-import importlib.util
 import json
 import os
 import signal
@@ -34,7 +33,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +41,7 @@ import pytest
 from q4_local import lambda_host
 from q4_local import state as stack_state
 from q4_local.runtime import LocalRuntime, RuntimeConfig, TaskRecord
+from support.local_stack import load_bench
 
 pytestmark = pytest.mark.slow
 
@@ -50,18 +49,6 @@ DONE: dict[str, list[dict[str, Any]]] = {}  # every done message this module has
 COMMITTED: dict[str, dict[str, Any]] = {}  # run id -> snapshot taken when it committed
 REPO = Path(__file__).resolve().parents[2]
 Q4 = str(Path(sys.executable).parent / "q4")
-
-
-def load_bench() -> ModuleType:
-    """benchmarks/load.py (data generation, done-queue draining, bucket audit), imported by path."""
-    name = "q4_bench_load"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "load.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # ---------------------------------------------------------------- helpers

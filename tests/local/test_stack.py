@@ -21,8 +21,7 @@ from typing import Any
 import boto3
 import pytest
 from q4_local import state as stack_state
-
-from local.test_faults import load_bench  # benchmarks/load.py, imported by path (run_id_of)
+from support.local_stack import load_bench
 
 pytestmark = pytest.mark.slow
 
