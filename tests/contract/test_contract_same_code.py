@@ -15,7 +15,7 @@ import q4_contract as contract
 from q4.cli import main
 from q4_contract import Job, Rejection
 from q4_orchestrator.handler import lambda_handler
-from runtime.harness import drain, sqs_event
+from support.pipeline import drain, sqs_event
 
 RUN_ID = "same-code-1"
 TABLE = "a,b,c\n1,2,3\n4,5,7\n2,9,1\n"

@@ -1,4 +1,4 @@
-"""Fixtures for the core tests (helpers live in core_helpers.py)."""
+"""Fixtures for the core tests (helpers live in tests/support/tables.py)."""
 
 from __future__ import annotations
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from core_helpers import matrix_csv, read_json, write_csv
 from q4 import Q4Estimator
 from q4.cli import main
 from q4.cli.run import default_run_id
+from support.tables import matrix_csv, read_json, write_csv
 
 Q4 = str(Path(sys.executable).with_name("q4"))
 

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-from core_helpers import matrix_csv, read_json, read_text_csv, split_scores, write_csv
 from q4 import JobSpec, Q4Estimator, energy_split, four_quadrants, learn_projectors_linear, run_job
 from q4.errors import InputError, ModelError
+from support.tables import matrix_csv, read_json, read_text_csv, split_scores, write_csv
 
 
 def _mixed_csv(tmp_path, rng, n=40):

@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pytest
-from core_helpers import write_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from q4 import JobSpec, run_job
 from q4.errors import InputError
 from q4.manifest import build_error, build_manifest, write_error, write_manifest
+from support.tables import write_csv
 
 
 def test_manifest_and_error_builders_take_json_able_s3_and_compute_info(tmp_path):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from core_helpers import read_json
 from q4.cli.run import RunBusy, RunLock, lock_path
+from support.tables import read_json
 
 Q4 = str(Path(sys.executable).with_name("q4"))
 BUSY = "is being written by another q4 run (pid {pid}) in {out}; wait for it or choose another --run-id."

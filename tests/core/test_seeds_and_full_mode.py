@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import numpy as np
-from core_helpers import read_json, write_csv
 from q4 import JobSpec, energy_split, four_quadrants, learn_projectors_linear, run_job
+from support.tables import read_json, write_csv
 
 # The snippet from the original notes (seeds, "Local Testing"), verbatim except the import line:
 # `from lambda_function import ...` became `from q4 import ...`.

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from core_helpers import matrix_csv, read_json, split_scores
 from q4 import JobSpec, Q4Estimator, run_job
 from q4.moments import Moments
+from support.tables import matrix_csv, read_json, split_scores
 
 
 def _offset_data(rng: np.random.Generator, n: int = 301) -> np.ndarray:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from core_helpers import read_json, write_csv
 from q4.cli import main
 from q4.features import counts_up, is_id_name, numeric_header_warning
 from q4.job import JobSpec, run_job
+from support.tables import read_json, write_csv
 
 
 def _data(rows: int = 40, d: int = 3, seed: int = 3) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ def q4_run(tmp_path: Path, *args: str, run_id: str = "h") -> subprocess.Complete
     assert "Traceback" not in proc.stderr
     if proc.returncode == 2:
         assert proc.stderr.startswith("q4: error: ") and proc.stderr.count("\n") == 1, proc.stderr
-        assert proc.stderr.rstrip().endswith("."), proc.stderr
+        assert re.fullmatch(r"q4: error: .+\. \[[a-z0-9_]+\]", proc.stderr.rstrip()), proc.stderr
     out = tmp_path / "out"
     written = [p.relative_to(out) for p in out.rglob("*")] if out.exists() else []
     assert all(p.parts[0] == f"run={run_id}" for p in written), written

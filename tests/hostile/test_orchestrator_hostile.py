@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 
 from q4_orchestrator.handler import lambda_handler
-from runtime.conftest import pipeline  # noqa: F401 -- the runtime tests' fixture: buckets, queues, cluster
-from runtime.harness import Pipeline, deliver_batches, drain
-from runtime.test_orchestrator import artifact_keys, queue_depth, send_work, tasks_of
+from support.pipeline import Pipeline, artifact_keys, deliver_batches, drain, queue_depth, send_work, tasks_of
 
 VALID = {"run_id": "r1", "input_key": "run=r1/input/x.csv"}
 HOSTILE = [
@@ -26,7 +24,7 @@ HOSTILE = [
 ]
 
 
-def test_hostile_messages_are_rejected_with_a_done_message_that_fits(pipeline: Pipeline) -> None:  # noqa: F811
+def test_hostile_messages_are_rejected_with_a_done_message_that_fits(pipeline: Pipeline) -> None:
     for body, _ in HOSTILE:
         assert len(body.encode("utf-8")) < 256 * 1024  # SQS accepted the work message, so must we
         send_work(pipeline, body)

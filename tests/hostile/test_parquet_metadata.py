@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import resource
 import struct
 import subprocess
@@ -473,7 +474,7 @@ def q4_run(work: Path, src: Path) -> tuple[subprocess.CompletedProcess[str], flo
     assert "Traceback" not in proc.stderr
     if proc.returncode == 2:
         assert proc.stderr.startswith("q4: error: ") and proc.stderr.count("\n") == 1, proc.stderr
-        assert proc.stderr.rstrip().endswith("."), proc.stderr
+        assert re.fullmatch(r"q4: error: .+\. \[[a-z0-9_]+\]", proc.stderr.rstrip()), proc.stderr
     assert list(scratch.iterdir()) == []
     assert seconds < SECONDS, f"{seconds:.1f} s"
     return proc, seconds

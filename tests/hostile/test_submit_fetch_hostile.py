@@ -28,9 +28,7 @@ from hypothesis import strategies as st
 from q4.cli import fetch as cli_fetch
 from q4.cli import main
 from q4.cli import submit as cli_submit
-from runtime.conftest import boto_hooks, pipeline  # noqa: F401 -- the runtime tests' fixtures
-from runtime.harness import Pipeline, drain
-from runtime.test_task import table
+from support.pipeline import Pipeline, drain, table
 
 HOSTILE = settings.get_profile("hostile")
 
@@ -39,7 +37,7 @@ HOSTILE = settings.get_profile("hostile")
 
 
 @pytest.fixture
-def user(pipeline: Pipeline, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Pipeline:  # noqa: F811
+def user(pipeline: Pipeline, aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Pipeline:
     """The pipeline, with the user's Q4_* variables set (what `eval "$(q4 local env)"` gives)."""
     for key, value in pipeline.user_env.items():
         monkeypatch.setenv(key, value)
@@ -354,7 +352,7 @@ def test_a_concurrent_upload_is_never_overwritten(
     user: Pipeline,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    boto_hooks: Any,  # noqa: F811
+    boto_hooks: Any,
 ) -> None:
     # GIVEN another client that uploads to the same key just before our upload (after our existence check)
     intruder = boto3.session.Session().client("s3")
@@ -586,7 +584,7 @@ def test_an_object_changed_during_the_download_leaves_nothing(
     user: Pipeline,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
-    boto_hooks: Any,  # noqa: F811
+    boto_hooks: Any,
 ) -> None:
     # GIVEN a good run whose last artifact is replaced (same size) once fetch has listed the bucket
     put_run(user, "t1")

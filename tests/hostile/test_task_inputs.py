@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 
-from runtime.conftest import pipeline  # noqa: F401 -- the runtime tests' fixture: buckets, queues, cluster
-from runtime.harness import Pipeline, drain
-from runtime.test_task import accept, keys, put, read, run_task, table
+from support.pipeline import Pipeline, accept, drain, keys, put, read, run_task, table
 
 
-def test_hostile_object_names_under_an_input_prefix(pipeline: Pipeline, aws_env: dict[str, str]) -> None:  # noqa: F811
+def test_hostile_object_names_under_an_input_prefix(pipeline: Pipeline, aws_env: dict[str, str]) -> None:
     names = ["run=hk/input/p/" + "n" * 300 + ".csv", "run=hk/input/p/x.csv", "run=hk/input/p/x.csv/y.csv"]
     for i, key in enumerate(names):
         put(pipeline.archive_bucket, key, table(20, seed=i))
@@ -23,7 +21,7 @@ def test_hostile_object_names_under_an_input_prefix(pipeline: Pipeline, aws_env:
     assert [d["status"] for d in drain(pipeline.done_queue_url)] == ["succeeded"]
 
 
-def test_a_dot_segment_in_a_listed_key_is_refused(pipeline: Pipeline, aws_env: dict[str, str]) -> None:  # noqa: F811
+def test_a_dot_segment_in_a_listed_key_is_refused(pipeline: Pipeline, aws_env: dict[str, str]) -> None:
     put(pipeline.archive_bucket, "run=hd/input/p/ok.csv", table(20))
     put(pipeline.archive_bucket, "run=hd/input/p/./sneaky.csv", table(20))
     job = accept(pipeline, {"run_id": "hd", "input_prefix": "run=hd/input/p/"})

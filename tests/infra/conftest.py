@@ -7,11 +7,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import headstart
 import pytest
 from q4_deploy import lambda_zip
 from q4_deploy import terraform as tf
 from q4_local import emulator
+from support import headstart
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 """The local stack shared by tests/local: `q4 local up --detach` once per session (terraform apply ~100 s).
 
-test_faults.py and test_load.py run before test_stack.py (file order), whose last test,
-`test_down_stops_everything_it_started`, takes the stack down; the finalizer downs it again (harmless).
+Its tests run in any order; the fixture's teardown takes the stack down with `q4 local down` and checks that
+everything it started is gone (the release downs it again: harmless).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import headstart
+import boto3
 import pytest
+from q4_local import state as stack_state
+from support import headstart
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -66,8 +68,45 @@ headstart.register("stack", _up, _down)
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A local stack brought up with `q4 local up --detach` in a fresh state dir, downed at the end."""
+    """A local stack brought up with `q4 local up --detach` in a fresh state dir; at the end `q4 local down`
+    must stop everything it started."""
     try:
-        yield headstart.take("stack", tmp_path_factory.mktemp)
-    finally:
+        deployed = headstart.take("stack", tmp_path_factory.mktemp)
+    except BaseException:
         headstart.release("stack")
+        raise
+    try:
+        yield deployed
+    finally:
+        state = stack_state.load(deployed["state_dir"])
+        was_up = state is not None and all(p is not None and p.is_ours() for p in (state.moto, state.runtime))
+        down = subprocess.run(
+            [Q4, "local", "down"], env=deployed["env"], capture_output=True, text=True, timeout=120,
+            check=False,
+        )  # fmt: skip
+        headstart.release("stack")
+    assert was_up, "the emulator or the runtime of the local stack was no longer running at the end"
+    assert_down_stopped_everything(deployed, state, down)
+
+
+def assert_down_stopped_everything(
+    stack: dict[str, Any], state: stack_state.StackState | None, down: subprocess.CompletedProcess[str]
+) -> None:
+    """`q4 local down` stopped the emulator and the runtime it started, left no process naming the state dir
+    (runtime, tasks), closed the endpoint, and `q4 local env` then says the stack is not running."""
+    assert state is not None and state.moto is not None and state.runtime is not None
+    assert down.returncode == 0, down.stderr
+    assert not state.moto.is_ours() and not state.runtime.is_ours()
+    leftovers = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    assert str(stack["state_dir"]) not in leftovers
+    aws = stack["aws"]
+    sqs = boto3.client(
+        "sqs", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
+        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"], aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+    )  # fmt: skip
+    with pytest.raises(Exception):  # noqa: B017 - any connection error
+        sqs.list_queues()
+    env_after = subprocess.run(
+        [Q4, "local", "env"], env=stack["env"], capture_output=True, text=True, check=False
+    )
+    assert env_after.returncode != 0 and "not running" in env_after.stderr

@@ -7,32 +7,19 @@ plan, drain and audit with 20 runs (mixed sizes up to 10k rows, all three modes,
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.local_stack import load_bench
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _bench() -> Any:
-    name = "q4_bench_load"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "load.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def test_twenty_runs_at_once_each_end_exactly_once(stack):
-    bench = _bench()
+    bench = load_bench()
     result = bench.run_load(
         stack["aws"],
         stack["state_dir"],

@@ -5,8 +5,9 @@ A plan that always shows changes on the local stack hides real drift. This runs 
 environment `q4 local up` applied it with, against the session's deployed stack (the `stack` fixture). It
 only reads: no plan file, the refreshed state is not written, `-lock=false`; never an apply.
 
-It runs after test_faults.py and test_load.py (file order), so it also checks that their temporary changes
-to the deployment (function environment, work-queue visibility timeout) were put back.
+It plans against the deployment as it is when it runs: tests of tests/local that ran before it on the shared
+stack (in any order) must have put their temporary changes back (function environment, work-queue visibility
+timeout; the fault tests' ``ecs_fault_proxy`` fixture also reads its own restore back).
 """
 
 from __future__ import annotations

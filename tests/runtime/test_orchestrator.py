@@ -10,69 +10,20 @@ import pytest
 import q4_contract as contract
 from botocore.awsrequest import AWSResponse
 from q4_orchestrator.handler import lambda_handler
-
-from runtime.harness import Pipeline, deliver_batches, drain, sqs_event
-
-SEED_MESSAGE = '{"input_key":"run=2025-08-25-001/input/mydata.csv","run_id":"2025-08-25-001"}'
-
-
-def put_input(pipeline: Pipeline, key: str, body: bytes = b"a,b\n1,2\n3,5\n") -> None:
-    boto3.client("s3").put_object(Bucket=pipeline.archive_bucket, Key=key, Body=body)
-
-
-def send_work(pipeline: Pipeline, body: str) -> None:
-    boto3.client("sqs").send_message(QueueUrl=pipeline.work_queue_url, MessageBody=body)
-
-
-def tasks_of(pipeline: Pipeline) -> list[dict[str, Any]]:
-    ecs = boto3.client("ecs")
-    arns = ecs.list_tasks(cluster=pipeline.cluster)["taskArns"]
-    if not arns:
-        return []
-    return ecs.describe_tasks(cluster=pipeline.cluster, tasks=arns)["tasks"]
-
-
-def task_env(task: dict[str, Any]) -> dict[str, str]:
-    (override,) = task["overrides"]["containerOverrides"]
-    return {item["name"]: item["value"] for item in override["environment"]}
-
-
-def artifact_keys(pipeline: Pipeline) -> list[str]:
-    listing = boto3.client("s3").list_objects_v2(Bucket=pipeline.artifacts_bucket)
-    return sorted(item["Key"] for item in listing.get("Contents", []))
-
-
-def queue_depth(queue_url: str) -> int:
-    attributes = boto3.client("sqs").get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
-def stopped_event(
-    pipeline: Pipeline, task: dict[str, Any], exit_code: int | None, **extra: Any
-) -> dict[str, Any]:
-    """An EventBridge ECS Task State Change (STOPPED) for a task moto recorded."""
-    container: dict[str, Any] = {"name": "q4", "lastStatus": "STOPPED"}
-    if exit_code is not None:
-        container["exitCode"] = exit_code
-    detail = {
-        "clusterArn": task["clusterArn"],
-        "taskArn": task["taskArn"],
-        "lastStatus": "STOPPED",
-        "desiredStatus": "STOPPED",
-        "stoppedReason": extra.pop("stoppedReason", "Essential container in task exited"),
-        "stopCode": extra.pop("stopCode", "EssentialContainerExited"),
-        "containers": [container],
-        "overrides": task["overrides"],
-        "startedBy": task.get("startedBy"),
-        **extra,
-    }
-    return {"version": "0", "source": "aws.ecs", "detail-type": "ECS Task State Change", "detail": detail}
-
+from support.pipeline import (
+    SEED_MESSAGE,
+    Pipeline,
+    artifact_keys,
+    deliver_batches,
+    drain,
+    put_input,
+    queue_depth,
+    send_work,
+    sqs_event,
+    stopped_event,
+    task_env,
+    tasks_of,
+)
 
 # ---------------------------------------------------------------- SQS batches
 

@@ -19,9 +19,7 @@ import boto3
 import pytest
 import q4_contract as contract
 from q4_orchestrator.handler import lambda_handler
-
-from runtime.harness import Pipeline, deliver_batches, drain
-from runtime.test_task import table
+from support.pipeline import Pipeline, deliver_batches, drain, table
 
 BIN = Path(sys.executable).parent
 Q4 = str(BIN / "q4")

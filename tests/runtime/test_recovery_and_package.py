@@ -13,9 +13,15 @@ import q4_contract as contract
 from botocore.awsrequest import AWSResponse
 from q4_orchestrator.handler import lambda_handler
 from q4_orchestrator.runs import RunStore
-
-from runtime.harness import Pipeline, deliver_batches, drain
-from runtime.test_task import SEED_KEY, put, run_task, table
+from support.pipeline import (
+    SEED_KEY,
+    Pipeline,
+    deliver_batches,
+    drain,
+    put,
+    run_task,
+    table,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -12,11 +12,12 @@ from botocore.awsrequest import AWSResponse
 from q4.cli import main
 from q4_orchestrator.handler import build_orchestrator, lambda_handler
 from q4_orchestrator.orchestration import LaunchError
-
-from runtime.harness import Pipeline, deliver_batches, drain
-from runtime.test_orchestrator import (
+from support.pipeline import (
     SEED_MESSAGE,
+    Pipeline,
     artifact_keys,
+    deliver_batches,
+    drain,
     put_input,
     queue_depth,
     send_work,

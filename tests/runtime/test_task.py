@@ -4,79 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import q4_contract as contract
+from support.pipeline import (
+    SEED_KEY,
+    Pipeline,
+    accept,
+    drain,
+    keys,
+    log_lines,
+    put,
+    read,
+    run_task,
+    table,
+)
 
-from runtime.harness import Pipeline, drain
-
-Q4_TASK = str(Path(sys.executable).with_name("q4-task"))
 RUN_ID = "2025-08-25-001"
-SEED_KEY = "run=2025-08-25-001/input/mydata.csv"
-
-
-def table(rows: int = 60, seed: int = 7) -> bytes:
-    """A small CSV: an id, three numeric features, a text passthrough column."""
-    import random
-
-    rng = random.Random(seed)
-    lines = ["id,a,b,c,label"]
-    for i in range(rows):
-        a = rng.gauss(0, 1)
-        lines.append(f"{i},{a!r},{a * 0.5 + rng.gauss(0, 1)!r},{rng.gauss(3, 2)!r},x{i % 3}")
-    return ("\n".join(lines) + "\n").encode()
-
-
-def put(bucket: str, key: str, body: bytes) -> None:
-    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body)
-
-
-def keys(bucket: str, prefix: str = "") -> list[str]:
-    listing = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"] for item in listing.get("Contents", []))
-
-
-def read(bucket: str, key: str) -> bytes:
-    return bytes(boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def accept(pipeline: Pipeline, message: dict[str, Any]) -> contract.Job:
-    """What the orchestrator does before launching: validate and write job.json."""
-    job = contract.parse_job(message)
-    put(pipeline.artifacts_bucket, contract.job_key(job.run_id), job.to_json().encode())
-    return job
-
-
-def run_task(
-    pipeline: Pipeline, aws_env: dict[str, str], job: contract.Job, attempt: int = 1, **overrides: str | None
-) -> subprocess.CompletedProcess[str]:
-    """Run `q4-task` with the task definition's static env plus the job's container overrides."""
-    env = {
-        "PATH": str(Path(sys.executable).parent),
-        **aws_env,
-        "Q4_INPUT_BUCKET": pipeline.archive_bucket,
-        "Q4_ARTIFACTS_BUCKET": pipeline.artifacts_bucket,
-        "Q4_DONE_QUEUE_URL": pipeline.done_queue_url,
-        "Q4_CHUNK_ROWS": "16",
-        "Q4_TASK_ARN": f"arn:aws:ecs:us-east-1:123456789012:task/q4/{job.run_id}-{attempt}",
-        **job.to_env(attempt),
-    }
-    for name, value in overrides.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    return subprocess.run([Q4_TASK], env=env, capture_output=True, text=True, timeout=120, check=False)
-
-
-def log_lines(process: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
-    lines = [line for line in process.stdout.splitlines() if line.strip()]
-    return [json.loads(line) for line in lines]
 
 
 def test_seed_job_runs_end_to_end_from_s3_input_to_done_message(

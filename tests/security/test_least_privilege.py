@@ -24,8 +24,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-
-from .conftest import EnforcingStack, is_denied
+from support.enforcing import EnforcingStack, is_denied
 
 pytestmark = pytest.mark.slow
 

@@ -1,9 +1,9 @@
-"""Fixtures of the viz tests (the factories live in ``viz_factories``)."""
+"""Fixtures of the viz tests (the factories live in ``support.viz``)."""
 
 from __future__ import annotations
 
 import pytest
-from viz_factories import FullRun, make_full_run
+from support.viz import FullRun, make_full_run
 
 
 @pytest.fixture

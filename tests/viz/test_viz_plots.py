@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 from q4 import viz
-from viz_factories import FullRun, make_full_run
+from support.viz import FullRun, make_full_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

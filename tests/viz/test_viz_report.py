@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from q4 import viz
 from q4.report import TOP_FEATURES, render_report
-from viz_factories import FullRun, make_full_run
+from support.viz import FullRun, make_full_run
 
 VOID_TAGS = {"meta", "img", "br", "hr", "link", "input"}
 BLOCK_TAGS = {"td", "th", "tr", "p", "li", "br", "h1", "h2", "h3", "div", "table", "figcaption", "style"}
