@@ -17,7 +17,7 @@ from q4.errors import Q4Error
 
 # Sub-command modules, in the order `q4 --help` lists them. `q4 local` and `q4 demo` come from the local
 # stack (local/q4_local), which only a clone of the repository has (it needs moto, a dev dependency).
-_COMMAND_MODULES = ("q4.cli.run", "q4.cli.pipeline", "q4.cli.dlq")
+_COMMAND_MODULES = ("q4.cli.run", "q4.cli.pipeline", "q4.cli.dlq", "q4.cli.logs")
 _LOCAL_STACK_MODULE = "q4_local.cli"
 _LOCAL_STACK_COMMANDS = ("local", "demo")
 
