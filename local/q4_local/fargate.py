@@ -213,6 +213,7 @@ class Fargate:
         record.status, record.pid, record.started_at = "running", process.pid, now()
         record.pid_started = stack_state.process_start_stamp(process.pid)
         self.ledger.save()
+        self.ship_logs(record)  # creates its stream, as the awslogs driver does when a container starts
         log.info("task %s started: %s (pid %d)", task_id(record.task_arn), " ".join(launch.argv), process.pid)
 
     def container(self, record: TaskRecord) -> Container:
@@ -282,7 +283,9 @@ class Fargate:
         if destination is None:
             return None
         task_log = self.tasks_dir / task_id(record.task_arn) / "task.log"
-        return FileTail(task_log, LogStream(self.logs, destination))
+        stream = LogStream(self.logs, destination)
+        stream.ensure()
+        return FileTail(task_log, stream)
 
     def stopped(self, record: TaskRecord, exit_code: int | None, reason: str) -> None:
         """Mark the task ``exited`` in the ledger and stopped in the emulator."""

@@ -112,14 +112,16 @@ class LogStream:
         events = sorted((e for e in events if e[1]), key=lambda e: e[0])
         if not events:
             return
-        if not self.created:
-            self._create()
+        self.ensure()
         for batch in batches(events):
             self.logs.put_log_events(
                 logGroupName=self.destination.group, logStreamName=self.destination.stream, logEvents=batch
             )
 
-    def _create(self) -> None:
+    def ensure(self) -> None:
+        """Create the stream (and the group, when ``create_group``) unless done already."""
+        if self.created:
+            return
         group, stream = self.destination.group, self.destination.stream
         if self.create_group:
             try:
