@@ -114,9 +114,11 @@ class LogStream:
             return
         self.ensure()
         for batch in batches(events):
-            self.logs.put_log_events(
+            response = self.logs.put_log_events(
                 logGroupName=self.destination.group, logStreamName=self.destination.stream, logEvents=batch
             )
+            if response.get("rejectedLogEventsInfo"):
+                log.warning("%s: events rejected: %s", self.destination, response["rejectedLogEventsInfo"])
 
     def ensure(self) -> None:
         """Create the stream (and the group, when ``create_group``) unless done already."""
