@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from q4_local import state as stack_state
 from q4_local.ledger import Ledger, TaskRecord, now, task_id
 from q4_local.logs import FileTail, LogStream, awslogs_destination
@@ -284,7 +286,17 @@ class Fargate:
             return None
         task_log = self.tasks_dir / task_id(record.task_arn) / "task.log"
         stream = LogStream(self.logs, destination)
-        stream.ensure()
+        try:
+            stream.ensure()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise  # retried on the next call
+            log.warning(
+                "task %s: its log group %s does not exist; output only in task.log",
+                task_id(record.task_arn),
+                destination.group,
+            )
+            return None
         return FileTail(task_log, stream)
 
     def stopped(self, record: TaskRecord, exit_code: int | None, reason: str) -> None:

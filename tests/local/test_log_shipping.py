@@ -1,6 +1,7 @@
-"""The local runtime's CloudWatch Logs writing (q4_local.logs, lambda_host) against the moto server:
+"""The local runtime's CloudWatch Logs writing (q4_local.logs, fargate, lambda_host) against the moto server:
 PutLogEvents batches within its limits, a task's output file shipped line by line exactly once (across a
-restart), and an invocation's output in its function's log group as Lambda writes it."""
+restart), the Fargate stand-in shipping a running task's lines as they come, and an invocation's output in
+its function's log group as Lambda writes it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import boto3
 import pytest
 from q4_local import lambda_host
 from q4_local import logs as q4_logs
+from q4_local.fargate import Fargate
+from q4_local.ledger import Ledger
 
 
 def _events(logs: Any, group: str, stream: str) -> list[str]:
@@ -115,3 +118,110 @@ def test_invocation_output_goes_to_its_lambda_stream(aws_env, tmp_path, sleep_s)
     assert messages[-2] == f"END RequestId: {request}"
     assert messages[-1].startswith(f"REPORT RequestId: {request}\tDuration: ")
     assert (f"{request} Task timed out after 1.00 seconds" in messages) is (sleep_s > 0)
+
+
+TASK_PROGRAM = (
+    "import os, pathlib, sys, time\n"
+    "print('first line', flush=True)\n"
+    "go = pathlib.Path(os.environ['GO_FILE'])\n"
+    "while not go.exists(): time.sleep(0.05)\n"
+    "sys.stdout.write('last, unterminated'); sys.exit(3)\n"
+)
+
+
+def _fargate_task(aws_env: dict[str, str], tmp_path: Any, group: str) -> tuple[Fargate, str]:
+    """A cluster with one RUNNING task whose definition logs with awslogs to ``group``, and the Fargate
+    stand-in (with a logs client) that runs it."""
+    suffix = str(time.monotonic_ns())
+    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
+    cluster = ecs.create_cluster(clusterName=f"logs-{suffix}")["cluster"]["clusterArn"]
+    definition = ecs.register_task_definition(
+        family=f"logs-{suffix}",
+        requiresCompatibilities=["FARGATE"],
+        networkMode="awsvpc",
+        cpu="256",
+        memory="512",
+        containerDefinitions=[
+            {
+                "name": "app",
+                "image": "app:latest",
+                "memory": 512,
+                "essential": True,
+                "command": ["python", "-c", TASK_PROGRAM],
+                "environment": [{"name": "GO_FILE", "value": str(tmp_path / "go")}],
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {"awslogs-group": group, "awslogs-region": "x", "awslogs-stream-prefix": "p"},
+                },
+            }
+        ],
+    )["taskDefinition"]["taskDefinitionArn"]
+    network = {
+        "subnets": [ec2.describe_subnets()["Subnets"][0]["SubnetId"]],
+        "securityGroups": [ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]],
+    }
+    (task,) = ecs.run_task(
+        cluster=cluster,
+        taskDefinition=definition,
+        launchType="FARGATE",
+        networkConfiguration={"awsvpcConfiguration": network},
+    )["tasks"]
+    fargate = Fargate(
+        ecs, cluster, Ledger(tmp_path / "ledger.json"), tmp_path / "tasks", dict(aws_env), 1,
+        logs=boto3.client("logs"),
+    )  # fmt: skip
+    return fargate, str(task["taskArn"])
+
+
+def _tick(fargate: Fargate) -> None:
+    fargate.reap()
+    fargate.take_on()
+    fargate.start_pending()
+    time.sleep(0.1)
+
+
+def test_fargate_ships_a_tasks_lines_as_they_come_and_the_rest_before_it_stops(aws_env, tmp_path):
+    # GIVEN a task whose definition logs to an existing group
+    logs = boto3.client("logs")
+    group = f"/ecs/fargate-{time.monotonic_ns()}"
+    logs.create_log_group(logGroupName=group)
+    fargate, task_arn = _fargate_task(aws_env, tmp_path, group)
+    stream = f"p/app/{task_arn.rsplit('/', 1)[-1]}"
+    # WHEN it runs, THEN its first line reaches <prefix>/<container>/<task id> while it still runs
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "first line" not in _safe_events(logs, group, stream):
+        _tick(fargate)
+    assert _safe_events(logs, group, stream) == ["first line"]
+    assert fargate.ledger.tasks[task_arn].status == "running"
+    # WHEN it ends, THEN its last (unterminated) line is there by the time it is marked stopped
+    (tmp_path / "go").touch()
+    while time.monotonic() < deadline and fargate.ledger.tasks[task_arn].status != "exited":
+        _tick(fargate)
+    assert fargate.ledger.tasks[task_arn].exit_code == 3
+    assert _events(logs, group, stream) == ["first line", "last, unterminated"]
+
+
+def test_fargate_runs_a_task_whose_log_group_is_missing(aws_env, tmp_path, caplog):
+    # GIVEN a task whose definition names a log group that does not exist
+    fargate, task_arn = _fargate_task(aws_env, tmp_path, f"/ecs/missing-{time.monotonic_ns()}")
+    (tmp_path / "go").touch()
+    # THEN it runs and stops as any other, its output in task.log only
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (
+        task_arn not in fargate.ledger.tasks or fargate.ledger.tasks[task_arn].status != "exited"
+    ):
+        _tick(fargate)
+    assert fargate.ledger.tasks[task_arn].exit_code == 3
+    task_log = tmp_path / "tasks" / task_arn.rsplit("/", 1)[-1] / "task.log"
+    assert task_log.read_text() == "first line\nlast, unterminated"
+    # AND the runtime said so once, not on every tick
+    said = [r for r in caplog.records if "does not exist" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+
+
+def _safe_events(logs: Any, group: str, stream: str) -> list[str]:
+    """The stream's messages; none while it does not exist yet."""
+    try:
+        return _events(logs, group, stream)
+    except logs.exceptions.ResourceNotFoundException:
+        return []
