@@ -3,9 +3,9 @@
 Each attempt's launch record (``run=<id>/attempts/<n>.json`` in ``$Q4_ARTIFACTS_BUCKET``) names its task;
 the task's output is in the task log group (``$Q4_TASK_LOG_GROUP``, Terraform output ``task_log_group``),
 stream ``<awslogs-stream-prefix>/<container>/<task id>`` as ECS's awslogs driver names it. The stream is
-found by the task id: first under the prefix the group's streams share, else by looking through the
-group's streams, most recent first. The task's JSON log lines are shown as time, level, message and their
-other fields; other lines as they are, after CloudWatch's time.
+found by the task id: first under the prefix the group's streams share, else among the group's
+:data:`SCAN_PAGES` pages of most recent streams. The task's JSON log lines are shown as time, level,
+message and their other fields; other lines as they are, after CloudWatch's time.
 
 ``--follow`` polls until the run has MANIFEST.json or ERROR.json and its streams have been quiet for
 :data:`QUIET_S` seconds (at most :data:`DRAIN_LIMIT_S` after the run ended). A run that is never accepted
@@ -15,6 +15,7 @@ other fields; other lines as they are, after CloudWatch's time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -35,6 +36,8 @@ POLL_S = 2.0
 QUIET_S = 5.0
 #: ... or this long after the run ended, whatever still comes (a task that never started has no stream).
 DRAIN_LIMIT_S = 60.0
+#: Pages of streams (50 each, most recent first) looked through for a stream not under a known prefix.
+SCAN_PAGES = 10
 #: Fields of a task's JSON line shown in their own place, or not repeated on every line.
 _SHOWN_APART = ("timestamp", "level", "logger", "message", "exception", "run_id", "attempt")
 
@@ -153,7 +156,7 @@ class RunLogs:
         pages = self.logs.get_paginator("describe_log_streams").paginate(
             logGroupName=self.group, orderBy="LastEventTime", descending=True
         )
-        for page in pages:
+        for page in itertools.islice(pages, SCAN_PAGES):
             for stream in page.get("logStreams", []):
                 prefix, _, task_id = str(stream["logStreamName"]).rpartition("/")
                 if task_id in by_id:
