@@ -27,6 +27,11 @@ output "dlq_url" {
   value       = aws_sqs_queue.dlq.url
 }
 
+output "task_log_group" {
+  description = "CloudWatch Logs group of the tasks' output (stream <prefix>/<container>/<task id>): `q4 logs` reads it."
+  value       = aws_cloudwatch_log_group.task.name
+}
+
 output "cluster_name" {
   description = "ECS cluster the tasks run in."
   value       = aws_ecs_cluster.this.name

@@ -16,6 +16,7 @@ class Clients:
     lambda_: Any
     ecs: Any
     events: Any
+    logs: Any
 
     @classmethod
     def of(cls, aws_env: dict[str, str]) -> Clients:
@@ -31,6 +32,7 @@ class Clients:
             lambda_=session.client("lambda", endpoint_url=endpoint),
             ecs=session.client("ecs", endpoint_url=endpoint),
             events=session.client("events", endpoint_url=endpoint),
+            logs=session.client("logs", endpoint_url=endpoint),
         )
 
 

@@ -30,8 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
+
 from q4_local import state as stack_state
 from q4_local.ledger import Ledger, TaskRecord, now, task_id
+from q4_local.logs import FileTail, LogStream, awslogs_destination
 
 log = logging.getLogger("q4_local.runtime.fargate")
 
@@ -128,8 +131,12 @@ class Fargate:
         aws_env: dict[str, str],
         max_tasks: int,
         launcher: TaskLauncher = task_launch,
+        logs: Any | None = None,
     ) -> None:
+        """``logs`` (a CloudWatch Logs client) receives the tasks' output; None: only ``task.log``."""
         self.ecs = ecs
+        self.logs = logs
+        self.tails: dict[str, FileTail | None] = {}
         self.cluster_arn = cluster_arn
         self.ledger = ledger
         self.tasks_dir = tasks_dir
@@ -208,6 +215,7 @@ class Fargate:
         record.status, record.pid, record.started_at = "running", process.pid, now()
         record.pid_started = stack_state.process_start_stamp(process.pid)
         self.ledger.save()
+        self.ship_logs(record)  # creates its stream, as the awslogs driver does when a container starts
         log.info("task %s started: %s (pid %d)", task_id(record.task_arn), " ".join(launch.argv), process.pid)
 
     def container(self, record: TaskRecord) -> Container:
@@ -239,17 +247,57 @@ class Fargate:
             if process is not None:
                 code = process.poll()
                 if code is None:
+                    self.ship_logs(record)
                     continue
                 del self.processes[arn]
                 _end_container(record)
+                self.ship_logs(record, final=True)
                 self.stopped(record, code if code >= 0 else 128 - code, EXITED_REASON)
-            elif not _alive(record):  # adopted from a previous runtime
+            elif _alive(record):
+                self.ship_logs(record)
+            else:  # adopted from a previous runtime
                 _end_container(record)
+                self.ship_logs(record, final=True)
                 exit_file = self.tasks_dir / task_id(arn) / "exit_code"
                 if exit_file.exists():
                     self.stopped(record, int(exit_file.read_text().strip()), EXITED_REASON)
                 else:
                     self.stopped(record, None, LOST_REASON)
+
+    def ship_logs(self, record: TaskRecord, final: bool = False) -> None:
+        """Send the task's new output lines to its awslogs stream (all of it when ``final``); a failure is
+        logged and retried on the next call (the lines stay in ``task.log`` either way)."""
+        if self.logs is None:
+            return
+        try:
+            if record.task_arn not in self.tails:
+                self.tails[record.task_arn] = self._tail(record)
+            tail = self.tails[record.task_arn]
+            if tail is not None:
+                tail.ship(final=final)
+        except Exception as exc:  # logs are informative; the task's outcome never depends on them
+            log.warning("could not ship the logs of task %s: %s", task_id(record.task_arn), exc)
+        if final:
+            self.tails.pop(record.task_arn, None)
+
+    def _tail(self, record: TaskRecord) -> FileTail | None:
+        destination = awslogs_destination(self.container(record).container, record.task_arn)
+        if destination is None:
+            return None
+        task_log = self.tasks_dir / task_id(record.task_arn) / "task.log"
+        stream = LogStream(self.logs, destination)
+        try:
+            stream.ensure()
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise  # retried on the next call
+            log.warning(
+                "task %s: its log group %s does not exist; output only in task.log",
+                task_id(record.task_arn),
+                destination.group,
+            )
+            return None
+        return FileTail(task_log, stream)
 
     def stopped(self, record: TaskRecord, exit_code: int | None, reason: str) -> None:
         """Mark the task ``exited`` in the ledger and stopped in the emulator."""

@@ -6,7 +6,9 @@ Everything comes from the deployment: handler, environment, timeout and memory f
 unpacked zip and the runtime's own packages (boto3 and its dependencies, from this interpreter)
 on ``sys.path`` — never the q4 package — so a zip that is not self-contained fails here as on AWS.
 :class:`Functions` is what the local runtime's stand-ins use: each deployed function loaded once, by name
-or ARN, and invoked with the emulator's endpoint.
+or ARN, and invoked with the emulator's endpoint. An invocation's output goes to ``lambda.log`` as it comes
+and to the function's log group (``LoggingConfig.LogGroup``, ``/aws/lambda/<name>`` by default), a stream per
+invocation (each is a fresh execution environment) named as Lambda names them, sent when it ends.
 
 An asynchronous event that failed all its attempts goes where Lambda sends it: the function's
 ``DeadLetterConfig`` target (read with :func:`dead_letter_target`), as :func:`dead_letter_message` builds it.
@@ -15,13 +17,17 @@ An asynchronous event that failed all its attempts goes where Lambda sends it: t
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import importlib.util
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import zipfile
@@ -31,6 +37,9 @@ from typing import Any
 
 from q4.errors import Q4Error
 
+from q4_local import logs as q4_logs
+
+_log = logging.getLogger("q4_local.runtime.lambda")
 # What the AWS Lambda Python runtime puts on the path besides the function's code.
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "six", "urllib3")
 _BOOTSTRAP = Path(__file__).with_name("lambda_bootstrap.py")
@@ -53,6 +62,11 @@ class DeployedFunction:
     timeout_s: int
     memory_mb: int
     code_dir: Path
+    log_group: str = ""  # LoggingConfig.LogGroup; /aws/lambda/<name> when empty
+
+    def __post_init__(self) -> None:
+        if not self.log_group:
+            object.__setattr__(self, "log_group", f"/aws/lambda/{self.name}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +120,7 @@ def load_function(lambda_client: Any, name: str, zip_path: Path, cache_dir: Path
         timeout_s=int(config.get("Timeout", 3)),
         memory_mb=int(config.get("MemorySize", 128)),
         code_dir=code_dir,
+        log_group=str((config.get("LoggingConfig") or {}).get("LogGroup") or f"/aws/lambda/{name}"),
     )
 
 
@@ -133,16 +148,21 @@ def invoke(
     runtime_dir: Path,
     log_path: Path,
     request_id: str | None = None,
+    logs: Any | None = None,
 ) -> Invocation:
-    """Run the handler on ``event`` in a fresh subprocess; its output is appended to ``log_path``.
+    """Run the handler on ``event`` in a fresh subprocess; its output is appended to ``log_path`` as it
+    comes and, when ``logs`` (a CloudWatch Logs client) is given, sent to the function's log group at the
+    end of the invocation, in a stream of its own between Lambda's ``START``/``END``/``REPORT`` lines.
 
     ``request_id`` (a new UUID when None) is the invocation's id, returned in the :class:`Invocation` and
     passed as ``Q4_LOCAL_REQUEST_ID`` for the bootstrap.
     """
     request_id = request_id or str(uuid.uuid4())
-    env = invocation_env(function, aws_env, request_id)
+    stream = q4_logs.lambda_stream_name()
+    env = invocation_env(function, aws_env, request_id, log_stream=stream)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+    started, started_ms = time.monotonic(), q4_logs.now_ms()
+    lines: list[q4_logs.Event] = [(started_ms, f"START RequestId: {request_id} Version: $LATEST")]
     with tempfile.TemporaryDirectory(prefix="q4-invoke-") as scratch:
         event_file = Path(scratch) / "event.json"
         result_file = Path(scratch) / "result.json"
@@ -157,25 +177,17 @@ def invoke(
             str(event_file),
             str(result_file),
         ]
-        with open(log_path, "ab") as log:
-            try:
-                subprocess.run(
-                    command,
-                    env=env,
-                    cwd=scratch,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    timeout=function.timeout_s,
-                    check=False,
-                )
-            except subprocess.TimeoutExpired:
-                message = f"Task timed out after {function.timeout_s} seconds"
-                return _failure(message, message, time.monotonic() - started, request_id)
+        timed_out = _run_teed(command, env, scratch, function.timeout_s, log_path, lines)
         duration = time.monotonic() - started
-        if not result_file.exists():
-            message = "Runtime exited without a result"
-            return _failure(message, message, duration, request_id)
-        outcome = json.loads(result_file.read_text())
+        outcome = json.loads(result_file.read_text()) if result_file.exists() else None
+    if logs is not None:
+        _ship_invocation(logs, function, stream, request_id, lines, duration, timed_out)
+    if timed_out:
+        message = f"Task timed out after {function.timeout_s} seconds"
+        return _failure(message, message, duration, request_id)
+    if outcome is None:
+        message = "Runtime exited without a result"
+        return _failure(message, message, duration, request_id)
     if outcome["ok"]:
         return Invocation(True, outcome["result"], None, duration, request_id=request_id)
     return _failure(
@@ -186,10 +198,87 @@ def invoke(
     )
 
 
-def invocation_env(function: DeployedFunction, aws_env: dict[str, str], request_id: str) -> dict[str, str]:
+def _run_teed(
+    command: list[str],
+    env: dict[str, str],
+    cwd: str,
+    timeout_s: int,
+    log_path: Path,
+    lines: list[q4_logs.Event],
+) -> bool:
+    """Run ``command``, appending its output to ``log_path`` as it comes and to ``lines`` (stamped with the
+    time each was read); killed after ``timeout_s``. Returns whether it timed out."""
+    with (
+        open(log_path, "ab") as log,
+        subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        ) as process,
+    ):
+        assert process.stdout is not None
+        output = process.stdout
+
+        def tee() -> None:
+            with contextlib.suppress(ValueError, OSError):  # the pipe closed under it (after a timeout)
+                for line in output:
+                    log.write(line)
+                    log.flush()
+                    lines.append((q4_logs.now_ms(), line.decode(errors="replace").rstrip("\n")))
+
+        reader = threading.Thread(target=tee, daemon=True)
+        reader.start()
+        try:
+            process.wait(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            timed_out = True
+        reader.join(timeout=5)
+    return timed_out
+
+
+def _ship_invocation(
+    logs: Any,
+    function: DeployedFunction,
+    stream: str,
+    request_id: str,
+    lines: list[q4_logs.Event],
+    duration_s: float,
+    timed_out: bool,
+) -> None:
+    """The invocation's lines, as Lambda writes them, to the function's log group (created when missing,
+    as Lambda does); a failure to ship is logged, never an invocation failure."""
+    end = q4_logs.now_ms()
+    ms = duration_s * 1000
+    if timed_out:
+        lines.append((end, f"{request_id} Task timed out after {function.timeout_s:.2f} seconds"))
+    lines.append((end, f"END RequestId: {request_id}"))
+    lines.append(
+        (
+            end,
+            f"REPORT RequestId: {request_id}\tDuration: {ms:.2f} ms\tBilled Duration: {math.ceil(ms)} ms\t"
+            f"Memory Size: {function.memory_mb} MB",
+        )
+    )
+    destination = q4_logs.Destination(function.log_group, stream)
+    try:
+        q4_logs.LogStream(logs, destination, create_group=True).put(lines)
+    except Exception as exc:  # the invocation's outcome never depends on its logs
+        _log.warning("could not ship the logs of %s to %s: %s", function.name, destination, exc)
+
+
+def invocation_env(
+    function: DeployedFunction, aws_env: dict[str, str], request_id: str, log_stream: str = ""
+) -> dict[str, str]:
     """The invocation process's whole environment: the function's variables, the emulator's endpoint and
     credentials, what the Lambda runtime sets (``AWS_LAMBDA_*``, ``_HANDLER`` ...) and the bootstrap's
     ``Q4_LOCAL_*``; nothing else of the caller's."""
+    log_stream = log_stream or q4_logs.lambda_stream_name()
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": "C.UTF-8",
@@ -199,7 +288,8 @@ def invocation_env(function: DeployedFunction, aws_env: dict[str, str], request_
         "AWS_LAMBDA_FUNCTION_NAME": function.name,
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(function.memory_mb),
-        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{function.name}",
+        "AWS_LAMBDA_LOG_GROUP_NAME": function.log_group,
+        "AWS_LAMBDA_LOG_STREAM_NAME": log_stream,
         "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
         "LAMBDA_TASK_ROOT": str(function.code_dir),
         "_HANDLER": function.handler,
@@ -226,8 +316,11 @@ class Functions:
         cache_dir: Path,
         aws_env: dict[str, str],
         log_path: Path,
+        logs: Any | None = None,
     ) -> None:
+        """``logs``: a CloudWatch Logs client the invocations' output also goes to (None: only the file)."""
         self.lambda_client = lambda_client
+        self.logs = logs
         self.zips = zips
         self.cache_dir = cache_dir
         self.aws_env = aws_env
@@ -249,7 +342,14 @@ class Functions:
 
     def invoke(self, function: DeployedFunction, event: dict[str, Any]) -> Invocation:
         """A synchronous invocation of ``function`` with ``event`` (see :func:`invoke`)."""
-        return invoke(function, event, self.aws_env, runtime_dir=self.runtime_dir, log_path=self.log_path)
+        return invoke(
+            function,
+            event,
+            self.aws_env,
+            runtime_dir=self.runtime_dir,
+            log_path=self.log_path,
+            logs=self.logs,
+        )
 
 
 def dead_letter_target(lambda_client: Any, function: str) -> str | None:

@@ -6,12 +6,14 @@ truth), composed here and driven by :meth:`LocalRuntime.tick`:
 * **Event source mapping** (:mod:`q4_local.event_source`) — polls the function's SQS mappings, invokes
   it with batches, deletes what succeeded (partial batch responses honoured).
 * **Fargate** (:mod:`q4_local.fargate`) — runs each task that ``RunTask`` recorded in the cluster as a
-  local process (:func:`q4_local.fargate.task_launch`), at most ``max_tasks`` at once; reaps them.
+  local process (:func:`q4_local.fargate.task_launch`), at most ``max_tasks`` at once; reaps them; ships
+  their output to CloudWatch Logs as their task definition says.
 * **EventBridge** (:mod:`q4_local.eventbridge`) — delivers each stopped task's ``ECS Task State Change``
   event to the matching rules' Lambda targets as an asynchronous invocation (retries, dead-letter queue).
 
-The functions run as on Lambda (:mod:`q4_local.lambda_host`). Which tasks ran is kept in ``ledger.json``
-(:mod:`q4_local.ledger`) so that a restarted runtime neither reruns nor loses a task.
+The functions run as on Lambda (:mod:`q4_local.lambda_host`), logging to their log groups. Which tasks ran
+is kept in ``ledger.json`` (:mod:`q4_local.ledger`) so that a restarted runtime neither reruns nor loses
+a task.
 
 Run as ``python -m q4_local.runtime --state-dir DIR`` (``q4 local up`` does).
 """
@@ -106,6 +108,7 @@ class LocalRuntime:
             config.state_dir / "lambda",
             env,
             config.state_dir / "lambda.log",
+            logs=clients.logs,
         )
         self.function = self.functions.get(config.function_name)
         self.event_source = EventSourceMapping(
@@ -113,7 +116,14 @@ class LocalRuntime:
         )
         cluster_arn = clients.ecs.describe_clusters(clusters=[config.cluster])["clusters"][0]["clusterArn"]
         self.fargate = Fargate(
-            clients.ecs, cluster_arn, self.ledger, config.state_dir / "tasks", env, config.max_tasks, launcher
+            clients.ecs,
+            cluster_arn,
+            self.ledger,
+            config.state_dir / "tasks",
+            env,
+            config.max_tasks,
+            launcher,
+            logs=clients.logs,
         )
         self.eventbridge = EventBridge(
             clients.events, clients.lambda_, clients.sqs, self.functions, self.ledger, cluster_arn, region

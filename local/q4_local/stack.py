@@ -42,6 +42,7 @@ ENV_OUTPUTS = {
     "Q4_WORK_QUEUE_URL": "work_queue_url",
     "Q4_DONE_QUEUE_URL": "done_queue_url",
     "Q4_DLQ_URL": "dlq_url",
+    "Q4_TASK_LOG_GROUP": "task_log_group",
 }
 #: The local stack's region. Not us-east-1 or any region the aws CLI v1 maps to a legacy SQS host: for
 #: those it forces `--endpoint-url https://<region>.queue.amazonaws.com` and ignores AWS_ENDPOINT_URL, so the

@@ -95,6 +95,7 @@ def test_env_exports_the_deployment_and_up_again_reuses_it(stack):
         "Q4_WORK_QUEUE_URL",
         "Q4_DONE_QUEUE_URL",
         "Q4_DLQ_URL",
+        "Q4_TASK_LOG_GROUP",
     }
     assert aws["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
     # The values are terraform's outputs, and they name live resources in the emulator.
