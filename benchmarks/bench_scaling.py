@@ -24,11 +24,13 @@ Gaussian floats (bench_standard.py's seeded generators):
 For every core count N, each case runs as its own process pinned to the first N of this process's CPUs
 (``os.sched_setaffinity``) with OMP/OPENBLAS/MKL/NUMEXPR/ARROW thread limits of N, pyarrow's CPU and I/O
 pools set to N (``pa.set_cpu_count``, ``pa.set_io_thread_count``) and DuckDB's ``threads`` set to N.
-Wall time, CPU time (user + sys) and peak RSS come from ``os.wait4`` on the child; with ``--repeat`` the
-cases are interleaved and the median kept. DuckDB's answer is checked against q4's er.json of the same
-input (rows per quadrant equal, energies and fractions within 1e-9 relative) and the row numbers in its
-keep file against q4's. The table is printed as Markdown; the figures, parameters, machine, load average,
-commit and date go to benchmarks/results/bench_scaling.json (``--result`` for another path).
+Every case first runs once, unmeasured, on a 1,000-row input (so bytecode is written and the libraries
+are in the page cache). Wall time, CPU time (user + sys) and peak RSS come from ``os.wait4`` on the
+child; with ``--repeat`` the cases are interleaved and the median kept. DuckDB's answer is checked
+against q4's er.json of the same input (rows per quadrant equal, energies and fractions within 1e-9
+relative) and the row numbers in its keep file against q4's. The table is printed as Markdown; the
+figures, parameters, machine, load average, commit and date go to benchmarks/results/bench_scaling.json
+(``--result`` for another path).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ ARROW_VARS = ("ARROW_IO_THREADS",)
 #: DuckDB must agree with q4's er.json to this relative difference.
 AGREEMENT_RTOL = 1e-9
 LIBRARIES = ("q4-pipeline", "numpy", "pyarrow", "duckdb", "matplotlib")
+#: Rows of the inputs each case runs on once, unmeasured, before the measured runs.
+WARM_UP_ROWS = 1000
 #: Goals of issue #11 for q4 standard (wall time): speed-up over one core at 2 and 16 cores.
 SPEEDUP_GOALS = {2: 1.8, 16: 10.0}
 
@@ -183,9 +187,14 @@ def energy_document(tally: list[tuple[int, int, float, float]]) -> dict[str, Any
 
 
 def pinned(cpus: list[int]) -> dict[str, str]:
-    """The environment of a child limited to ``len(cpus)`` threads."""
+    """The environment of a child limited to ``len(cpus)`` threads.
+
+    Without PYTHONDONTWRITEBYTECODE: the warm-up writes the bytecode of every module the contenders
+    import, so no measured run spends its time compiling them.
+    """
     n = str(len(cpus))
-    return os.environ | dict.fromkeys(THREAD_VARS + ARROW_VARS, n) | {"MPLBACKEND": "Agg"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return env | dict.fromkeys(THREAD_VARS + ARROW_VARS, n) | {"MPLBACKEND": "Agg"}
 
 
 def measure(case: str, src: Path, out: Path, cpus: list[int]) -> dict[str, float]:
@@ -209,6 +218,15 @@ def measure(case: str, src: Path, out: Path, cpus: list[int]) -> dict[str, float
             f"{case} on {len(cpus)} core(s) failed: exit code {os.waitstatus_to_exitcode(status)}"
         )
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss": usage.ru_maxrss / 1024}
+
+
+def warm_up(cases: list[str], inputs: dict[str, Path], work: Path) -> None:
+    """Run every case once, unmeasured, on small inputs: bytecode written, libraries in the page cache."""
+    allowed = sorted(os.sched_getaffinity(0))
+    for case in cases:
+        fmt = case.split("/")[0]
+        got = measure(case, inputs[fmt], work / "warm-up" / case.replace("/", "-"), allowed)
+        print(f"  warm-up {case:<20} {got['wall']:8.2f} s wall", flush=True)
 
 
 def run_all(
@@ -370,11 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         "csv": args.data_dir / f"bench_{args.rows}x{args.cols}.csv",
         "parquet": args.data_dir / f"bench_{args.rows}x{args.cols}.parquet",
     }
-    generate_csv(inputs["csv"], args.rows, args.cols)
-    generate_parquet(inputs["parquet"], args.rows, args.cols)
+    small = {fmt: args.data_dir / f"bench_{WARM_UP_ROWS}x{args.cols}.{fmt}" for fmt in FORMATS}
+    for make, fmt in ((generate_csv, "csv"), (generate_parquet, "parquet")):
+        make(inputs[fmt], args.rows, args.cols)
+        make(small[fmt], WARM_UP_ROWS, args.cols)
     load = ", ".join(f"{x:.2f}" for x in start["load_before"])
     print(f"cores {cores}, {args.rows:,} rows x {args.cols} columns, load average {load}", flush=True)
     work = args.data_dir / "work-scaling"
+    warm_up(cases, small, work)
     runs = run_all(cases, inputs, work, cores, args.repeat)
     checks = {
         fmt: agreement(work, fmt)
@@ -396,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             "cols": args.cols,
             "cores": cores,
             "repeat": args.repeat,
+            "warm_up_rows": WARM_UP_ROWS,
             "cases": cases,
             "inputs": {fmt: {"file": p.name, "bytes": p.stat().st_size} for fmt, p in inputs.items()},
         },
