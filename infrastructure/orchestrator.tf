@@ -44,6 +44,11 @@ resource "aws_lambda_function" "orchestrator" {
       Q4_SECURITY_GROUPS      = join(",", local.task_security_group_ids)
       Q4_ASSIGN_PUBLIC_IP     = var.assign_public_ip ? "ENABLED" : "DISABLED"
       Q4_MAX_ATTEMPTS         = tostring(var.max_attempts)
+      Q4_TASK_CPU_MIN         = tostring(var.task_cpu_min)
+      Q4_TASK_CPU_MAX         = tostring(var.task_cpu_max)
+      Q4_TASK_MEMORY_PER_VCPU = tostring(var.task_memory_per_vcpu_mib)
+      Q4_TASK_STORAGE_MIN_GIB = tostring(var.task_ephemeral_storage_min_gib)
+      Q4_TASK_STORAGE_MAX_GIB = tostring(var.task_ephemeral_storage_max_gib)
       POWERTOOLS_SERVICE_NAME = local.orchestrator_name
       POWERTOOLS_LOG_LEVEL    = var.log_level
     }
@@ -62,6 +67,17 @@ resource "aws_lambda_function" "orchestrator" {
     aws_cloudwatch_log_group.orchestrator,
     aws_iam_role_policy.orchestrator,
   ]
+
+  lifecycle {
+    precondition {
+      condition     = var.task_cpu_min <= var.task_cpu_max
+      error_message = "task_cpu_min must not be above task_cpu_max."
+    }
+    precondition {
+      condition     = var.task_ephemeral_storage_min_gib <= var.task_ephemeral_storage_max_gib
+      error_message = "task_ephemeral_storage_min_gib must not be above task_ephemeral_storage_max_gib."
+    }
+  }
 }
 
 resource "aws_lambda_event_source_mapping" "work" {

@@ -210,6 +210,64 @@ variable "task_ephemeral_storage_gib" {
   }
 }
 
+# Per-run task size (docs/contract.md, "Task size"): the orchestrator sizes each task to its input within these
+# limits with RunTask overrides; the task definition's task_cpu/task_memory/task_ephemeral_storage_gib only
+# apply to tasks started by hand.
+variable "task_cpu_min" {
+  description = "Smallest CPU the orchestrator gives a run's task (Fargate units: 256, 512, ..., 16384)."
+  type        = number
+  default     = 1024
+
+  validation {
+    condition     = contains([256, 512, 1024, 2048, 4096, 8192, 16384], var.task_cpu_min)
+    error_message = "task_cpu_min must be one of 256, 512, 1024, 2048, 4096, 8192, 16384."
+  }
+}
+
+variable "task_cpu_max" {
+  description = "Largest CPU the orchestrator gives a run's task, sized or asked for with task_cpu (Fargate units, at least task_cpu_min)."
+  type        = number
+  default     = 4096
+
+  validation {
+    condition     = contains([256, 512, 1024, 2048, 4096, 8192, 16384], var.task_cpu_max)
+    error_message = "task_cpu_max must be one of 256, 512, 1024, 2048, 4096, 8192, 16384."
+  }
+}
+
+variable "task_memory_per_vcpu_mib" {
+  description = "Task memory per vCPU in MiB, 512-8192; fitted to the memory Fargate allows with the chosen CPU."
+  type        = number
+  default     = 4096
+
+  validation {
+    condition     = var.task_memory_per_vcpu_mib >= 512 && var.task_memory_per_vcpu_mib <= 8192
+    error_message = "task_memory_per_vcpu_mib must be between 512 and 8192 MiB."
+  }
+}
+
+variable "task_ephemeral_storage_min_gib" {
+  description = "Smallest ephemeral storage of a run's task in GiB, 21-200 (a RunTask override is at least 21)."
+  type        = number
+  default     = 21
+
+  validation {
+    condition     = var.task_ephemeral_storage_min_gib >= 21 && var.task_ephemeral_storage_min_gib <= 200
+    error_message = "task_ephemeral_storage_min_gib must be between 21 and 200 GiB."
+  }
+}
+
+variable "task_ephemeral_storage_max_gib" {
+  description = "Largest ephemeral storage of a run's task in GiB, 21-200 (at least task_ephemeral_storage_min_gib)."
+  type        = number
+  default     = 200
+
+  validation {
+    condition     = var.task_ephemeral_storage_max_gib >= 21 && var.task_ephemeral_storage_max_gib <= 200
+    error_message = "task_ephemeral_storage_max_gib must be between 21 and 200 GiB."
+  }
+}
+
 variable "task_cpu_architecture" {
   description = "CPU architecture of the task image: X86_64 or ARM64."
   type        = string

@@ -11,6 +11,7 @@ Modules (everything is re-exported here: ``import q4_contract as contract; contr
   the task environment, the ECS overrides.
 - ``done``: done messages (``q4.done/v1``) and the orchestrator's ERROR.json.
 - ``store``: run documents in S3 or a local directory, and :func:`run_ended` / :func:`ended_with`.
+- ``sizing``: the task's size per run: Fargate's CPU/memory table, the deployment's limits, the rule.
 """
 
 from q4_contract.done import (
@@ -47,6 +48,7 @@ from q4_contract.job import (
     DEFAULT_SVD_K,
     ENV_ATTEMPT,
     ENV_FEATURES,
+    ENV_INPUT_BYTES,
     ENV_INPUT_KEY,
     ENV_INPUT_PREFIX,
     ENV_MODE,
@@ -54,6 +56,7 @@ from q4_contract.job import (
     ENV_OUTPUT_FORMAT,
     ENV_RUN_ID,
     ENV_SVD_K,
+    ENV_TASK_CPU,
     FIELDS,
     JOB_FIELDS,
     MAX_ECHO,
@@ -85,6 +88,7 @@ from q4_contract.job import (
     parse_message_body,
     shown,
     svd_k_from_text,
+    task_overrides,
     validate_work_message,
 )
 from q4_contract.keys import (
@@ -107,6 +111,18 @@ from q4_contract.keys import (
     notice_key,
     run_prefix,
     started_by,
+)
+from q4_contract.sizing import (
+    EPHEMERAL_RANGE_GIB,
+    FARGATE_CPU_STEPS,
+    FARGATE_MEMORY_MIB,
+    SIZED_BY_INPUT,
+    SIZED_BY_REQUEST,
+    SizeLimits,
+    TaskSize,
+    check_task_cpu,
+    fargate_memory,
+    size_for,
 )
 from q4_contract.store import (
     DirectoryStore,
@@ -131,6 +147,7 @@ __all__ = [
     "DONE_SCHEMA",
     "ENV_ATTEMPT",
     "ENV_FEATURES",
+    "ENV_INPUT_BYTES",
     "ENV_INPUT_KEY",
     "ENV_INPUT_PREFIX",
     "ENV_MODE",
@@ -138,9 +155,13 @@ __all__ = [
     "ENV_OUTPUT_FORMAT",
     "ENV_RUN_ID",
     "ENV_SVD_K",
+    "ENV_TASK_CPU",
+    "EPHEMERAL_RANGE_GIB",
     "ERROR_CODES",
     "ERROR_NAME",
     "ERROR_SCHEMA",
+    "FARGATE_CPU_STEPS",
+    "FARGATE_MEMORY_MIB",
     "FIELDS",
     "INPUT_SUFFIXES",
     "JOB_FIELDS",
@@ -161,6 +182,8 @@ __all__ = [
     "PRECONDITION_CODES",
     "RUN_ID_MAX_LENGTH",
     "RUN_ID_PATTERN",
+    "SIZED_BY_INPUT",
+    "SIZED_BY_REQUEST",
     "STARTED_BY_PREFIX",
     "STATUSES",
     "SVD_K_RANGE",
@@ -174,6 +197,8 @@ __all__ = [
     "RunDocuments",
     "RunState",
     "S3Store",
+    "SizeLimits",
+    "TaskSize",
     "UnreadableDocument",
     "attempt_from_env",
     "attempt_key",
@@ -185,6 +210,7 @@ __all__ = [
     "check_overrides_size",
     "check_run_id",
     "check_svd_k",
+    "check_task_cpu",
     "client_token",
     "container_overrides",
     "decode_message_body",
@@ -194,6 +220,7 @@ __all__ = [
     "error_document",
     "error_key",
     "failed_done",
+    "fargate_memory",
     "has_control",
     "input_root",
     "is_client_error",
@@ -216,9 +243,11 @@ __all__ = [
     "run_ended",
     "run_prefix",
     "shown",
+    "size_for",
     "started_by",
     "succeeded_done",
     "svd_k_from_text",
+    "task_overrides",
     "task_state_change",
     "validate_work_message",
 ]

@@ -62,6 +62,8 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
         (MESSAGE, TASK, RUN),
     ),
     ("job_too_large", "the job's ECS task overrides would exceed 8192 characters", (MESSAGE,)),
+    ("invalid_task_cpu", "task_cpu is not a Fargate CPU step (256, 512, ... 16384)", (MESSAGE, TASK, SUBMIT)),
+    ("task_cpu_not_allowed", "task_cpu lies outside the deployment's CPU limits", (MESSAGE,)),
     ("invalid_chunk_rows", "--chunk-rows is below 1", (RUN,)),
     # the orchestrator, before launching
     (

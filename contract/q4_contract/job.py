@@ -20,6 +20,13 @@ from typing import Any
 
 from q4_contract.errors import Rejection
 from q4_contract.keys import MODEL_KEY_SUFFIX, input_root, is_input_object
+from q4_contract.sizing import (
+    EPHEMERAL_RANGE_GIB,
+    FARGATE_CPU_STEPS,
+    FARGATE_MEMORY_MIB,
+    TaskSize,
+    check_task_cpu,
+)
 
 # \Z, not $: "$" also matches before a trailing newline, which would let "r\n" through.
 RUN_ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -51,6 +58,10 @@ ENV_FEATURES = "Q4_FEATURES"
 ENV_SVD_K = "Q4_SVD_K"
 ENV_OUTPUT_FORMAT = "Q4_OUTPUT_FORMAT"
 ENV_ATTEMPT = "Q4_ATTEMPT"
+ENV_TASK_CPU = "Q4_TASK_CPU"
+#: Set by the orchestrator, not a job field: the input bytes it sized the task from (docs/contract.md,
+#: "Task size").
+ENV_INPUT_BYTES = "Q4_INPUT_BYTES"
 
 
 # ---------------------------------------------------------------- the rules of single values
@@ -125,14 +136,14 @@ def check_svd_k(svd_k: int, run_id: str | None = None) -> int:
 
 
 def _svd_k_integer(text: str, label: str, run_id: str | None) -> int:
+    return _integer(text, label, run_id, "invalid_svd_k", "an integer from 1 to 1000")
+
+
+def _integer(text: str, label: str, run_id: str | None, code: str, hint: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise Rejection(
-            "invalid_svd_k",
-            f"{label}{shown(text)} is not an integer; set it to an integer from 1 to 1000.",
-            run_id,
-        ) from None
+        raise Rejection(code, f"{label}{shown(text)} is not an integer; set it to {hint}.", run_id) from None
 
 
 def svd_k_from_text(text: str, label: str = "svd_k ", run_id: str | None = None) -> int:
@@ -266,6 +277,7 @@ JOB_FIELDS = (
     Field("features", ENV_FEATURES, "names", None, True, _features),
     Field("svd_k", ENV_SVD_K, "int", DEFAULT_SVD_K, False, check_svd_k),
     Field("output_format", ENV_OUTPUT_FORMAT, "text", DEFAULT_OUTPUT_FORMAT, False, check_output_format),
+    Field("task_cpu", ENV_TASK_CPU, "int", None, True, check_task_cpu),
 )
 FIELDS = ("run_id", *(field.name for field in JOB_FIELDS))
 PER_RUN_ENV = (ENV_RUN_ID, *(field.env for field in JOB_FIELDS), ENV_ATTEMPT)
@@ -305,6 +317,7 @@ class Job:
     features: tuple[str, ...] | None = None
     svd_k: int = DEFAULT_SVD_K
     output_format: str = DEFAULT_OUTPUT_FORMAT
+    task_cpu: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON form (``job.json``): absent optional fields are left out."""
@@ -341,7 +354,8 @@ class Job:
             if field.kind == "names":
                 doc[field.name] = value.split(",")
             elif field.kind == "int":
-                doc[field.name] = _svd_k_integer(value, f"{field.env}=", doc.get("run_id"))
+                code, hint = _INT_TEXT[field.name]
+                doc[field.name] = _integer(value, f"{field.env}=", doc.get("run_id"), code, hint)
             else:
                 doc[field.name] = value
         return parse_job(doc)
@@ -349,6 +363,13 @@ class Job:
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Job:
         return parse_job(doc)
+
+
+#: The error code and the hint of an integer field given as text that is not an integer.
+_INT_TEXT = {
+    "svd_k": ("invalid_svd_k", "an integer from 1 to 1000"),
+    "task_cpu": ("invalid_task_cpu", "a Fargate CPU step such as 1024"),
+}
 
 
 def attempt_from_env(environ: Mapping[str, str]) -> int:
@@ -441,9 +462,35 @@ def container_overrides(job: Job, attempt: int, container_name: str) -> dict[str
     return {"containerOverrides": [{"name": container_name, "environment": environment}]}
 
 
+def task_overrides(job: Job, attempt: int, container_name: str, size: TaskSize) -> dict[str, Any]:
+    """RunTask ``overrides`` of one attempt: the per-run environment plus the input bytes the task was sized
+    from, and the task's size (task-level ``cpu``, ``memory``, ``ephemeralStorage``; the container's memory
+    limit follows the task's)."""
+    overrides = container_overrides(job, attempt, container_name)
+    (container,) = overrides["containerOverrides"]
+    container["environment"].append({"name": ENV_INPUT_BYTES, "value": str(size.input_bytes)})
+    container["memory"] = size.memory
+    overrides.update(
+        cpu=str(size.cpu),
+        memory=str(size.memory),
+        ephemeralStorage={"sizeInGiB": size.ephemeral_storage_gib},
+    )
+    return overrides
+
+
+#: The largest size a task can have, for :func:`check_overrides_size`.
+_LARGEST = TaskSize(
+    cpu=FARGATE_CPU_STEPS[-1],
+    memory=FARGATE_MEMORY_MIB[FARGATE_CPU_STEPS[-1]][-1],
+    ephemeral_storage_gib=EPHEMERAL_RANGE_GIB[1],
+    sized_by="input_bytes",
+    input_bytes=10**15,
+)
+
+
 def check_overrides_size(job: Job, container_name: str) -> None:
     """Reject a job whose task overrides would exceed the ECS limit of 8192 characters."""
-    size = len(json.dumps(container_overrides(job, 999, container_name), separators=(",", ":")))
+    size = len(json.dumps(task_overrides(job, 999, container_name, _LARGEST), separators=(",", ":")))
     if size > MAX_OVERRIDES_LENGTH:
         raise Rejection(
             "job_too_large",

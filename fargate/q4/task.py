@@ -126,7 +126,8 @@ class TaskSettings:
 
 def task_compute(environ: Mapping[str, str], attempt: int) -> dict[str, Any]:
     """``{task_arn, cpu, memory, attempt}`` from the ECS task metadata endpoint, else ``Q4_TASK_ARN``; plus
-    ``image`` and ``image_id`` (its Image and ImageID) when the metadata names the container's image."""
+    ``image`` and ``image_id`` (its Image and ImageID) when the metadata names the container's image, the
+    ephemeral storage it reserved, and how the orchestrator sized the task (:func:`task_sizing`)."""
     compute: dict[str, Any] = {"task_arn": environ.get("Q4_TASK_ARN") or None, "cpu": None, "memory": None}
     uri = environ.get("ECS_CONTAINER_METADATA_URI_V4")
     if uri:
@@ -135,13 +136,31 @@ def task_compute(environ: Mapping[str, str], attempt: int) -> dict[str, Any]:
                 meta = json.loads(response.read())
             limits = meta.get("Limits") or {}
             compute.update(task_arn=meta.get("TaskARN"), cpu=limits.get("CPU"), memory=limits.get("Memory"))
+            reserved = (meta.get("EphemeralStorageMetrics") or {}).get("Reserved")
+            if isinstance(reserved, int | float):  # MiB
+                compute["ephemeral_storage_gib"] = round(reserved / 1024)
             container: dict[str, Any] = next(iter(meta.get("Containers") or []), {})
             if container.get("Image"):  # the task's one container: the image it ran
                 compute.update(image=container["Image"], image_id=container.get("ImageID"))
         except (OSError, ValueError) as exc:
             logger.warning("Could not read the ECS task metadata.", extra={"error": str(exc)})
     compute["attempt"] = attempt
+    compute.update(task_sizing(environ))
     return compute
+
+
+def task_sizing(environ: Mapping[str, str]) -> dict[str, Any]:
+    """How the orchestrator chose the task's size (docs/contract.md, "Task size"): ``sized_by``
+    ``requested`` (the job's ``task_cpu``) or ``input_bytes``, and ``input_bytes`` it sized from. Empty when
+    the orchestrator did not size the task (no ``Q4_INPUT_BYTES``)."""
+    text = environ.get(contract.ENV_INPUT_BYTES, "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return {}
+    requested = environ.get(contract.ENV_TASK_CPU, "").strip() != ""
+    return {
+        "sized_by": contract.SIZED_BY_REQUEST if requested else contract.SIZED_BY_INPUT,
+        "input_bytes": int(text),
+    }
 
 
 # ---------------------------------------------------------------- the task

@@ -325,10 +325,16 @@ class Fargate:
 
 def task_metadata(container: Container) -> dict[str, Any]:
     """What the task metadata endpoint v4 answers at ``/task`` on Fargate (the fields Q4 reads, and a few
-    more): ``Limits`` are the task size, CPU in vCPUs (units / 1024) and memory in MiB."""
+    more): ``Limits`` are the task size, CPU in vCPUs (units / 1024) and memory in MiB, and
+    ``EphemeralStorageMetrics.Reserved`` its ephemeral storage in MiB: RunTask's task-level overrides where
+    the task has them, else the task definition's (20 GiB without either). The storage is not enforced on
+    the scratch dir (docs/local-stack.md)."""
     task, definition = container.task, container.definition
-    cpu = definition.get("cpu") or task.get("cpu")
-    memory = definition.get("memory") or task.get("memory")
+    overrides = task.get("overrides") or {}
+    cpu = overrides.get("cpu") or definition.get("cpu") or task.get("cpu")
+    memory = overrides.get("memory") or definition.get("memory") or task.get("memory")
+    storage = overrides.get("ephemeralStorage") or definition.get("ephemeralStorage") or {}
+    storage_gib = int(storage.get("sizeInGiB") or 20)
     return {
         "Cluster": task.get("clusterArn"),
         "TaskARN": task["taskArn"],
@@ -341,6 +347,7 @@ def task_metadata(container: Container) -> dict[str, Any]:
             "CPU": int(cpu) / 1024 if cpu else None,
             "Memory": int(memory) if memory else None,
         },
+        "EphemeralStorageMetrics": {"Reserved": storage_gib * 1024, "Utilized": 0},
         # No "Image": a task run as a process ran no image (the image launcher adds the one it ran).
         "Containers": [{"Name": container.container.get("name")}],
     }

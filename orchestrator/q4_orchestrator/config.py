@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from q4_contract import DEFAULT_CONTAINER_NAME
+from q4_contract import DEFAULT_CONTAINER_NAME, SizeLimits
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -17,6 +17,35 @@ class ConfigurationError(RuntimeError):
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+#: The task size limits' variables (Terraform sets them; unset: :class:`SizeLimits`'s defaults).
+SIZE_LIMIT_ENV = {
+    "cpu_min": "Q4_TASK_CPU_MIN",
+    "cpu_max": "Q4_TASK_CPU_MAX",
+    "memory_per_vcpu": "Q4_TASK_MEMORY_PER_VCPU",
+    "ephemeral_min_gib": "Q4_TASK_STORAGE_MIN_GIB",
+    "ephemeral_max_gib": "Q4_TASK_STORAGE_MAX_GIB",
+}
+
+
+def size_limits_from_env(env: Mapping[str, str]) -> SizeLimits:
+    """The deployment's task size limits (docs/contract.md, "Task size")."""
+    values: dict[str, int] = {}
+    for attribute, name in SIZE_LIMIT_ENV.items():
+        text = env.get(name, "").strip()
+        if text:
+            try:
+                values[attribute] = int(text)
+            except ValueError:
+                raise ConfigurationError(f"{name} is not an integer; set it to a whole number.") from None
+    limits = SizeLimits(**values)
+    problem = limits.problem()
+    if problem is not None:
+        raise ConfigurationError(
+            f"The task size limits ({', '.join(SIZE_LIMIT_ENV.values())}) are wrong: {problem}."
+        )
+    return limits
 
 
 @dataclass(frozen=True)
@@ -31,6 +60,7 @@ class OrchestratorConfig:
     security_groups: tuple[str, ...]
     assign_public_ip: str
     max_attempts: int
+    size_limits: SizeLimits = field(default_factory=SizeLimits)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OrchestratorConfig:
@@ -64,6 +94,7 @@ class OrchestratorConfig:
             security_groups=_split(env.get("Q4_SECURITY_GROUPS", "")),
             assign_public_ip=assign,
             max_attempts=max_attempts,
+            size_limits=size_limits_from_env(env),
         )
 
     @property

@@ -59,6 +59,8 @@ class Orchestrator:
         try:
             message = contract.decode_message_body(body)
             job = contract.validate_work_message(message, self.config.container_name)
+            if job.task_cpu is not None:
+                self.config.size_limits.check_requested(job.task_cpu, job.run_id)
         except Rejection as rejection:
             return self._reject(rejection, contract.mode_hint(body))
         run_id = job.run_id
@@ -163,6 +165,7 @@ class Orchestrator:
         }
         if self.config.security_groups:
             network["securityGroups"] = list(self.config.security_groups)
+        size = self._size(job, attempt)
         try:
             response = self.ecs.run_task(
                 cluster=self.config.cluster,
@@ -172,7 +175,7 @@ class Orchestrator:
                 startedBy=contract.started_by(job.run_id),
                 clientToken=contract.client_token(job.run_id, attempt),
                 networkConfiguration={"awsvpcConfiguration": network},
-                overrides=contract.container_overrides(job, attempt, self.config.container_name),
+                overrides=contract.task_overrides(job, attempt, self.config.container_name, size),
             )
         except ClientError as exc:
             raise LaunchError(f"RunTask for run {job.run_id!r} attempt {attempt} failed: {exc}") from exc
@@ -195,6 +198,40 @@ class Orchestrator:
             },
         )
         return task_arn
+
+    def _size(self, job: Job, attempt: int) -> contract.TaskSize:
+        """The attempt's size (docs/contract.md, "Task size"): the job's ``task_cpu`` or the rule's CPU for
+        its input bytes, the rule's ephemeral storage for them, within the deployment's limits."""
+        size = contract.size_for(self._input_bytes(job), self.config.size_limits, job.task_cpu)
+        self.logger.info(
+            "Sized the task.",
+            extra={
+                "run_id": job.run_id,
+                "attempt": attempt,
+                "cpu": size.cpu,
+                "memory": size.memory,
+                "ephemeral_storage_gib": size.ephemeral_storage_gib,
+                "sized_by": size.sized_by,
+                "input_bytes": size.input_bytes,
+            },
+        )
+        return size
+
+    def _input_bytes(self, job: Job) -> int:
+        """The bytes of the job's input: the input object, or every input object under the prefix."""
+        prefix = job.input_key if job.input_key is not None else job.input_prefix
+        total = 0
+        try:
+            for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.config.archive_bucket, Prefix=prefix
+            ):
+                for item in page.get("Contents", []):
+                    key = str(item["Key"])
+                    if key == job.input_key or (job.input_key is None and contract.is_input_object(key)):
+                        total += int(item.get("Size", 0))
+        except ClientError as exc:
+            raise LaunchError(f"Listing the input of run {job.run_id!r} failed: {exc}") from exc
+        return total
 
     # ------------------------------------------------------------ crash recovery
 

@@ -25,7 +25,7 @@ CODES = {
     "invalid_json", "invalid_message", "unknown_field", "missing_field", "invalid_type", "invalid_run_id",
     "invalid_input", "path_traversal", "invalid_key", "wrong_prefix", "unknown_mode",
     "unknown_output_format", "invalid_model_key", "invalid_svd_k", "invalid_features", "too_many_features",
-    "job_too_large", "unsupported_input",
+    "job_too_large", "unsupported_input", "invalid_task_cpu",
 }  # fmt: skip
 #: An SQS message (the done message) may carry at most 256 KiB.
 SQS_MAX_BYTES = 256 * 1024

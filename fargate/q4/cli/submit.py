@@ -58,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     submit.add_argument(
         "--mode", default=contract.DEFAULT_MODE, metavar="{" + ",".join(contract.MODES) + "}", help="Q4 mode"
     )
+    submit.add_argument(
+        "--task-cpu",
+        metavar="UNITS",
+        help="Fargate CPU units for the run's task: 256, 512, 1024, 2048, 4096, 8192 or 16384, within the "
+        "deployment's limits (default: sized to the input)",
+    )
     submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
     submit.add_argument(
         "--timeout", type=float, default=3600.0, metavar="S", help="give up waiting after S seconds (3600)"
@@ -75,6 +81,8 @@ def handle_submit(args: argparse.Namespace) -> int:
     run_id = check_run_id(args.run_id if args.run_id is not None else default_run_id(path))
     key = contract.input_root(run_id) + path.name
     message = _work_message(run_id, key, args.mode)
+    if args.task_cpu is not None:
+        message = _with_task_cpu(message, args.task_cpu)
     try:
         digest = sha256_file(path)
     except OSError as exc:
@@ -115,6 +123,24 @@ def _work_message(run_id: str, key: str, mode: str) -> dict[str, Any]:
     """The work message ``q4 submit`` will send, checked by the contract before anything is uploaded: a
     message the orchestrator would reject (an unknown mode, ...) is refused with the rejection's code."""
     message = {"run_id": run_id, "input_key": key, "mode": mode}
+    try:
+        contract.parse_job(message)
+    except contract.Rejection as rejection:
+        raise InputError(rejection.code, rejection.message) from None
+    return message
+
+
+def _with_task_cpu(message: dict[str, Any], text: str) -> dict[str, Any]:
+    """The work message asking for ``--task-cpu`` CPU units, checked like :func:`_work_message` (the
+    deployment's limits are the orchestrator's to check: a size outside them is a ``rejected`` run)."""
+    try:
+        task_cpu = int(text)
+    except ValueError:
+        raise InputError(
+            "invalid_task_cpu",
+            f"--task-cpu {contract.shown(text)} is not an integer; use a Fargate CPU step such as 1024.",
+        ) from None
+    message = {**message, "task_cpu": task_cpu}
     try:
         contract.parse_job(message)
     except contract.Rejection as rejection:
