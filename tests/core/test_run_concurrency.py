@@ -100,7 +100,7 @@ def test_a_second_run_while_the_first_writes_exits_2_and_changes_nothing(tmp_pat
         )
         assert first.poll() is None  # still running (stopped) while the second one ended
         assert second.returncode == 2, second.stderr
-        assert second.stderr == f"q4: error: Run same {BUSY.format(pid=first.pid, out=out)}\n"
+        assert second.stderr == f"q4: error: Run same {BUSY.format(pid=first.pid, out=out)} [run_busy]\n"
         assert second.stdout == ""
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
     finally:

@@ -112,8 +112,9 @@ def test_image_holds_the_task_and_nothing_of_development(
     assert checks["q4_task"] == "/opt/q4/venv/bin/q4-task"
     assert (tmp_path / "scratch" / "probe").read_text() == "ok"
     assert "root_writable" not in checks and set(checks["root_errors"]) == {"Read-only file system"}
-    # AND its site-packages hold the task's packages and no dev tools, tests, emulator or deploy code
-    assert {"q4", "q4_contract", "q4_orchestrator", "numpy", "boto3"} <= set(checks["top_level"])
+    # AND its site-packages hold the task's packages and no dev tools, tests, emulator, deploy or Lambda code
+    assert {"q4", "q4_contract", "numpy", "boto3"} <= set(checks["top_level"])
+    assert "q4_orchestrator" not in checks["top_level"]  # the Lambda ships in its own zip
     dev = {
         "pytest",
         "moto",
