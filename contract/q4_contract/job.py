@@ -209,8 +209,8 @@ def _input_key(value: str, run_id: str) -> str:
     if not is_input_object(key):
         raise Rejection(
             "unsupported_input",
-            f"'input_key' {shown(key)} is neither a .csv nor a .parquet file; convert the table to "
-            "CSV or Parquet, upload it and send the message again.",
+            f"'input_key' {shown(key)} is neither a .csv nor a .parquet file (nor a .csv.gz, .csv.bz2 or "
+            ".csv.zst); convert the table to CSV or Parquet, upload it and send the message again.",
             run_id,
         )
     return key

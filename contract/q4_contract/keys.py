@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 
 #: What the task reads as a table (q4.tables: CSV_SUFFIXES + PARQUET_SUFFIXES), compared case-insensitively.
-INPUT_SUFFIXES = (".csv", ".parquet", ".pq")
+#: A compressed CSV (gzip, bzip2, Zstandard) is CSV: it may sit beside plain CSV under one prefix.
+INPUT_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".parquet", ".pq")
 # Models live where enhanced/full runs save them; the task role may read nothing else of the artifacts.
 MODEL_KEY_SUFFIX = "/model/q4_model.json"
 MAX_CLIENT_TOKEN_LENGTH = 64
@@ -52,7 +53,8 @@ def notice_key(run_id: str) -> str:
 
 
 def is_input_object(key: str) -> bool:
-    """Whether a key under an input prefix is read as part of the table (``.csv`` / ``.parquet``)."""
+    """Whether a key under an input prefix is read as part of the table (``.csv``, ``.csv.gz``,
+    ``.csv.bz2``, ``.csv.zst``, ``.parquet``, ``.pq``; any case)."""
     return key.lower().endswith(INPUT_SUFFIXES)
 
 

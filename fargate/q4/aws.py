@@ -27,6 +27,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     NoRegionError,
 )
+from q4_contract import INPUT_SUFFIXES
 
 from q4.errors import Q4Error, TransientError
 
@@ -165,7 +166,9 @@ def _local_name(part: str) -> str:
     raw = part.encode("utf-8", "surrogatepass")
     if len(raw) <= MAX_NAME_BYTES:
         return part
-    suffix = PurePosixPath(part).suffix
+    # the suffix that makes it an input, whole (x.csv.gz stays a .csv.gz), else the last one
+    kept = [len(s) for s in INPUT_SUFFIXES if part.lower().endswith(s)]
+    suffix = part[-max(kept) :] if kept else PurePosixPath(part).suffix
     suffix = suffix if len(suffix.encode("utf-8", "surrogatepass")) <= 32 else ""
     head = raw[:160].decode("utf-8", "ignore")
     return f"{head}-{hashlib.sha256(raw).hexdigest()[:32]}{suffix}"

@@ -6,6 +6,10 @@ instead of stopping the stream. Which columns are numeric (the default features)
 by pyarrow's type inference on the first block of the first file. Parquet files keep their
 own types. Several files are one table when their column names (and, for Parquet, types)
 agree.
+
+A compressed CSV file (``.csv.gz``, ``.csv.bz2``, ``.csv.zst``) is the same table: pyarrow decompresses
+it as a stream, and every check that reads raw bytes (byte order marks, the separator, the unclosed
+quote, the last value) reads the decompressed bytes. Its sha256 and size are those of the file as given.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,7 +34,10 @@ import pyarrow.parquet as pq
 from q4.errors import InputError
 from q4.features import FeatureBlock, is_number_text, looks_numeric
 
-CSV_SUFFIXES = (".csv",)
+#: Compressed CSV files, read as streams through pyarrow's codecs: suffix (case-insensitive) -> codec.
+CSV_CODECS = {".csv.gz": "gzip", ".csv.bz2": "bz2", ".csv.zst": "zstd"}
+CSV_SUFFIXES = (".csv", *CSV_CODECS)
+_CODEC_NAMES = {"gzip": "gzip", "bz2": "bzip2", "zstd": "Zstandard"}
 #: RFC 4180: a quoted value may span lines (q4's own CSV outputs hold such values). Without this,
 #: pyarrow's chunker splits blocks at any newline and a quoted newline near a block boundary breaks
 #: the parse. It costs nothing measurable (2M x 16 CSV: 1.93 s either way).
@@ -58,18 +66,70 @@ class InputTable:
         return list(self.schema.names)
 
 
+def csv_codec(path: Path) -> str | None:
+    """The pyarrow codec a compressed CSV file is read with (``gzip``, ``bz2``, ``zstd``), else None."""
+    name = path.name.lower()
+    return next((codec for suffix, codec in CSV_CODECS.items() if name.endswith(suffix)), None)
+
+
 def input_format(path: Path) -> str:
     """``csv`` or ``parquet`` by file name; a clear error otherwise."""
     name = path.name.lower()
     if name.endswith(CSV_SUFFIXES):
+        codec = csv_codec(path)
+        if codec is not None and not pa.Codec.is_available(codec):
+            raise InputError(
+                "unsupported_input",
+                f"The input {path.name} is {_CODEC_NAMES[codec]}-compressed but this pyarrow build cannot "
+                "decompress it; decompress the file and run again.",
+                {"input": str(path), "compression": codec},
+            )
         return "csv"
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
     raise InputError(
         "unsupported_input",
-        f"The input {path.name} is neither a .csv nor a .parquet file; convert it to CSV or Parquet.",
+        f"The input {path.name} is neither a .csv nor a .parquet file (nor a .csv.gz, .csv.bz2 or .csv.zst); "
+        "convert it to CSV or Parquet.",
         {"input": str(path)},
     )
+
+
+@contextmanager
+def csv_bytes(path: Path) -> Iterator[Any]:
+    """The bytes of a CSV file as a readable stream: the file itself, or its decompressed content.
+
+    A compressed stream that cannot be decompressed (truncated, not of its codec, corrupt) fails as
+    ``malformed_csv`` with one sentence.
+    """
+    codec = csv_codec(path)
+    if codec is None:
+        with path.open("rb") as f:
+            yield f
+        return
+    try:
+        with pa.input_stream(str(path), compression=codec) as stream:
+            yield stream
+    except OSError as exc:
+        raise _compression_error(path, codec, exc) from None
+
+
+def _compression_error(path: Path, codec: str, exc: Exception) -> InputError:
+    problem = " ".join(str(exc).split())
+    return InputError(
+        "malformed_csv",
+        f"The CSV file {path.name} is not a complete {_CODEC_NAMES[codec]} stream ({problem}); compress it "
+        "again from its source (or copy the whole file) and run again.",
+        {"input": str(path), "problem": problem, "compression": codec},
+    )
+
+
+def _holds_at_most(path: Path, limit: int) -> bool:
+    """Whether the file's CSV text (decompressed, for a compressed file) is at most ``limit`` bytes."""
+    if csv_codec(path) is None:
+        return path.stat().st_size <= limit
+    with csv_bytes(path) as stream:
+        return len(stream.read(limit + 1)) <= limit
 
 
 def open_inputs(paths: Sequence[Path], names: Sequence[str] | None = None) -> InputTable:
@@ -92,6 +152,13 @@ def open_inputs(paths: Sequence[Path], names: Sequence[str] | None = None) -> In
             raise InputError(
                 "empty_input",
                 f"The input file {path.name} is empty; "
+                "give a table with a header row and at least 2 data rows.",
+                {"input": str(path)},
+            )
+        if csv_codec(path) is not None and _holds_at_most(path, 0):
+            raise InputError(
+                "empty_input",
+                f"The input {path.name} is empty once decompressed; "
                 "give a table with a header row and at least 2 data rows.",
                 {"input": str(path)},
             )
@@ -135,7 +202,7 @@ def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str,
     """Numeric-looking columns, judged on the first 1 MiB of the first CSV file with data rows."""
     for path in paths:
         try:
-            with path.open("rb") as raw:  # a plain file: pyarrow reads only the blocks asked for
+            with csv_bytes(path) as raw:  # a stream: pyarrow reads (decompresses) only the blocks asked for
                 reader = pcsv.open_csv(
                     raw,
                     read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES, use_threads=False),
@@ -145,7 +212,7 @@ def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str,
                 try:
                     sample = reader.read_next_batch()
                     last = sample
-                    if path.stat().st_size <= SAMPLE_BYTES:
+                    if _holds_at_most(path, SAMPLE_BYTES):
                         # the whole file: its last row may be a quote that swallowed the rest (it would
                         # skew the numeric columns); a longer file's first block ends before such a row
                         for batch in reader:
@@ -256,7 +323,7 @@ def unclosed_quote(path: Path) -> int | None:
     prev = _LF  # the byte before the chunk
     base = 0
     size = max(SCAN_BYTES, len(_UTF8_BOM))  # the first read holds a whole BOM, whatever SCAN_BYTES is
-    with path.open("rb") as f:
+    with csv_bytes(path) as f:
         while chunk := f.read(size):
             if base == 0 and chunk.startswith(_UTF8_BOM):  # pyarrow skips it: a field starts after it
                 chunk = b"\n\n\n" + chunk[3:]
@@ -302,7 +369,7 @@ def _line_of(path: Path, offset: int) -> int:
     """The 1-based line (LF, CRLF or CR endings) holding byte ``offset``."""
     lf = cr = crlf = 0
     last = b""
-    with path.open("rb") as f:
+    with csv_bytes(path) as f:
         left = offset
         while left > 0 and (data := f.read(min(SCAN_BYTES, left))):
             left -= len(data)
@@ -323,22 +390,57 @@ def _unclosed_quote_error(path: Path, offset: int) -> InputError:
     )
 
 
-def _check_last_value(path: Path, value: str) -> None:
+def _check_last_value(path: Path, value: str, kept: _Tail | None = None) -> None:
     """Fail if the file ends inside a quoted value whose text pyarrow returned as ``value`` (the last
     field of the last row): such a value is the rest of the file after its opening quote, so the file's
     last bytes are ``"`` + the value with quotes doubled. Almost every file fails that comparison at
-    once (a read of len(value) + 1 bytes); the few that pass are confirmed by :func:`unclosed_quote`."""
+    once (a read of len(value) + 1 bytes); the few that pass are confirmed by :func:`unclosed_quote`.
+    ``kept``: the tail of the decompressed stream just read, so a compressed file is not read again."""
     tail = b'"' + value.replace('"', '""').encode("utf-8")
-    size = path.stat().st_size
-    if len(tail) > size:
+    if kept is not None and (len(tail) <= kept.n or kept.seen <= kept.n):
+        found = kept.bytes()[-len(tail) :] if len(tail) <= min(kept.seen, kept.n) else b""
+    else:
+        found = _tail_of(path, len(tail))
+    if found != tail:
         return
-    with path.open("rb") as f:
-        f.seek(size - len(tail))
-        if f.read() != tail:
-            return
     opened = unclosed_quote(path)
     if opened is not None:
         raise _unclosed_quote_error(path, opened)
+
+
+def _tail_of(path: Path, n: int) -> bytes:
+    """The last ``n`` bytes of the file's CSV text (fewer if it is shorter); a compressed file is
+    decompressed to its end, keeping only the tail."""
+    if csv_codec(path) is None:
+        size = path.stat().st_size
+        if n > size:
+            return b""
+        with path.open("rb") as f:
+            f.seek(size - n)
+            return f.read()
+    tail = _Tail(n)
+    with csv_bytes(path) as f:
+        while chunk := f.read(SCAN_BYTES):
+            tail.add(chunk)
+    return tail.bytes()
+
+
+class _Tail:
+    """The last ``n`` bytes of a stream fed in pieces."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+        self._buffer = bytearray()
+
+    def add(self, data: bytes | memoryview) -> None:
+        self.seen += len(data)
+        self._buffer += data
+        if len(self._buffer) > 2 * self.n + SCAN_BYTES:
+            del self._buffer[: len(self._buffer) - self.n]
+
+    def bytes(self) -> bytes:
+        return bytes(self._buffer[-self.n :]) if self.n else b""
 
 
 #: Byte order marks of UTF-16 / UTF-32 text (UTF-8's own BOM is fine: pyarrow skips it).
@@ -346,11 +448,11 @@ _OTHER_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 
 
 def _csv_schema(path: Path) -> pa.Schema:
-    with path.open("rb") as f:
+    with csv_bytes(path) as f:
         if f.read(4).startswith(_OTHER_BOMS):
             raise _csv_error(path, UnicodeDecodeError("utf-8", b"", 0, 1, "a UTF-16/32 byte order mark"))
     try:
-        with path.open("rb") as raw:
+        with csv_bytes(path) as raw:
             reader = pcsv.open_csv(
                 raw,
                 read_options=pcsv.ReadOptions(block_size=1 << 20, use_threads=False),
@@ -374,7 +476,7 @@ OTHER_SEPARATORS = (";", "\t", "|")
 
 def _other_separator(path: Path) -> str | None:
     """The separator a header line without any comma uses instead, if it is one of OTHER_SEPARATORS."""
-    with path.open("rb") as f:
+    with csv_bytes(path) as f:
         head = f.read(1 << 16)
     line = head.removeprefix(_UTF8_BOM).split(b"\n", 1)[0].decode("utf-8", "replace")
     if "," in line:
@@ -529,6 +631,27 @@ class _HashingReader(io.RawIOBase):
         super().close()
 
 
+class _DecompressedReader(io.RawIOBase):
+    """A compressed file's decompressed stream, keeping its last bytes (the last-value check)."""
+
+    def __init__(self, stream: pa.NativeFile) -> None:
+        self._stream = stream
+        self.tail = _Tail(4 * MAX_BLOCK_BYTES + 2)  # a value fits in a block: quotes doubled, plus one
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = int(self._stream.readinto(buffer))
+        if n:
+            self.tail.add(memoryview(buffer)[:n])
+        return n
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
 #: CSV blocks larger than this parse no faster (smaller blocks pipeline better).
 #: pyarrow's streaming CSV reader reads several blocks ahead: 1 MiB blocks parse fastest here
 #: and keep its memory near 100 MB (8 MiB blocks: ~450 MB). Blocks are re-batched to chunk_rows.
@@ -562,9 +685,13 @@ def _iter_csv(
     digests: dict[Path, str] | None,
 ) -> Iterator[pa.RecordBatch]:
     raw = _HashingReader(path, on_bytes)
+    codec = csv_codec(path)
+    source = pa.PythonFile(raw, mode="r")
+    # a compressed file: the file's bytes are hashed, its decompressed stream parsed (tail kept)
+    text = None if codec is None else _DecompressedReader(pa.CompressedInputStream(source, codec))
     try:
         reader = pcsv.open_csv(
-            pa.PythonFile(raw, mode="r"),
+            source if text is None else pa.PythonFile(text, mode="r"),
             # always the full block: a row must fit in one, and the chunk size must not decide whether
             # a long row is readable (blocks sized from chunk_rows were 64 KiB .. 1 MiB)
             read_options=pcsv.ReadOptions(block_size=MAX_BLOCK_BYTES),
@@ -590,10 +717,15 @@ def _iter_csv(
                 last = batch
             yield from rebatch.add(batch)
         if last is not None:  # before the last chunk goes out: a file ending inside a quote fails
-            _check_last_value(path, last.column(last.num_columns - 1)[-1].as_py())
+            value = last.column(last.num_columns - 1)[-1].as_py()
+            _check_last_value(path, value, None if text is None else text.tail)
         yield from rebatch.flush()
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _csv_error(path, exc) from None
+    except OSError as exc:  # a compressed stream that does not decompress; a plain file's I/O error stays
+        if codec is None:
+            raise
+        raise _compression_error(path, codec, exc) from None
     finally:
         raw.close()
     if digests is not None:
