@@ -20,7 +20,7 @@ from support.pipeline import Pipeline
 
 #: Fixtures behind a Terraform deployment to a moto server (tests/support/headstart.py): tests using one are
 #: marked ``deploy`` (and ``slow``).
-DEPLOYMENTS = frozenset({"deployed_stack", "stack", "enforcing_stack"})
+DEPLOYMENTS = frozenset({"deployed_stack", "stack", "image_stack", "enforcing_stack"})
 #: Tests marked ``slow`` here, by module: each took more than ~3 s on 2 busy cores (real subprocess pipelines,
 #: large inputs, property tests with many examples); "*" is the whole module. `pytest -m "not slow"` is the
 #: fast set. A listed name that no longer exists is an error, so a rename cannot quietly make a test "fast".

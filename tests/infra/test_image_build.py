@@ -8,7 +8,6 @@ import importlib
 import json
 import os
 import random
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import boto3
 import pytest
 import q4_contract as contract
 from q4_local import emulator, image_task
+from support import image
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build_image.sh"
@@ -27,30 +27,17 @@ pytestmark = pytest.mark.slow
 
 
 def _engine() -> str:
-    """docker when an engine answers, buildah when it is installed and can start a container here."""
-    docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "info"], capture_output=True, timeout=30).returncode == 0:
-        return "docker"
-    buildah = shutil.which("buildah")
-    if buildah is None:
-        pytest.skip(
-            "neither docker nor buildah can run: no docker engine answers and buildah is not installed"
-        )
-    probe = subprocess.run([buildah, "from", "scratch"], capture_output=True, text=True, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip(f"neither docker nor buildah can run: buildah from scratch: {probe.stderr.strip()}")
-    subprocess.run([buildah, "rm", probe.stdout.strip()], capture_output=True, timeout=60)
-    return "buildah"
+    found, why = image.engine()
+    if found is None:
+        pytest.skip(why)
+    return found
 
 
 @pytest.fixture(scope="module")
 def built() -> tuple[str, str]:
     """(engine, image reference): the image built (or found up to date in the layer cache) by the script."""
     engine = _engine()
-    env = {**os.environ, "Q4_IMAGE_ENGINE": engine}
-    result = subprocess.run(
-        [str(BUILD_SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
-    )
+    result = image.build(engine)
     assert result.returncode == 0, result.stderr[-4000:]
     reference = result.stdout.strip().splitlines()[-1]
     assert reference.startswith("localhost/q4-task:git-"), result.stdout

@@ -18,7 +18,7 @@ from typing import Any
 import boto3
 import pytest
 from q4_local import state as stack_state
-from support import headstart
+from support import headstart, image
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -34,15 +34,17 @@ def clean_env(state_dir: Path, environ: Mapping[str, str] | None = None) -> dict
     return env
 
 
-def _up(base: Path) -> dict[str, Any]:
-    """`q4 local up --detach` in a fresh state dir (a background thread: tests/headstart.py)."""
+def _up(base: Path, task_image: str | None = None) -> dict[str, Any]:
+    """`q4 local up --detach [--task-image REF]` in a fresh state dir (a background thread:
+    tests/support/headstart.py)."""
     state_dir = base / "state"
     env = clean_env(state_dir, headstart.ENVIRON)
     started = time.monotonic()
+    flags = ["--task-image", task_image] if task_image else []
     try:
         up = subprocess.run(
-            [Q4, "local", "up", "--detach"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
-            check=False,
+            [Q4, "local", "up", "--detach", *flags], env=env, cwd=REPO, capture_output=True, text=True,
+            timeout=600, check=False,
         )  # fmt: skip
         up_seconds = time.monotonic() - started
         if up.returncode != 0:
@@ -63,7 +65,26 @@ def _down(stack: dict[str, Any]) -> None:
     subprocess.run([Q4, "local", "down"], env=stack["env"], capture_output=True, timeout=120, check=False)
 
 
+def _up_in_image(base: Path) -> dict[str, Any]:
+    """The task image (scripts/build_image.sh: built, or found in the layer cache) and a local stack that
+    runs every task inside it; ``{"skip": why}`` where this machine cannot run tasks inside an image."""
+    usable, why = image.can_run_tasks_inside()
+    if not usable:
+        return {"skip": why}
+    built = image.build("buildah")
+    if built.returncode != 0:
+        raise RuntimeError(f"scripts/build_image.sh exited {built.returncode}:\n{built.stderr[-3000:]}")
+    reference = built.stdout.strip().splitlines()[-1]
+    return {**_up(base, task_image=reference), "image": reference}
+
+
+def _down_in_image(stack: dict[str, Any]) -> None:
+    if "skip" not in stack:
+        _down(stack)
+
+
 headstart.register("stack", _up, _down)
+headstart.register("image_stack", _up_in_image, _down_in_image)
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +131,22 @@ def assert_down_stopped_everything(
         [Q4, "local", "env"], env=stack["env"], capture_output=True, text=True, check=False
     )
     assert env_after.returncode != 0 and "not running" in env_after.stderr
+
+
+@pytest.fixture(scope="session")
+def image_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A second local stack, `q4 local up --detach --task-image REF`: its tasks run inside the task image.
+    Skipped, saying why, where neither docker nor buildah (with mount namespaces) can run it."""
+    try:
+        deployed = headstart.take("image_stack", tmp_path_factory.mktemp)
+    except BaseException:
+        headstart.release("image_stack")
+        raise
+    if "skip" in deployed:
+        headstart.release("image_stack")
+        pytest.skip(deployed["skip"])
+    try:
+        yield deployed
+    finally:
+        _down(deployed)
+        headstart.release("image_stack")
