@@ -11,8 +11,17 @@ Modules (everything is re-exported here: ``import q4_contract as contract; contr
   the task environment, the ECS overrides.
 - ``done``: done messages (``q4.done/v1``) and the orchestrator's ERROR.json.
 - ``store``: run documents in S3 or a local directory, and :func:`run_ended` / :func:`ended_with`.
+- ``cancel``: the cancel request (``run=<id>/cancel.json``) and the ERROR.json of a cancelled run.
 """
 
+from q4_contract.cancel import (
+    CANCEL_SCHEMA,
+    CANCELLED,
+    USER_INITIATED,
+    cancel_request,
+    cancel_requested,
+    cancelled_error,
+)
 from q4_contract.done import (
     DONE_SCHEMA,
     ERROR_SCHEMA,
@@ -88,6 +97,7 @@ from q4_contract.job import (
     validate_work_message,
 )
 from q4_contract.keys import (
+    CANCEL_NAME,
     ERROR_NAME,
     INPUT_SUFFIXES,
     JOB_NAME,
@@ -98,6 +108,7 @@ from q4_contract.keys import (
     STARTED_BY_PREFIX,
     attempt_key,
     attempts_prefix,
+    cancel_key,
     client_token,
     error_key,
     input_root,
@@ -123,6 +134,9 @@ from q4_contract.store import (
 )
 
 __all__ = [
+    "CANCELLED",
+    "CANCEL_NAME",
+    "CANCEL_SCHEMA",
     "DEFAULT_CONTAINER_NAME",
     "DEFAULT_MODE",
     "DEFAULT_OUTPUT_FORMAT",
@@ -164,6 +178,7 @@ __all__ = [
     "STARTED_BY_PREFIX",
     "STATUSES",
     "SVD_K_RANGE",
+    "USER_INITIATED",
     "DirectoryStore",
     "Ended",
     "ErrorCode",
@@ -179,6 +194,10 @@ __all__ = [
     "attempt_key",
     "attempts_prefix",
     "aws_error_code",
+    "cancel_key",
+    "cancel_request",
+    "cancel_requested",
+    "cancelled_error",
     "check_feature_names",
     "check_mode",
     "check_output_format",

@@ -20,15 +20,17 @@ Logs: one JSON object per line on stdout, each with the run id and attempt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
 import traceback
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +44,9 @@ from q4 import aws
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
 
 logger = logging.getLogger("q4.task")
+#: Exit code of a task that stopped before its commit (SIGTERM from ECS StopTask, or a cancel request it
+#: read): 128 + SIGTERM, as if the signal had ended it. Not terminal: the orchestrator decides.
+EXIT_STOPPED = 128 + signal.SIGTERM
 _STANDARD_RECORD_KEYS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -144,6 +149,54 @@ def task_compute(environ: Mapping[str, str], attempt: int) -> dict[str, Any]:
     return compute
 
 
+# ---------------------------------------------------------------- stopping (q4 cancel, ECS StopTask)
+
+
+class TaskStopped(BaseException):
+    """The task must stop without committing: ECS sent SIGTERM (StopTask: ``q4 cancel``, a scale-in...) or
+    the run has a cancel request. A BaseException so that no ``except Exception`` turns it into a failure."""
+
+
+class StopSignal:
+    """The task's SIGTERM handler: until the run is committed it raises :class:`TaskStopped` wherever the task
+    is, so nothing is committed afterwards; once MANIFEST.json is written the task finishes (its done
+    message) and exits as usual (ECS sends SIGKILL after the container's stopTimeout)."""
+
+    def __init__(self) -> None:
+        self.committed = False
+        self.received = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The handler in place while the task runs (only the main thread can set one: elsewhere, as in a
+        test calling :func:`run_task` from a thread, the default stands)."""
+        try:
+            previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = True
+        if not self.committed:
+            raise TaskStopped("SIGTERM")
+
+
+def check_not_cancelled(store: S3Store, run_id: str, when: str) -> None:
+    """Raise :class:`TaskStopped` when the run has a cancel request (docs/contract.md, "Cancel")."""
+    request = contract.cancel_requested(store, run_id)
+    if request is not None:
+        logger.warning(
+            f"The run has a cancel request; stopping {when}, nothing committed.",
+            extra={"requested_at": request.get("requested_at")},
+        )
+        raise TaskStopped("cancel requested")
+
+
 # ---------------------------------------------------------------- the task
 
 
@@ -160,6 +213,7 @@ class Task:
         self.store = S3Store(self.s3, settings.artifacts_bucket)
         self.inputs: list[dict[str, Any]] = []
         self.compute: dict[str, Any] = {}
+        self.stop = StopSignal()
 
     # ------------------------------------------------------------ entry
 
@@ -168,6 +222,8 @@ class Task:
         run_id = self.job.run_id
         with aws.aws_errors(f"read the state of run {run_id}"):
             ended = self._already_ended()
+            if ended is None:
+                check_not_cancelled(self.store, run_id, "before starting")
         if ended is not None:
             return ended
         self.compute = task_compute(self.environ, self.attempt)
@@ -258,7 +314,10 @@ class Task:
                 warnings=result.warnings,
             )
         with aws.aws_errors(f"commit run {run_id}"):
-            if not self.store.put_json_once(contract.manifest_key(run_id), manifest):
+            check_not_cancelled(self.store, run_id, "before the commit")
+            committed = self.store.put_json_once(contract.manifest_key(run_id), manifest)
+            self.stop.committed = True
+            if not committed:
                 logger.info("Another task committed this run first; its done message stands.")
                 return EXIT_OK
         logger.info("Committed the run (MANIFEST.json).", extra={"artifacts": len(result.artifacts)})
@@ -392,7 +451,14 @@ def run_task(environ: Mapping[str, str]) -> int:
     task = Task(job, attempt, settings, environ)
     logger.info("Task started.", extra={"job": job.to_dict()})
     try:
-        return task.run()
+        with task.stop.installed():
+            return task.run()
+    except TaskStopped as stopped:
+        logger.warning(
+            "Task stopped before its commit; nothing committed.",
+            extra={"reason": str(stopped), "exit_code": EXIT_STOPPED},
+        )
+        return EXIT_STOPPED
     except TransientError as exc:
         logger.error(
             "Transient failure; exiting as a crash so the run is retried.",
