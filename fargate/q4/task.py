@@ -158,13 +158,20 @@ class TaskStopped(BaseException):
 
 
 class StopSignal:
-    """The task's SIGTERM handler: until the run is committed it raises :class:`TaskStopped` wherever the task
-    is, so nothing is committed afterwards; once MANIFEST.json is written the task finishes (its done
-    message) and exits as usual (ECS sends SIGKILL after the container's stopTimeout)."""
+    """The task's SIGTERM handler: it only notes the signal, and the task checks :meth:`check` between its
+    steps (each input downloaded, each artifact uploaded, before writing MANIFEST.json or ERROR.json), so
+    nothing is committed after it; the job itself is not interrupted (ECS sends SIGKILL after the container's
+    stopTimeout). Raising from the handler instead would break whatever runs at that moment: an exception
+    inside an import (pyarrow imports pandas lazily) leaves the module half made."""
 
     def __init__(self) -> None:
-        self.committed = False
         self.received = False
+
+    def check(self) -> None:
+        """Raise :class:`TaskStopped` once SIGTERM has arrived."""
+        if self.received:
+            logger.warning("SIGTERM received; the task stops here and commits nothing.")
+            raise TaskStopped("SIGTERM")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
@@ -182,8 +189,6 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.received = True
-        if not self.committed:
-            raise TaskStopped("SIGTERM")
 
 
 def check_not_cancelled(store: S3Store, run_id: str, when: str) -> None:
@@ -288,6 +293,7 @@ class Task:
             clock = time.perf_counter()
             with aws.aws_errors(f"upload the artifacts of run {run_id}"):
                 for artifact in result.artifacts:
+                    self.stop.check()
                     aws.upload(
                         self.s3,
                         self.settings.artifacts_bucket,
@@ -314,10 +320,9 @@ class Task:
                 warnings=result.warnings,
             )
         with aws.aws_errors(f"commit run {run_id}"):
+            self.stop.check()
             check_not_cancelled(self.store, run_id, "before the commit")
-            committed = self.store.put_json_once(contract.manifest_key(run_id), manifest)
-            self.stop.committed = True
-            if not committed:
+            if not self.store.put_json_once(contract.manifest_key(run_id), manifest):
                 logger.info("Another task committed this run first; its done message stands.")
                 return EXIT_OK
         logger.info("Committed the run (MANIFEST.json).", extra={"artifacts": len(result.artifacts)})
@@ -327,6 +332,7 @@ class Task:
 
     def _fail(self, exc: Q4Error, started: float) -> int:
         """End the run as failed: ERROR.json (once) and the failed done message; exit 2."""
+        self.stop.check()
         return fail_run(
             self.store,
             self.sqs,
@@ -370,6 +376,7 @@ class Task:
                 "rename the object.",
             ) from None
         for key, path in zip(keys, paths, strict=True):
+            self.stop.check()
             with aws.aws_errors(f"download s3://{bucket}/{key}"):
                 self.inputs.append(aws.download(self.s3, bucket, key, path))
         return paths
@@ -450,15 +457,21 @@ def run_task(environ: Mapping[str, str]) -> int:
         return _reject_environment(rejection, settings, context)
     task = Task(job, attempt, settings, environ)
     logger.info("Task started.", extra={"job": job.to_dict()})
+    with task.stop.installed():
+        try:
+            return _guarded(task)
+        except TaskStopped as stopped:
+            logger.warning(
+                "Task stopped before its commit; nothing committed.",
+                extra={"reason": str(stopped), "exit_code": EXIT_STOPPED},
+            )
+            return EXIT_STOPPED
+
+
+def _guarded(task: Task) -> int:
+    """:meth:`Task.run`, its failures turned into exit codes (a crash, or ERROR.json ``internal_error``)."""
     try:
-        with task.stop.installed():
-            return task.run()
-    except TaskStopped as stopped:
-        logger.warning(
-            "Task stopped before its commit; nothing committed.",
-            extra={"reason": str(stopped), "exit_code": EXIT_STOPPED},
-        )
-        return EXIT_STOPPED
+        return task.run()
     except TransientError as exc:
         logger.error(
             "Transient failure; exiting as a crash so the run is retried.",
