@@ -67,7 +67,9 @@ def stop_tasks(pipeline: Pipeline, run_id: str, attempts: list[int]) -> list[dic
         with aws.aws_errors(f"stop the task of run {run_id} attempt {attempt}"):
             tasks = ecs.describe_tasks(cluster=cluster, tasks=[arn]).get("tasks") or []
             task = next((t for t in tasks if t.get("taskArn") == arn), None)
-            if task is None or "STOPPED" in (task.get("lastStatus"), task.get("desiredStatus")):
+            # desiredStatus, not lastStatus: it is STOPPED as soon as anyone stopped the task (lastStatus lags
+            # behind on ECS, and the emulator moves it through a cycle of its own)
+            if task is None or task.get("desiredStatus") == "STOPPED":
                 continue
             ecs.stop_task(cluster=cluster, task=arn, reason=STOP_REASON)
         stopped.append({"attempt": attempt, "task_arn": arn, "last_status": task.get("lastStatus")})
