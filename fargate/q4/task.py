@@ -13,7 +13,8 @@ last with ``If-None-Match: *``, send the done message.
 Exit codes: 0 succeeded (also: already committed with the same job; nothing rewritten);
 2 permanent failure (ERROR.json and the failed done message written; or a run that already
 ended / belongs to another job: nothing written); 1 crash (transient AWS trouble, out of
-memory or disk): the orchestrator relaunches it.
+memory or disk): the orchestrator relaunches it. 143: stopped before the commit (SIGTERM from ECS
+StopTask, or a cancel request: docs/contract.md, "Cancel"), nothing written.
 
 Logs: one JSON object per line on stdout, each with the run id and attempt.
 """
