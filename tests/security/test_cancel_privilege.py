@@ -120,6 +120,7 @@ def test_a_canceller_with_the_documented_permissions_cancels_a_running_run(
         "HOME": str(tmp_path),
         "AWS_ENDPOINT_URL": stack.endpoint_url,
         "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
         **_canceller(stack),
         "Q4_ARCHIVE_BUCKET": out["archive_bucket"],
         "Q4_ARTIFACTS_BUCKET": out["artifacts_bucket"],
