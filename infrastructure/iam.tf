@@ -5,8 +5,9 @@
 locals {
   archive_input_objects = "${module.archive_bucket.arn}/run=*/input/*"
   artifacts_run         = "${module.artifacts_bucket.arn}/run=*"
-  # A run's state documents: the accepted job (orchestrator), then MANIFEST.json or ERROR.json.
-  run_state_objects = ["${local.artifacts_run}/job.json", "${local.artifacts_run}/MANIFEST.json", "${local.artifacts_run}/ERROR.json"]
+  # A run's state documents: the accepted job (orchestrator), then MANIFEST.json or ERROR.json; and the cancel
+  # request (q4 cancel writes it; the task and the orchestrator only read it).
+  run_state_objects = ["${local.artifacts_run}/job.json", "${local.artifacts_run}/MANIFEST.json", "${local.artifacts_run}/ERROR.json", "${local.artifacts_run}/cancel.json"]
   # What the task writes: its artifacts (q4.job.OUTPUT_DIRS) and the terminal document.
   task_written_objects = [
     "${local.artifacts_run}/output/*",

@@ -12,8 +12,17 @@ Modules (everything is re-exported here: ``import q4_contract as contract; contr
 - ``done``: done messages (``q4.done/v1``) and the orchestrator's ERROR.json.
 - ``store``: run documents in S3 or a local directory, and :func:`run_ended` / :func:`ended_with`.
 - ``sizing``: the task's size per run: Fargate's CPU/memory table, the deployment's limits, the rule.
+- ``cancel``: the cancel request (``run=<id>/cancel.json``) and the ERROR.json of a cancelled run.
 """
 
+from q4_contract.cancel import (
+    CANCEL_SCHEMA,
+    CANCELLED,
+    USER_INITIATED,
+    cancel_request,
+    cancel_requested,
+    cancelled_error,
+)
 from q4_contract.done import (
     DONE_SCHEMA,
     ERROR_SCHEMA,
@@ -92,6 +101,7 @@ from q4_contract.job import (
     validate_work_message,
 )
 from q4_contract.keys import (
+    CANCEL_NAME,
     ERROR_NAME,
     INPUT_SUFFIXES,
     JOB_NAME,
@@ -102,6 +112,7 @@ from q4_contract.keys import (
     STARTED_BY_PREFIX,
     attempt_key,
     attempts_prefix,
+    cancel_key,
     client_token,
     error_key,
     input_root,
@@ -139,6 +150,9 @@ from q4_contract.store import (
 )
 
 __all__ = [
+    "CANCELLED",
+    "CANCEL_NAME",
+    "CANCEL_SCHEMA",
     "DEFAULT_CONTAINER_NAME",
     "DEFAULT_MODE",
     "DEFAULT_OUTPUT_FORMAT",
@@ -187,6 +201,7 @@ __all__ = [
     "STARTED_BY_PREFIX",
     "STATUSES",
     "SVD_K_RANGE",
+    "USER_INITIATED",
     "DirectoryStore",
     "Ended",
     "ErrorCode",
@@ -204,6 +219,10 @@ __all__ = [
     "attempt_key",
     "attempts_prefix",
     "aws_error_code",
+    "cancel_key",
+    "cancel_request",
+    "cancel_requested",
+    "cancelled_error",
     "check_feature_names",
     "check_mode",
     "check_output_format",

@@ -19,6 +19,7 @@ SUBMIT = "q4 submit"
 STATUS = "q4 status/runs/fetch/dlq"
 CLI = "any q4 command"
 LIBRARY = "library API"
+CANCEL = "q4 cancel"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
     ("unknown_field", "the work message has a field the contract does not define", (MESSAGE,)),
     ("missing_field", "run_id is missing", (MESSAGE,)),
     ("invalid_type", "a field has the wrong JSON type (a boolean is not an integer)", (MESSAGE,)),
-    ("invalid_run_id", "the run id breaks the run-id rule", (MESSAGE, TASK, RUN, SUBMIT, STATUS)),
+    ("invalid_run_id", "the run id breaks the run-id rule", (MESSAGE, TASK, RUN, SUBMIT, STATUS, CANCEL)),
     ("invalid_input", "not exactly one of input_key and input_prefix", (MESSAGE, TASK)),
     ("invalid_key", "a key is empty, too long, or holds control characters or backslashes", (MESSAGE, TASK)),
     ("path_traversal", "a key has '.', '..' or empty segments or a leading '/'", (MESSAGE, TASK)),
@@ -106,6 +107,7 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
     # the task and the orchestrator's crash recovery
     ("internal_error", "the task failed unexpectedly (a bug); not retried", (TASK,)),
     ("task_crashed", "the task crashed on every attempt (ERROR.json written by the orchestrator)", (TASK,)),
+    ("cancelled", "the run was cancelled by q4 cancel (ERROR.json written by the orchestrator)", (TASK,)),
     # a run that already exists or ended
     ("run_exists", "the run id is already used by another job or a record q4 cannot read", (RUN, SUBMIT)),
     ("run_failed", "the run already failed with this job; a failed run is final", (RUN,)),
@@ -118,7 +120,7 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
     ("input_unreadable", "the file cannot be read", (SUBMIT,)),
     ("input_exists", "a different object already has this input key", (SUBMIT,)),
     ("wait_timeout", "the run did not end within --timeout (it goes on)", (SUBMIT,)),
-    ("run_not_found", "no such run in the buckets", (STATUS,)),
+    ("run_not_found", "no such run in the buckets", (STATUS, CANCEL)),
     ("run_not_finished", "the run has not ended yet", (STATUS,)),
     ("corrupt_run", "a run's job.json, MANIFEST.json or ERROR.json is not valid JSON", (SUBMIT, STATUS)),
     ("corrupt_manifest", "MANIFEST.json does not describe its artifacts soundly", (STATUS,)),

@@ -15,6 +15,7 @@ STARTED_BY_PREFIX = "q4:"
 MANIFEST_NAME = "MANIFEST.json"
 ERROR_NAME = "ERROR.json"
 JOB_NAME = "job.json"
+CANCEL_NAME = "cancel.json"
 
 
 def run_prefix(run_id: str) -> str:
@@ -36,6 +37,11 @@ def manifest_key(run_id: str) -> str:
 
 def error_key(run_id: str) -> str:
     return f"run={run_id}/{ERROR_NAME}"
+
+
+def cancel_key(run_id: str) -> str:
+    """The run's cancel request (``q4 cancel``), written once."""
+    return f"run={run_id}/{CANCEL_NAME}"
 
 
 def attempts_prefix(run_id: str) -> str:

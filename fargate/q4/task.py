@@ -13,22 +13,25 @@ last with ``If-None-Match: *``, send the done message.
 Exit codes: 0 succeeded (also: already committed with the same job; nothing rewritten);
 2 permanent failure (ERROR.json and the failed done message written; or a run that already
 ended / belongs to another job: nothing written); 1 crash (transient AWS trouble, out of
-memory or disk): the orchestrator relaunches it.
+memory or disk): the orchestrator relaunches it. 143: stopped before the commit (SIGTERM from ECS
+StopTask, or a cancel request: docs/contract.md, "Cancel"), nothing written.
 
 Logs: one JSON object per line on stdout, each with the run id and attempt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
 import traceback
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +45,9 @@ from q4 import aws
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
 
 logger = logging.getLogger("q4.task")
+#: Exit code of a task that stopped before its commit (SIGTERM from ECS StopTask, or a cancel request it
+#: read): 128 + SIGTERM, as if the signal had ended it. Not terminal: the orchestrator decides.
+EXIT_STOPPED = 128 + signal.SIGTERM
 _STANDARD_RECORD_KEYS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -163,6 +169,59 @@ def task_sizing(environ: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- stopping (q4 cancel, ECS StopTask)
+
+
+class TaskStopped(BaseException):
+    """The task must stop without committing: ECS sent SIGTERM (StopTask: ``q4 cancel``, a scale-in...) or
+    the run has a cancel request. A BaseException so that no ``except Exception`` turns it into a failure."""
+
+
+class StopSignal:
+    """The task's SIGTERM handler: it only notes the signal, and the task checks :meth:`check` between its
+    steps (each input downloaded, each artifact uploaded, before writing MANIFEST.json or ERROR.json), so
+    nothing is committed after it; the job itself is not interrupted (ECS sends SIGKILL after the container's
+    stopTimeout). Raising from the handler instead would break whatever runs at that moment: an exception
+    inside an import (pyarrow imports pandas lazily) leaves the module half made."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def check(self) -> None:
+        """Raise :class:`TaskStopped` once SIGTERM has arrived."""
+        if self.received:
+            logger.warning("SIGTERM received; the task stops here and commits nothing.")
+            raise TaskStopped("SIGTERM")
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        """The handler in place while the task runs (only the main thread can set one: elsewhere, as in a
+        test calling :func:`run_task` from a thread, the default stands)."""
+        try:
+            previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = True
+
+
+def check_not_cancelled(store: S3Store, run_id: str, when: str) -> None:
+    """Raise :class:`TaskStopped` when the run has a cancel request (docs/contract.md, "Cancel")."""
+    request = contract.cancel_requested(store, run_id)
+    if request is not None:
+        logger.warning(
+            f"The run has a cancel request; stopping {when}, nothing committed.",
+            extra={"requested_at": request.get("requested_at")},
+        )
+        raise TaskStopped("cancel requested")
+
+
 # ---------------------------------------------------------------- the task
 
 
@@ -179,6 +238,7 @@ class Task:
         self.store = S3Store(self.s3, settings.artifacts_bucket)
         self.inputs: list[dict[str, Any]] = []
         self.compute: dict[str, Any] = {}
+        self.stop = StopSignal()
 
     # ------------------------------------------------------------ entry
 
@@ -187,6 +247,8 @@ class Task:
         run_id = self.job.run_id
         with aws.aws_errors(f"read the state of run {run_id}"):
             ended = self._already_ended()
+            if ended is None:
+                check_not_cancelled(self.store, run_id, "before starting")
         if ended is not None:
             return ended
         self.compute = task_compute(self.environ, self.attempt)
@@ -251,6 +313,7 @@ class Task:
             clock = time.perf_counter()
             with aws.aws_errors(f"upload the artifacts of run {run_id}"):
                 for artifact in result.artifacts:
+                    self.stop.check()
                     aws.upload(
                         self.s3,
                         self.settings.artifacts_bucket,
@@ -277,6 +340,8 @@ class Task:
                 warnings=result.warnings,
             )
         with aws.aws_errors(f"commit run {run_id}"):
+            self.stop.check()
+            check_not_cancelled(self.store, run_id, "before the commit")
             if not self.store.put_json_once(contract.manifest_key(run_id), manifest):
                 logger.info("Another task committed this run first; its done message stands.")
                 return EXIT_OK
@@ -287,6 +352,7 @@ class Task:
 
     def _fail(self, exc: Q4Error, started: float) -> int:
         """End the run as failed: ERROR.json (once) and the failed done message; exit 2."""
+        self.stop.check()
         return fail_run(
             self.store,
             self.sqs,
@@ -330,6 +396,7 @@ class Task:
                 "rename the object.",
             ) from None
         for key, path in zip(keys, paths, strict=True):
+            self.stop.check()
             with aws.aws_errors(f"download s3://{bucket}/{key}"):
                 self.inputs.append(aws.download(self.s3, bucket, key, path))
         return paths
@@ -410,6 +477,19 @@ def run_task(environ: Mapping[str, str]) -> int:
         return _reject_environment(rejection, settings, context)
     task = Task(job, attempt, settings, environ)
     logger.info("Task started.", extra={"job": job.to_dict()})
+    with task.stop.installed():
+        try:
+            return _guarded(task)
+        except TaskStopped as stopped:
+            logger.warning(
+                "Task stopped before its commit; nothing committed.",
+                extra={"reason": str(stopped), "exit_code": EXIT_STOPPED},
+            )
+            return EXIT_STOPPED
+
+
+def _guarded(task: Task) -> int:
+    """:meth:`Task.run`, its failures turned into exit codes (a crash, or ERROR.json ``internal_error``)."""
     try:
         return task.run()
     except TransientError as exc:

@@ -258,9 +258,8 @@ class EventBridge:
                 "memory": task.get("memory"),
                 "lastStatus": "STOPPED",
                 "desiredStatus": "STOPPED",
-                "stopCode": "EssentialContainerExited"
-                if record.exit_code is not None
-                else "TaskFailedToStart",
+                "stopCode": record.stop_code
+                or ("EssentialContainerExited" if record.exit_code is not None else "TaskFailedToStart"),
                 "stoppedReason": record.reason,
                 "createdAt": record.created_at,
                 "startedAt": record.started_at,

@@ -8,6 +8,9 @@ agent's task metadata endpoint is a folder of files. How a task's process is mad
 at once; the others wait as PROVISIONING tasks would. When a task's main process exits, whatever is left
 of its process group is killed (a container stops as a whole), the task is marked ``exited`` in the
 ledger with its real exit code and stopped in the emulator; its STOPPED event is EventBridge's job.
+A task stopped through ECS (``StopTask``: ``q4 cancel``) is noticed by :meth:`Fargate.notice_stops`: its
+main process gets SIGTERM, its process group SIGKILL after the container's ``stopTimeout``, and its event
+carries stop code ``UserInitiated`` with the StopTask reason.
 
 A restarted runtime neither reruns nor loses a task: a task still running is adopted, a finished one has
 its exit code in its folder, a vanished one is reported stopped without an exit code (a crash, which the
@@ -40,6 +43,10 @@ log = logging.getLogger("q4_local.runtime.fargate")
 
 LOST_REASON = "Task process lost: the local runtime stopped while the task was running"
 EXITED_REASON = "Essential container in task exited"
+#: The stop code ECS gives a task stopped by StopTask (``q4 cancel``).
+USER_INITIATED = "UserInitiated"
+#: Seconds between SIGTERM and SIGKILL when the container definition sets no ``stopTimeout`` (Fargate's).
+DEFAULT_STOP_TIMEOUT_S = 30
 _EXIT_WRAPPER = 'f=$1; shift; "$@"; c=$?; echo "$c" > "$f"; exit "$c"'
 
 
@@ -238,6 +245,35 @@ class Fargate:
         )
         return Container(task=task, definition=definition, container=container, override=override)
 
+    def notice_stops(self) -> None:
+        """Tasks that ECS ``StopTask`` stopped while pending or running: a pending one is stopped without
+        running; a running one's main process gets SIGTERM (as ECS sends the container), its process group
+        SIGKILL once the container's ``stopTimeout`` has passed; :meth:`reap` then reports it."""
+        live = [r for r in self.ledger.tasks.values() if r.status in ("pending", "running")]
+        for start in range(0, len(live), 100):
+            batch = live[start : start + 100]
+            described = self.ecs.describe_tasks(cluster=self.cluster_arn, tasks=[r.task_arn for r in batch])
+            tasks = {t["taskArn"]: t for t in described.get("tasks", [])}
+            for record in batch:
+                task = tasks.get(record.task_arn)
+                if record.stop_code is None and task is not None and task.get("desiredStatus") == "STOPPED":
+                    self._user_stop(record, str(task.get("stoppedReason") or "Task stopped by user"))
+                elif record.stop_code == USER_INITIATED and record.status == "running" and _overdue(record):
+                    log.info("task %s outlived its stopTimeout: SIGKILL", task_id(record.task_arn))
+                    _end_container(record, force=True)
+
+    def _user_stop(self, record: TaskRecord, reason: str) -> None:
+        record.stop_code, record.reason = USER_INITIATED, reason
+        if record.status == "pending":
+            self.stopped(record, None, reason)
+            return
+        timeout = self.container(record).container.get("stopTimeout") or DEFAULT_STOP_TIMEOUT_S
+        record.kill_at = time.time() + float(timeout)
+        self.ledger.save()
+        log.info("task %s stopped by StopTask (%s): SIGTERM", task_id(record.task_arn), reason)
+        if record.task_arn in self.processes or _alive(record):
+            _signal_main_process(record, signal.SIGTERM)
+
     def reap(self) -> None:
         """Mark the tasks whose main process ended ``exited``, with its exit code (128 + n for signal n)."""
         for arn, record in self.ledger.tasks.items():
@@ -300,10 +336,15 @@ class Fargate:
         return FileTail(task_log, stream)
 
     def stopped(self, record: TaskRecord, exit_code: int | None, reason: str) -> None:
-        """Mark the task ``exited`` in the ledger and stopped in the emulator."""
+        """Mark the task ``exited`` in the ledger and stopped in the emulator (a task stopped by StopTask
+        keeps its reason; the emulator has it stopped already)."""
+        user_stop = record.stop_code == USER_INITIATED
+        reason = (record.reason or reason) if user_stop else reason
         record.status, record.exit_code, record.reason, record.stopped_at = "exited", exit_code, reason, now()
         self.ledger.save()
         log.info("task %s stopped: exit code %s (%s)", task_id(record.task_arn), exit_code, reason)
+        if user_stop:
+            return
         try:
             self.ecs.stop_task(cluster=self.cluster_arn, task=record.task_arn, reason=reason)
         except Exception as exc:  # the emulator's view is informative only; the event is what counts
@@ -361,7 +402,36 @@ def _alive(record: TaskRecord) -> bool:
     )
 
 
-def _end_container(record: TaskRecord) -> None:
+def _overdue(record: TaskRecord) -> bool:
+    return record.kill_at is not None and time.time() >= record.kill_at
+
+
+def _signal_main_process(record: TaskRecord, sig: signal.Signals) -> None:
+    """Signal the task's main process: the command under the ``/bin/sh`` exit-code wrapper (the group leader),
+    as ECS signals a container's main process; the whole group when no such child is found."""
+    assert record.pid is not None
+    children = _children(record.pid)
+    if not children:
+        _signal_group(record.pid, sig)
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from ``/proc``; none found elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _end_container(record: TaskRecord, force: bool = False) -> None:
     """A container stops when its main process does: kill whatever the task left in its process group.
 
     The recorded pid is the ``/bin/sh`` exit-code wrapper, the group's leader. If it alone was killed, the
@@ -371,6 +441,9 @@ def _end_container(record: TaskRecord) -> None:
     by another process (a previous runtime's task, long gone) nothing is signalled.
     """
     if record.pid is None:
+        return
+    if force and _alive(record):
+        _signal_group(record.pid, signal.SIGKILL)
         return
     try:
         os.kill(record.pid, 0)

@@ -39,6 +39,9 @@ class TaskRecord:
     # STOPPED events sent to a function's DLQ after their last failed attempt: function, queue, message_id,
     # request_id (the status is ``dead_lettered`` when every failed target's event got there)
     dead_letters: list[dict[str, str]] = field(default_factory=list)
+    # ECS StopTask stopped the task (``q4 cancel``): stop code ``UserInitiated``; SIGKILL due at kill_at
+    stop_code: str | None = None
+    kill_at: float | None = None
 
 
 class Ledger:

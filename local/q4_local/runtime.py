@@ -163,7 +163,9 @@ class LocalRuntime:
         return self.eventbridge.stopped_event(record)
 
     def tick(self) -> None:
-        """One round: reap finished tasks, deliver their events, take on new tasks, poll the queues."""
+        """One round: stop what StopTask stopped, reap finished tasks, deliver their events, take on new
+        tasks, poll the queues."""
+        self.fargate.notice_stops()
         self.fargate.reap()
         self.eventbridge.deliver_pending()
         self.fargate.take_on()

@@ -79,12 +79,17 @@ class Orchestrator:
         if existing is not None and contract.job_difference(existing, job) is not None:
             return self._reject(self._conflict(run_id), job.mode)
 
+        # The cancel request is read BEFORE the launch records are listed: a task launched after that listing
+        # starts after the request exists, so it finds the request and exits without committing.
+        cancel = contract.cancel_requested(self.store, run_id)
         if self.store.attempts(run_id):
             self.logger.info(
                 "Run already launched; not launching it again.",
                 extra={"run_id": run_id, "outcome": "in_flight"},
             )
             return "in_flight"
+        if cancel is not None:
+            return self._cancelled(job, 0, cancel, {}, {"run_id": run_id})
         task_arn = self.launch(job, 1)
         self.logger.info(
             "Launched the task.",
@@ -314,6 +319,12 @@ class Orchestrator:
             self.logger.error("Cannot rebuild the job of a crashed task; ignored.", extra=context)
             return "ignored"
 
+        cancel = contract.cancel_requested(self.store, run_id)
+        if cancel is not None:
+            return self._cancelled(
+                job, attempt, cancel, _stop_details(detail, self.config.container_name), context
+            )
+
         if attempt < self.config.max_attempts:
             task_arn = self.launch(job, attempt + 1)
             self.logger.warning(
@@ -378,6 +389,35 @@ class Orchestrator:
         self._notify_once(run_id, None, error_doc, context)
         return "failed"
 
+    def _cancelled(
+        self,
+        job: Job,
+        attempts: int,
+        request: Mapping[str, Any],
+        details: Mapping[str, Any],
+        context: Mapping[str, Any],
+    ) -> str:
+        """A cancelled run with nothing of it running: ERROR.json ``cancelled`` (once) and one failed done
+        message (docs/contract.md, "Cancel")."""
+        run_id = job.run_id
+        error_doc = contract.cancelled_error(
+            run_id=run_id,
+            mode=job.mode,
+            attempts=attempts,
+            request=request,
+            details=details,
+            job=job.to_dict(),
+        )
+        if not self.store.put_json_once(contract.error_key(run_id), error_doc):
+            # Another delivery of this message or event wrote it first; that one sends the done message.
+            self.logger.info("Run already ended (ERROR.json exists).", extra={**context, "outcome": "stale"})
+            return "stale"
+        self.logger.warning(
+            "Run cancelled; it ends failed (cancelled).", extra={**context, "outcome": "cancelled"}
+        )
+        self._notify_once(run_id, None, error_doc, context)
+        return "cancelled"
+
     def _notify_once(
         self,
         run_id: str,
@@ -423,6 +463,17 @@ def _override_env(detail: Mapping[str, Any], container_name: str) -> dict[str, s
                 str(item.get("name")): str(item.get("value", "")) for item in override.get("environment", [])
             }
     return {}
+
+
+def _stop_details(detail: Mapping[str, Any], container_name: str) -> dict[str, Any]:
+    """What ERROR.json records of a stopped task: stop code and reason, exit code, task ARN."""
+    container = _container(detail, container_name) or {}
+    return {
+        "stop_code": detail.get("stopCode"),
+        "stopped_reason": detail.get("stoppedReason"),
+        "exit_code": container.get("exitCode"),
+        "task_arn": detail.get("taskArn"),
+    }
 
 
 def _stop_reason(detail: Mapping[str, Any], container: Mapping[str, Any]) -> str:

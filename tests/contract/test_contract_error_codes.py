@@ -124,6 +124,7 @@ def test_every_code_says_what_it_means_and_where_it_arises() -> None:
         contract.errors.STATUS,
         contract.errors.CLI,
         contract.errors.LIBRARY,
+        contract.errors.CANCEL,
     }
     for code, entry in contract.ERROR_CODES.items():
         assert entry.code == code and re.fullmatch(r"[a-z][a-z0-9_]*", code)

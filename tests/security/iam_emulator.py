@@ -5,9 +5,9 @@ allow policy readable, bucket policies evaluated with ``aws:SecureTransport = tr
 for IAM enforcement: moto authorizes every ECS call against the resource ``*``, so an identity policy that
 scopes ``ecs:RunTask`` to a task definition family (as ours does, and as AWS evaluates it) never matches and
 RunTask is always denied. Here RunTask is authorized against the ARN of the task definition it names, and
-DescribeTasks of a single task ARN against that ARN: the resources AWS uses. Nothing is loosened: every
-other ECS action is still checked against ``*`` and is therefore denied to a role whose ECS statements
-name resources.
+DescribeTasks of a single task ARN and StopTask against that task ARN: the resources AWS uses. Nothing is
+loosened: every other ECS action is still checked against ``*`` and is therefore denied to a role whose ECS
+statements name resources.
 
 IAM enforcement itself is switched on at run time through moto's ``/moto-api/reset-auth`` (the test deploys
 and prepares the stack first, unauthenticated, then enforces every later request).
@@ -28,6 +28,9 @@ def authorize_run_task_on_its_task_definition() -> None:
             tasks = self._get_param("tasks") or []
             # AWS authorizes each task ARN; the orchestrator names one. A bare id or a list stays "*".
             return str(tasks[0]) if len(tasks) == 1 and str(tasks[0]).startswith("arn:") else "*"
+        if self._get_action() == "StopTask":  # q4 cancel: AWS authorizes the task ARN
+            task = str(self._get_param("task") or "")
+            return task if task.startswith("arn:") else "*"
         if self._get_action() != "RunTask":
             return "*"
         name = self._get_param("taskDefinition")

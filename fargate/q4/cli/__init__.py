@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "q4.cli.fetch",
     "q4.cli.dlq",
     "q4.cli.logs",
+    "q4.cli.cancel",
 )
 _LOCAL_STACK_MODULE = "q4_local.cli"
 _LOCAL_STACK_COMMANDS = ("local", "demo")

@@ -1,0 +1,134 @@
+"""``q4 cancel RUN_ID``: end a queued or running run as ``failed`` with code ``cancelled``.
+
+Writes the run's cancel request once (``run=<id>/cancel.json``, ``If-None-Match: *``), then stops each of the
+run's tasks that ECS still runs (``ecs:StopTask``; the tasks come from the launch records, the cluster from
+their ARNs). The orchestrator ends the run when its task has stopped, or when its queued work message
+arrives: ERROR.json ``cancelled`` and one failed done message (docs/contract.md, "Cancel"). A run that
+already ended is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import time
+from typing import Any
+
+import q4_contract as contract
+
+from q4 import aws
+from q4.cli.common import Pipeline, check_run_id, out, printable
+from q4.errors import EXIT_OK, InputError
+
+STOP_REASON = "Cancelled by q4 cancel"
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cancel = subparsers.add_parser(
+        "cancel",
+        help="cancel a queued or running run",
+        description=(
+            "Cancel a queued or running run: write its cancel request and stop its running task. The run "
+            "ends failed with code 'cancelled' once nothing of it runs any more. A run that already ended "
+            "is left as it is."
+        ),
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument("--json", action="store_true", help="print what was done as JSON")
+    cancel.set_defaults(handler=handle_cancel)
+
+
+def request_cancel(pipeline: Pipeline, run_id: str) -> tuple[bool, dict[str, Any]]:
+    """Write the cancel request once: ``(written now, the request in force)``."""
+    request = contract.cancel_request(
+        run_id, requested_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), requested_by=_who()
+    )
+    with aws.aws_errors(f"write the cancel request of run {run_id}"):
+        if pipeline.store.put_json_once(contract.cancel_key(run_id), request):
+            return True, request
+        return False, contract.cancel_requested(pipeline.store, run_id) or request
+
+
+def stop_tasks(pipeline: Pipeline, run_id: str, attempts: list[int]) -> list[dict[str, Any]]:
+    """Stop every task of the run's launch records that ECS has not stopped; what was stopped."""
+    arns = []
+    with aws.aws_errors(f"read the launch records of run {run_id}"):
+        for attempt in attempts:
+            record = pipeline.store.attempt_record(run_id, attempt) or {}
+            if isinstance(record.get("task_arn"), str) and ":task/" in record["task_arn"]:
+                arns.append((attempt, record["task_arn"]))
+    if not arns:
+        return []
+    ecs = aws.client("ecs")
+    stopped: list[dict[str, Any]] = []
+    for attempt, arn in arns:
+        cluster = arn.split(":task/", 1)[1].rsplit("/", 1)[0]  # arn:...:task/<cluster>/<id>
+        with aws.aws_errors(f"stop the task of run {run_id} attempt {attempt}"):
+            tasks = ecs.describe_tasks(cluster=cluster, tasks=[arn]).get("tasks") or []
+            task = next((t for t in tasks if t.get("taskArn") == arn), None)
+            # desiredStatus, not lastStatus: it is STOPPED as soon as anyone stopped the task (lastStatus lags
+            # behind on ECS, and the emulator moves it through a cycle of its own)
+            if task is None or task.get("desiredStatus") == "STOPPED":
+                continue
+            ecs.stop_task(cluster=cluster, task=arn, reason=STOP_REASON)
+        stopped.append({"attempt": attempt, "task_arn": arn, "last_status": task.get("lastStatus")})
+    return stopped
+
+
+def handle_cancel(args: argparse.Namespace) -> int:
+    run_id = check_run_id(args.run_id)
+    pipeline = Pipeline()
+    state = pipeline.state(run_id)
+    doc: dict[str, Any] = {"run_id": run_id, "state": state.state}
+    if state.state == "unknown":
+        raise InputError(
+            "run_not_found",
+            f"No run {run_id} in s3://{pipeline.config.artifacts_bucket} or "
+            f"s3://{pipeline.config.archive_bucket}; check the run id (`q4 runs` lists them).",
+        )
+    if state.state in ("succeeded", "failed"):
+        code = (state.error or {}).get("code")
+        doc.update(cancelled=False, code=code)
+        ended = f"{state.state}, {code}" if code else state.state
+        doc["note"] = f"Run {run_id} already ended ({ended}); nothing to cancel, nothing changed."
+        return _report(args, doc)
+    written, request = request_cancel(pipeline, run_id)
+    stopped = stop_tasks(pipeline, run_id, state.attempts)
+    doc.update(cancelled=True, requested_at=request.get("requested_at"), newly_requested=written)
+    doc["stopped_tasks"] = stopped
+    if stopped:
+        doc["note"] = (
+            f"Stopped {len(stopped)} task(s); the run ends failed (cancelled) once the stop is reported. "
+            f"`q4 status {run_id}` shows it."
+        )
+    elif state.attempts:
+        doc["note"] = (
+            "No task of the run is running; the run ends failed (cancelled) when its stopped task's event "
+            f"is handled (see `q4 status {run_id}` and `q4 dlq`)."
+        )
+    else:
+        doc["note"] = (
+            "No task was launched; the run's work message is answered failed (cancelled) when it arrives."
+        )
+    return _report(args, doc)
+
+
+def _report(args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    if args.json:
+        out(json.dumps(doc, indent=2))
+        return EXIT_OK
+    if doc["cancelled"]:
+        when = "requested" if doc["newly_requested"] else "was already requested"
+        out(f"Cancel of run {printable(doc['run_id'])} {when} at {printable(doc['requested_at'])}.")
+        for task in doc["stopped_tasks"]:
+            out(f"Stopped task {printable(task['task_arn'])} (attempt {task['attempt']}).")
+    out(printable(doc["note"]))
+    return EXIT_OK
+
+
+def _who() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
