@@ -26,7 +26,7 @@ command -v uv >/dev/null 2>&1 || die "uv is not on PATH; install uv (https://doc
 
 if [ -z "${IMAGE_TAG:-}" ]; then
     IMAGE_TAG="git-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)"
-    if [ -n "$(git status --porcelain -- fargate orchestrator pyproject.toml uv.lock 2>/dev/null)" ]; then
+    if [ -n "$(git status --porcelain -- fargate contract pyproject.toml uv.lock README.md 2>/dev/null)" ]; then
         IMAGE_TAG="${IMAGE_TAG}-dirty-$(date -u +%Y%m%d%H%M%S)"
     fi
 fi

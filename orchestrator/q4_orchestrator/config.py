@@ -1,4 +1,5 @@
-"""The orchestrator's configuration: environment variables set by Terraform (docs/design.md)."""
+"""The orchestrator's configuration: environment variables set by Terraform (docs/contract.md,
+docs/infrastructure.md)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "$Q4_WORK_QUEUE_URL. With --wait, follow the run to its done message and print where the "
         "results are. Exit code 0 succeeded (or submitted), 2 failed or rejected.",
     )
-    submit.add_argument("file", type=Path, metavar="FILE", help="a CSV or Parquet file")
+    submit.add_argument(
+        "file", type=Path, metavar="FILE", help="a CSV (.csv, .csv.gz, .csv.bz2, .csv.zst) or Parquet file"
+    )
     submit.add_argument(
         "--run-id", metavar="ID", help="run id (default: <UTC yyyymmdd-HHMMSS.mmm>-<file name>)"
     )
