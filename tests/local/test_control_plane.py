@@ -1,12 +1,14 @@
 """Runs create no control-plane resource: an inventory of every one in the emulator (buckets, queues,
 functions, event source mappings, roles, policies, clusters, task definitions, services, rules, log groups,
-repositories), taken before and after a small load of runs that succeed, fail and are rejected, is the
-same. Log streams and tasks are the data plane: counted apart, and they grow."""
+repositories), taken before and after a small load of runs that succeed, fail, are rejected and are
+cancelled, is the same. Log streams and tasks are the data plane: counted apart, and they grow."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,18 +112,32 @@ def test_a_load_of_runs_leaves_the_control_plane_as_it_was(stack):
         assert before[kind], kind
     for kind in ("task_definitions", "rules", "log_groups", "repositories"):
         assert before[kind], kind
-    # WHEN two runs succeed, one fails on its input and one is rejected (an unknown mode)
+    # WHEN two runs succeed, one fails on its input, one is rejected (an unknown mode) and one is cancelled
+    # (`q4 cancel` before its work message arrives: answered cancelled, never launched)
+    client(aws, "s3").put_object(
+        Bucket=aws["Q4_ARCHIVE_BUCKET"], Key="run=frozen-cancelled-1/input/table.csv", Body=table(100)
+    )
+    q4 = str(Path(sys.executable).parent / "q4")
+    cancel = subprocess.run(
+        [q4, "cancel", "frozen-cancelled-1"], env={**stack["env"], **aws}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert cancel.returncode == 0, cancel.stderr
+    submit(aws, "frozen-cancelled-1", None)
     submit(aws, "frozen-ok-1", table(300))
     submit(aws, "frozen-ok-2", table(500), mode="enhanced")
     submit(aws, "frozen-bad-1", ONE_FEATURE)
     submit(aws, "frozen-rejected-1", table(100), mode="turbo")
-    done = done_messages(aws, ["frozen-ok-1", "frozen-ok-2", "frozen-bad-1", "frozen-rejected-1"])
+    runs = ["frozen-ok-1", "frozen-ok-2", "frozen-bad-1", "frozen-rejected-1", "frozen-cancelled-1"]
+    done = done_messages(aws, runs)
     assert {run: message["status"] for run, message in done.items()} == {
         "frozen-ok-1": "succeeded",
         "frozen-ok-2": "succeeded",
         "frozen-bad-1": "failed",
         "frozen-rejected-1": "rejected",
+        "frozen-cancelled-1": "failed",
     }
+    assert done["frozen-cancelled-1"]["error"]["code"] == "cancelled"
     # THEN every control-plane resource is as it was
     after = inventory(aws)
     changed = {kind: (before[kind], after[kind]) for kind in before if before[kind] != after[kind]}
