@@ -1,8 +1,8 @@
 """Load (issue #5, item 1), small: 20 runs at once through the work queue of the shared local stack.
 
 `benchmarks/load.py` is the full version (200 runs, figures in benchmarks/results/load.json); this runs
-the same plan, drain and audit with 20 runs (mixed sizes up to 10k rows, all three modes, bad inputs that must end
-`failed`, bad messages that must end `rejected`) and checks the invariants on the raw observations.
+the same plan, drain and audit with 20 runs (mixed sizes up to 10k rows, all three modes, bad inputs that
+must end `failed`, bad messages that must end `rejected`) and checks the invariants on the raw observations.
 """
 
 from __future__ import annotations
