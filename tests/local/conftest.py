@@ -35,7 +35,7 @@ def clean_env(state_dir: Path, environ: Mapping[str, str] | None = None) -> dict
 
 
 def _up(base: Path) -> dict[str, Any]:
-    """`q4 local up --detach` in a fresh state dir (a background thread: tests/headstart.py)."""
+    """`q4 local up --detach` in a fresh state dir (a background thread: tests/support/headstart.py)."""
     state_dir = base / "state"
     env = clean_env(state_dir, headstart.ENVIRON)
     started = time.monotonic()
