@@ -26,6 +26,7 @@ DEPLOYMENTS = frozenset({"deployed_stack", "stack", "image_stack", "enforcing_st
 #: fast set. A listed name that no longer exists is an error, so a rename cannot quietly make a test "fast".
 SLOW: dict[str, frozenset[str]] = {
     "core/test_cli_run.py": frozenset({"test_real_command_line_exit_codes_and_no_traceback"}),
+    "core/test_csv_text.py": frozenset({"test_only_values_that_need_quotes_get_them_in_every_chunk"}),
     "core/test_memory_bound.py": frozenset({"*"}),
     "core/test_run_concurrency.py": frozenset({"*"}),
     "core/test_seeds_and_full_mode.py": frozenset(
@@ -65,8 +66,10 @@ SLOW: dict[str, frozenset[str]] = {
         {
             "test_different_data_gives_different_plots",
             "test_png_bytes_are_deterministic_and_carry_no_software_stamp",
+            "test_wide_tables_stay_readable_and_small",
         }
     ),
+    "viz/test_viz_report.py": frozenset({"test_report_bytes_are_deterministic"}),
 }
 
 

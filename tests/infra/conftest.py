@@ -45,7 +45,7 @@ def orchestrator_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _deploy(base: Path) -> dict[str, object]:
     """ONE deployment of infrastructure/ to a moto server of its own by scripts/deploy.sh (its emulator
     mode, the path docker-compose users take), with non-default variables. Runs in a background thread
-    (tests/headstart.py): explicit environments only, and the emulator stopped if anything fails."""
+    (tests/support/headstart.py): explicit environments only, and the emulator stopped if anything fails."""
     if shutil.which("terraform") is None:
         raise RuntimeError("terraform is not on PATH")
     server = emulator.start(log_path=base / "moto.log")

@@ -93,7 +93,7 @@ def enforce_iam(endpoint_url: str) -> None:
 
 
 def _up(base: Path) -> tuple[EnforcingStack, subprocess.Popen[bytes]]:
-    """The enforcing emulator and the deployment (a background thread: tests/headstart.py)."""
+    """The enforcing emulator and the deployment (a background thread: tests/support/headstart.py)."""
     if shutil.which("terraform") is None:
         raise RuntimeError("terraform is not on PATH")
     endpoint, process = _start_enforcing_emulator(base / "moto.log")
