@@ -44,6 +44,7 @@ resource "aws_lambda_function" "orchestrator" {
       Q4_SECURITY_GROUPS      = join(",", local.task_security_group_ids)
       Q4_ASSIGN_PUBLIC_IP     = var.assign_public_ip ? "ENABLED" : "DISABLED"
       Q4_MAX_ATTEMPTS         = tostring(var.max_attempts)
+      Q4_TASK_ARCHITECTURE    = var.task_cpu_architecture
       POWERTOOLS_SERVICE_NAME = local.orchestrator_name
       POWERTOOLS_LOG_LEVEL    = var.log_level
     }

@@ -295,7 +295,15 @@ def task_metadata(container: Container) -> dict[str, Any]:
         },
         # No "Image": a task run as a process ran no image (the image launcher adds the one it ran).
         "Containers": [{"Name": container.container.get("name")}],
+        **_ephemeral_storage_metrics(definition),
     }
+
+
+def _ephemeral_storage_metrics(definition: dict[str, Any]) -> dict[str, Any]:
+    """Fargate's ``EphemeralStorageMetrics`` (MiB) for a definition's ``ephemeralStorage`` (the task's cost
+    counts what is beyond the free 20 GiB); nothing when the definition sets none."""
+    size = (definition.get("ephemeralStorage") or {}).get("sizeInGiB")
+    return {"EphemeralStorageMetrics": {"Reserved": int(size) * 1024, "Utilized": 0}} if size else {}
 
 
 def _alive(record: TaskRecord) -> bool:

@@ -31,6 +31,8 @@ class OrchestratorConfig:
     security_groups: tuple[str, ...]
     assign_public_ip: str
     max_attempts: int
+    #: the task definition's runtimePlatform (prices a crashed run when its STOPPED event names none)
+    task_cpu_architecture: str = "X86_64"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OrchestratorConfig:
@@ -64,6 +66,7 @@ class OrchestratorConfig:
             security_groups=_split(env.get("Q4_SECURITY_GROUPS", "")),
             assign_public_ip=assign,
             max_attempts=max_attempts,
+            task_cpu_architecture=env.get("Q4_TASK_ARCHITECTURE", "").strip().upper() or "X86_64",
         )
 
     @property
