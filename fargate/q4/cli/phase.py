@@ -6,7 +6,8 @@ STOPPED) and the queues (a rejection on the done queue, letters in the DLQ: :mod
 
 ``queued`` (inputs uploaded, no job.json: the work message waits for the orchestrator), ``rejected``,
 ``launching`` (accepted; no task yet, or ECS still provisioning it), ``running`` (since ECS's ``startedAt``),
-``stopped`` (the attempt's task stopped; the orchestrator relaunches it or ends the run), ``committed``
+``stopping`` / ``stopped`` (the attempt's task stops; the orchestrator relaunches it or ends the run),
+``launched`` (ECS cannot be asked, or no longer knows the task), ``committed``
 (MANIFEST.json), ``failed`` (ERROR.json); each with ``attempt n of m`` (m: ``Q4_MAX_ATTEMPTS``, default 3).
 """
 
@@ -111,7 +112,7 @@ def describe_phase(found: Mapping[str, Any]) -> str:
         text += f" since {found['since']}"
     if found.get("attempt") is not None:
         text += f", attempt {found['attempt']} of {found['max_attempts']}"
-    if found.get("ecs_status") and found.get("phase") not in ("running", "stopped"):
+    if found.get("ecs_status") and found.get("phase") not in ("running", "stopped", "stopping"):
         text += f" (ECS {found['ecs_status']})"
     if found.get("note"):
         text += f" ({found['note']})"
