@@ -216,7 +216,7 @@ def earlier_attempts(store: Any, run_id: str, attempts: range) -> list[dict[str,
     for attempt in attempts:
         try:
             record = store.read_json(stopped_key(run_id, attempt))
-        except ValueError:  # UnreadableDocument
+        except Exception:  # unreadable, denied, S3 trouble: this attempt's time is unknown (complete: false)
             record = None
         entries.append(usage_of_stopped(record, attempt))
     return entries
