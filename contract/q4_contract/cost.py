@@ -55,10 +55,16 @@ def region_of_arn(arn: str | None) -> str | None:
 
 
 def prices_for(
-    region: str | None, architecture: str | None, table: Mapping[str, Any] | None = None
+    region: str | None,
+    architecture: str | None,
+    table: Mapping[str, Any] | None = None,
+    price_region: str | None = None,
 ) -> dict[str, Any]:
-    """The ``prices`` of a cost document: the rates used, where they come from, or nulls with a note."""
+    """The ``prices`` of a cost document: the rates used, where they come from, or nulls with a note.
+    ``price_region`` (``Q4_PRICE_REGION``) prices the run as if it ran there (the local stack's region is a
+    stand-in): ``region`` is then the priced one and ``run_region`` where the task ran."""
     table = load_prices() if table is None else table
+    run_region, region = region, (price_region or region)
     row = (table.get("on_demand") or {}).get(region or "") or {}
     rates = row.get(architecture or "") or {}
     prices: dict[str, Any] = {
@@ -73,6 +79,9 @@ def prices_for(
         "as_of": table.get("as_of"),
         "source": table.get("source"),
     }
+    if region != run_region:
+        prices["run_region"] = run_region
+        prices["note"] = f"Priced as if run in {region} (Q4_PRICE_REGION); the task ran in {run_region}."
     if not rates:
         prices["note"] = (
             f"The price table ({table.get('as_of')}) has no on-demand price for "

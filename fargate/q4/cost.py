@@ -90,7 +90,11 @@ def task_cost(
             or environ.get("AWS_REGION")
             or environ.get("AWS_DEFAULT_REGION")
         )
-        prices = costs.prices_for(region, costs.architecture_name(platform.machine()))
+        prices = costs.prices_for(
+            region,
+            costs.architecture_name(platform.machine()),
+            price_region=environ.get("Q4_PRICE_REGION") or None,
+        )
         attempts = costs.earlier_attempts(store, run_id, range(1, attempt))
         return costs.run_cost([*attempts, this_attempt(environ, attempt, compute)], prices)
     except Exception as exc:  # S3 trouble reading an earlier record must not stop a finished run's commit

@@ -306,7 +306,9 @@ class Orchestrator:
         """The ``cost`` of a run whose every attempt crashed: each attempt's ECS time (stopped records)."""
         record = costs.stopped_record(detail, run_id, attempt)
         prices = costs.prices_for(
-            record["region"], record["architecture"] or self.config.task_cpu_architecture
+            record["region"],
+            record["architecture"] or self.config.task_cpu_architecture,
+            price_region=self.config.price_region,
         )
         return costs.run_cost(costs.earlier_attempts(self.store, run_id, range(1, attempt + 1)), prices)
 

@@ -72,6 +72,13 @@ def test_an_unknown_region_or_attempt_leaves_the_price_unknown_not_guessed() -> 
     assert partial["usd"] is None and partial["complete"] is False and partial["vcpu_seconds"] == 30
 
 
+def test_a_price_region_prices_a_run_as_if_it_ran_there() -> None:
+    prices = costs.prices_for("eu-central-2", "ARM64", price_region="us-east-1")
+    assert (prices["region"], prices["run_region"]) == ("us-east-1", "eu-central-2")
+    assert prices["vcpu_hour"] == PRICES["on_demand"]["us-east-1"]["ARM64"]["vcpu_hour"]
+    assert "Q4_PRICE_REGION" in prices["note"] and "run_region" not in costs.prices_for("us-east-1", "ARM64")
+
+
 # ---------------------------------------------------------------- the task
 
 
