@@ -53,7 +53,9 @@ def test_status_follows_a_run_from_queued_to_committed_with_its_cost(
         "tasks"
     ]
     assert (running["phase"], running["attempt"], running["ecs_status"]) == ("running", 1, "RUNNING")
-    assert running["since"] and task_env(task)["Q4_RUN_ID"] == "ph1"
+    assert task_env(task)["Q4_RUN_ID"] == "ph1"
+    # moto gives no startedAt: the launch record's time, said so
+    assert running["since"] and running["note"] == "launch time; ECS gave no startedAt"
     human = q4(env, "status", "ph1").stdout
     assert f"phase:     running since {running['since']}, attempt 1 of 3" in human
     # WHEN its task commits the run

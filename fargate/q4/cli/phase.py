@@ -96,7 +96,15 @@ def phase(pipeline: Pipeline, state: RunState, rejected: bool = False) -> dict[s
     if status in LAUNCHING_STATUSES:
         return {**doc, "phase": "launching"}
     if status == "RUNNING":
-        return {**doc, "phase": "running", "since": _when(task.get("startedAt")) or doc["launched_at"]}
+        started = _when(task.get("startedAt"))
+        if started is None:  # moto gives none: the launch record's time, said so
+            return {
+                **doc,
+                "phase": "running",
+                "since": doc["launched_at"],
+                "note": "launch time; ECS gave no startedAt",
+            }
+        return {**doc, "phase": "running", "since": started}
     return {
         **doc,
         "phase": "stopped",
