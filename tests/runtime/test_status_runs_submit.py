@@ -178,3 +178,17 @@ def test_submit_refuses_a_bad_field_or_a_missing_model_before_uploading(
         assert process.returncode == 2 and f"[{code}]" in process.stderr, (flags, process.stderr)
     listing = boto3.client("s3").list_objects_v2(Bucket=pipeline.archive_bucket)
     assert listing.get("KeyCount", 0) == 0 and drain(pipeline.work_queue_url) == []
+
+
+def test_status_of_a_run_whose_launch_record_is_unreadable_still_answers(
+    pipeline: Pipeline, aws_env: dict[str, str]
+) -> None:
+    put(pipeline.archive_bucket, "run=ph3/input/x.csv", b"a,b\n1,2\n")
+    job = contract.parse_job({"run_id": "ph3", "input_key": "run=ph3/input/x.csv"})
+    put(pipeline.artifacts_bucket, contract.job_key("ph3"), job.to_json().encode())
+    put(pipeline.artifacts_bucket, contract.attempt_key("ph3", 1), b"\x00 not json")
+    process = q4(_env(pipeline, aws_env), "status", "ph3")
+    assert process.returncode == 0, process.stderr
+    assert (
+        "phase:     launched, attempt 1 of 3 (the launch record of attempt 1 is unreadable)" in process.stdout
+    )

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from q4_contract import RunState
+from q4_contract import RunState, UnreadableDocument
 
 from q4 import aws
 from q4.cli.common import Pipeline
@@ -77,7 +77,10 @@ def phase(pipeline: Pipeline, state: RunState, rejected: bool = False) -> dict[s
         return {**doc, "phase": "rejected" if rejected else "queued"}
     if attempt is None:
         return {**doc, "phase": "launching", "note": "accepted; the orchestrator has not started a task yet"}
-    record = pipeline.store.attempt_record(state.run_id, attempt) or {}
+    try:
+        record = pipeline.store.attempt_record(state.run_id, attempt) or {}
+    except UnreadableDocument:
+        return {**doc, "phase": "launched", "note": f"the launch record of attempt {attempt} is unreadable"}
     task_arn = record.get("task_arn")
     doc.update(task_arn=task_arn, launched_at=record.get("launched_at"))
     if not isinstance(task_arn, str) or not task_arn:
