@@ -121,6 +121,14 @@ data "aws_iam_policy_document" "task" {
   }
 
   statement {
+    # The orchestrator's record of each stopped attempt (ECS times, task size): the attempt that ends the run
+    # sums them into the run's cost.
+    sid       = "ReadStoppedAttempts"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.artifacts_run}/attempts/*.stopped.json"]
+  }
+
+  statement {
     sid       = "WriteRunArtifacts"
     actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
     resources = local.task_written_objects

@@ -49,6 +49,7 @@ resource "aws_lambda_function" "orchestrator" {
       Q4_TASK_MEMORY_PER_VCPU = tostring(var.task_memory_per_vcpu_mib)
       Q4_TASK_STORAGE_MIN_GIB = tostring(var.task_ephemeral_storage_min_gib)
       Q4_TASK_STORAGE_MAX_GIB = tostring(var.task_ephemeral_storage_max_gib)
+      Q4_TASK_ARCHITECTURE    = var.task_cpu_architecture
       POWERTOOLS_SERVICE_NAME = local.orchestrator_name
       POWERTOOLS_LOG_LEVEL    = var.log_level
     }

@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from q4_contract.cost import cost_usd as _cost_usd
 from q4_contract.errors import Rejection
 from q4_contract.job import DEFAULT_MODE, MODES, is_valid_run_id
 from q4_contract.keys import manifest_key, run_prefix
@@ -31,6 +32,7 @@ def done_message(
     attempt: int | None = None,
     duration_s: float | None = None,
     duplicate: bool = False,
+    cost_usd: float | None = None,
 ) -> dict[str, Any]:
     """A ``q4.done/v1`` message (docs/contract.md, "Done message")."""
     doc: dict[str, Any] = {
@@ -43,6 +45,7 @@ def done_message(
         "attempt": attempt,
         "duration_s": duration_s,
         "duplicate": duplicate,
+        "cost_usd": cost_usd,
     }
     if status == "succeeded":
         doc["manifest_key"] = manifest
@@ -68,6 +71,7 @@ def succeeded_done(
         attempt=_attempt_of(manifest),
         duration_s=duration,
         duplicate=duplicate,
+        cost_usd=_cost_usd(manifest),
     )
 
 
@@ -84,6 +88,7 @@ def failed_done(
         attempt=_attempt_of(error_doc),
         duration_s=_duration_of(error_doc),
         duplicate=duplicate,
+        cost_usd=_cost_usd(error_doc),
     )
 
 

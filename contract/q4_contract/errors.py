@@ -101,7 +101,7 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
     ("not_numeric", "the library got data that is not numeric", (LIBRARY,)),
     ("not_2d", "the library got data that is not a 2-D array", (LIBRARY,)),
     ("features_with_model", "features named together with a model (the model fixes them)", (TASK, RUN)),
-    ("model_not_found", "no model at model_key / --model", (TASK, RUN)),
+    ("model_not_found", "no model at model_key / --model", (TASK, RUN, SUBMIT)),
     ("invalid_model", "the model file is not a valid q4_model.json", (TASK, RUN, LIBRARY)),
     ("model_mismatch", "the input lacks a feature of the model", (TASK, RUN)),
     # the task and the orchestrator's crash recovery

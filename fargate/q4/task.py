@@ -42,6 +42,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from q4_contract import Job, Rejection, S3Store
 
 from q4 import aws
+from q4.cost import task_cost
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
 
 logger = logging.getLogger("q4.task")
@@ -339,6 +340,7 @@ class Task:
                 compute=self.compute,
                 warnings=result.warnings,
             )
+        manifest["cost"] = task_cost(self.store, run_id, self.attempt, self.compute, self.environ)
         with aws.aws_errors(f"commit run {run_id}"):
             self.stop.check()
             check_not_cancelled(self.store, run_id, "before the commit")
@@ -447,6 +449,7 @@ def fail_run(
         run_id=run_id, error=exc, attempts=attempt, job=job, inputs=inputs, compute=compute or None
     )
     error_doc["duration_s"] = round(time.perf_counter() - started, 3)
+    error_doc["cost"] = task_cost(store, run_id, attempt, compute)
     with aws.aws_errors(f"record the failure of run {run_id}"):
         if store.exists(contract.manifest_key(run_id)):
             logger.info("Another task committed this run meanwhile; no ERROR.json written.")

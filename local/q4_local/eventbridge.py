@@ -256,6 +256,7 @@ class EventBridge:
                 "launchType": task.get("launchType", "FARGATE"),
                 "cpu": task.get("cpu"),
                 "memory": task.get("memory"),
+                **({"ephemeralStorage": task["ephemeralStorage"]} if task.get("ephemeralStorage") else {}),
                 "lastStatus": "STOPPED",
                 "desiredStatus": "STOPPED",
                 "stopCode": record.stop_code

@@ -202,7 +202,9 @@ class Fargate:
         that writes its exit code to ``tasks/<task-id>/exit_code``; stopped at once when the command is not
         found."""
         task_dir = self.tasks_dir / task_id(record.task_arn)
-        launch = self.launcher(record, self.container(record), task_dir, self.aws_env)
+        container = self.container(record)
+        _size_like_ecs(record.task, container.definition)
+        launch = self.launcher(record, container, task_dir, self.aws_env)
         if not launch.argv or shutil.which(launch.argv[0], path=launch.env.get("PATH")) is None:
             self.stopped(
                 record, None, f"CannotStartContainerError: command {launch.argv!r} not found locally"
@@ -391,7 +393,28 @@ def task_metadata(container: Container) -> dict[str, Any]:
         "EphemeralStorageMetrics": {"Reserved": storage_gib * 1024, "Utilized": 0},
         # No "Image": a task run as a process ran no image (the image launcher adds the one it ran).
         "Containers": [{"Name": container.container.get("name")}],
+        **_ephemeral_storage_metrics(definition),
     }
+
+
+def _ephemeral_storage_metrics(definition: dict[str, Any]) -> dict[str, Any]:
+    """Fargate's ``EphemeralStorageMetrics`` (MiB) for a definition's ``ephemeralStorage`` (the task's cost
+    counts what is beyond the free 20 GiB); nothing when the definition sets none."""
+    size = (definition.get("ephemeralStorage") or {}).get("sizeInGiB")
+    return {"EphemeralStorageMetrics": {"Reserved": int(size) * 1024, "Utilized": 0}} if size else {}
+
+
+def _size_like_ecs(task: dict[str, Any], definition: dict[str, Any]) -> None:
+    """Give the ledger's task entry the size ECS reports for a Fargate task (``cpu``, ``memory``: the
+    overrides', else the definition's; ``ephemeralStorage``), which moto leaves out: its STOPPED event then
+    carries them as ECS's does (the run's cost counts each attempt's size)."""
+    overrides = task.get("overrides") or {}
+    for key in ("cpu", "memory"):
+        value = overrides.get(key) or definition.get(key)
+        if not task.get(key) and value:
+            task[key] = str(value)
+    if not task.get("ephemeralStorage") and definition.get("ephemeralStorage"):
+        task["ephemeralStorage"] = dict(definition["ephemeralStorage"])
 
 
 def _alive(record: TaskRecord) -> bool:

@@ -144,7 +144,17 @@ def compact_redrive_policy() -> None:
     Queue._q4_compact_redrive_policy = True  # type: ignore[attr-defined]
 
 
+def ecs_tasks_keep_their_status() -> None:
+    """ECS reports a task RUNNING until it stops; moto moved a task one status on (RUNNING, DEACTIVATING, ...,
+    STOPPED) at every DescribeTasks, so `q4 status` saw a running task as stopping. A task now stays as
+    RunTask and StopTask leave it (the local Fargate stand-in stops each task when its process exits)."""
+    from moto.moto_api import state_manager
+
+    state_manager.set_transition(model_name="ecs::task", transition={"progression": "manual", "times": 2**62})
+
+
 def main(argv: list[str] | None = None) -> None:
+    ecs_tasks_keep_their_status()
     disable_builtin_sqs_lambda_poller()
     support_redrive_allow_policy()
     loopback_is_secure_transport()

@@ -74,12 +74,16 @@ class RuntimeConfig:
             raise SystemExit(f"no local stack state in {directory}")
         return cls(
             state_dir=directory,
-            aws_env=aws_env(stack.endpoint_url, stack.region),
+            aws_env={**aws_env(stack.endpoint_url, stack.region), "Q4_PRICE_REGION": PRICE_REGION},
             function_name=str(stack.outputs["orchestrator_function_name"]),
             cluster=str(stack.outputs["cluster_name"]),
             lambda_zips={name: Path(path) for name, path in stack.lambda_zips.items()},
             max_tasks=max_tasks,
         )
+
+
+#: The local stack runs in a stand-in region (docs/design.md); its runs are priced as if they ran here.
+PRICE_REGION = "us-east-1"
 
 
 def aws_env(endpoint_url: str, region: str) -> dict[str, str]:

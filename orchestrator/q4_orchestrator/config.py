@@ -62,6 +62,10 @@ class OrchestratorConfig:
     assign_public_ip: str
     max_attempts: int
     size_limits: SizeLimits = field(default_factory=SizeLimits)
+    #: the task definition's runtimePlatform (prices a crashed run when its STOPPED event names none)
+    task_cpu_architecture: str = "X86_64"
+    #: price runs as if they ran in this region (the local stack's region is a stand-in); None: their own
+    price_region: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OrchestratorConfig:
@@ -96,6 +100,8 @@ class OrchestratorConfig:
             assign_public_ip=assign,
             max_attempts=max_attempts,
             size_limits=size_limits_from_env(env),
+            task_cpu_architecture=env.get("Q4_TASK_ARCHITECTURE", "").strip().upper() or "X86_64",
+            price_region=env.get("Q4_PRICE_REGION", "").strip() or None,
         )
 
     @property

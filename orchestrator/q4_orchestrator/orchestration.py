@@ -26,6 +26,7 @@ from typing import Any
 import q4_contract as contract
 from botocore.exceptions import ClientError
 from q4_contract import Job, Rejection
+from q4_contract import cost as costs
 
 from q4_orchestrator.config import OrchestratorConfig
 
@@ -293,6 +294,7 @@ class Orchestrator:
         if stopped is None:
             return "ignored"
         run_id, attempt, env, context = stopped
+        self._record_stop(run_id, attempt, detail)
         if context["exit_code"] in TERMINAL_EXIT_CODES:
             self.logger.info(
                 "Task ended; its done message is already sent.", extra={**context, "outcome": "reported"}
@@ -333,6 +335,30 @@ class Orchestrator:
             )
             return "relaunched"
         return self._crashed_for_good(job, attempt, detail, context)
+
+    def _record_stop(self, run_id: str, attempt: int, detail: Mapping[str, Any]) -> None:
+        """Keep what ECS says about the stopped attempt (billed time, size) once, for the run's cost: the
+        committing attempt's MANIFEST.json / ERROR.json sums the earlier attempts from these records."""
+        if not contract.is_valid_run_id(run_id):
+            return
+        record = costs.stopped_record(detail, run_id, attempt)
+        try:
+            self.store.put_json_once(costs.stopped_key(run_id, attempt), record)
+        except Exception as exc:  # the cost is an account, not a reason to stop recovering the run
+            self.logger.warning(
+                "Could not record the stopped attempt's billed time.",
+                extra={"run_id": run_id, "attempt": attempt, "error": str(exc)},
+            )
+
+    def _crash_cost(self, run_id: str, attempt: int, detail: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``cost`` of a run whose every attempt crashed: each attempt's ECS time (stopped records)."""
+        record = costs.stopped_record(detail, run_id, attempt)
+        prices = costs.prices_for(
+            record["region"],
+            record["architecture"] or self.config.task_cpu_architecture,
+            price_region=self.config.price_region,
+        )
+        return costs.run_cost(costs.earlier_attempts(self.store, run_id, range(1, attempt + 1)), prices)
 
     def _stopped_task(
         self, detail: Mapping[str, Any]
@@ -381,6 +407,7 @@ class Orchestrator:
             },
             retryable=True,
         )
+        error_doc["cost"] = self._crash_cost(run_id, attempt, detail)
         if not self.store.put_json_once(contract.error_key(run_id), error_doc):
             error_doc = self.store.error(run_id) or error_doc
         self.logger.error(

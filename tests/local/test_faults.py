@@ -334,7 +334,7 @@ def test_task_killed_mid_upload_never_looks_complete(stack, recovered_run):
     assert json.loads(status.stdout)["state"] == "accepted"
     assert fetch.returncode != 0 and "has not finished" in fetch.stderr, fetch.stderr
     assert not (tmp_path / "partial").exists()
-    assert {"run_id": run_id, "state": "accepted"} in json.loads(runs.stdout)
+    assert {"run_id": run_id, "state": "accepted", "cost_usd": None} in json.loads(runs.stdout)
     # AND the STOPPED event (exit 137) relaunched it; attempt 2 committed and is the only terminal state
     done = recovered_run["done"]
     assert [(m["status"], m["attempt"], m["duplicate"]) for m in done] == [("succeeded", 2, False)]

@@ -160,6 +160,7 @@ def test_done_messages_follow_the_schema() -> None:
         "rows": {"keep": 2},
         "timings": {"read": 1.0, "total": 2.5},
         "compute": {"attempt": 2},
+        "cost": {"usd": 0.00125, "vcpu_seconds": 60.0},
     }
     done = contract.succeeded_done(manifest, "bucket")
     assert done == {
@@ -174,6 +175,7 @@ def test_done_messages_follow_the_schema() -> None:
         "attempt": 2,
         "duration_s": 2.5,
         "duplicate": False,
+        "cost_usd": 0.00125,
     }
     error = {
         "run_id": "r",

@@ -268,13 +268,14 @@ def test_runs_and_status_read_state_from_the_buckets(
     env = cli_env(pipeline, aws_env)
     listed = q4(env, "runs", "--json")
     assert json.loads(listed.stdout) == [
-        {"run_id": "a-ok", "state": "succeeded"},
-        {"run_id": "b-failed", "state": "failed"},
-        {"run_id": "c-running", "state": "accepted"},
-        {"run_id": "d-queued", "state": "submitted"},
+        {"run_id": "a-ok", "state": "succeeded", "cost_usd": None},
+        {"run_id": "b-failed", "state": "failed", "cost_usd": None},
+        {"run_id": "c-running", "state": "accepted", "cost_usd": None},
+        {"run_id": "d-queued", "state": "submitted", "cost_usd": None},
     ]
     table_out = q4(env, "runs").stdout.splitlines()
-    assert table_out[0].split() == ["RUN", "ID", "STATE"] and table_out[2].split() == ["b-failed", "failed"]
+    assert table_out[0].split() == ["RUN", "ID", "STATE", "COST"]
+    assert table_out[2].split() == ["b-failed", "failed", "-"]
     failed = q4(env, "status", "b-failed")
     assert "too_few_rows: Too few rows." in failed.stdout
     unknown = q4(env, "status", "nope")

@@ -274,6 +274,7 @@ def test_orchestrator_duplicate_and_crash_recovery_with_its_own_role(
     )
     assert sorted(item["Key"] for item in attempts["Contents"]) == [
         "run=sec-3/attempts/1.json",
+        "run=sec-3/attempts/1.stopped.json",  # what attempt 1's STOPPED event said (the run's cost)
         "run=sec-3/attempts/2.json",
     ]
 

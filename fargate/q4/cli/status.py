@@ -1,5 +1,7 @@
-"""``q4 status``: a run's state from the buckets, and for a run that has not ended, its latest rejection
-on the done queue and its messages in the DLQ (nothing consumed)."""
+"""``q4 status``: a run's state from the buckets, its phase (:mod:`q4.cli.phase`: queued, launching, running
+since, attempt n of m, committed; from the launch records, ECS DescribeTasks and the queues) and its cost, and
+for a run that has not ended, its latest rejection on the done queue and its messages in the DLQ (nothing
+consumed)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from q4_contract import RunState
 
 from q4 import aws
 from q4.cli.common import Pipeline, check_run_id, out, printable
+from q4.cli.phase import cost_summary, describe_cost, describe_phase, phase
 from q4.errors import EXIT_OK, InputError
 
 
@@ -20,9 +23,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "status",
         help="show a run's state from the buckets",
         description=(
-            "Show a run's state (submitted, accepted, succeeded, failed) from the buckets alone. For a run "
-            "that has not ended, also show its latest rejection on the done queue and its messages in the "
-            "DLQ ($Q4_DLQ_URL), consuming nothing."
+            "Show a run's state (submitted, accepted, succeeded, failed) from the buckets, its phase "
+            "(queued, launching, running since, attempt n of $Q4_MAX_ATTEMPTS, committed; ECS "
+            "DescribeTasks tells whether the latest attempt's task is pending, running or stopped) and "
+            "its cost. For a run that has not ended, also show its latest rejection on the done queue and "
+            "its messages in the DLQ ($Q4_DLQ_URL), consuming nothing."
         ),
     )
     status.add_argument("run_id", metavar="RUN_ID")
@@ -41,6 +46,8 @@ def _summary(pipeline: Pipeline, state: RunState) -> dict[str, Any]:
         doc["rows"] = rows if isinstance(rows, dict) else None
         doc["results"] = pipeline.results_url(state.run_id)
         doc["manifest"] = f"{doc['results']}MANIFEST.json"
+    if state.state in ("succeeded", "failed"):
+        doc["cost"] = cost_summary(state.manifest or state.error)
     if state.error is not None:
         doc["error"] = {"code": state.error.get("code"), "message": state.error.get("message")}
         doc["details"] = f"{pipeline.results_url(state.run_id)}ERROR.json"
@@ -102,12 +109,17 @@ def handle_status(args: argparse.Namespace) -> int:
         )
     doc = _summary(pipeline, state)
     _add_queue_findings(pipeline, state, doc)
+    with aws.aws_errors(f"read the launch records of run {run_id}"):
+        doc["phase"] = phase(pipeline, state, rejected="rejection" in doc)
     if args.json:
         out(json.dumps(doc, indent=2))
         return EXIT_OK
     for name in ("run_id", "state", "mode", "input", "attempts"):
         if doc.get(name) is not None:
             out(f"{name.replace('_', ' ') + ':':<10} {printable(doc[name])}")
+    out(f"{'phase:':<10} {printable(describe_phase(doc['phase']))}")
+    if "cost" in doc:
+        out(f"{'cost:':<10} {printable(describe_cost(doc['cost']))}")
     if doc.get("rows"):
         rows = doc["rows"]
         out(f"{'rows:':<10} " + printable(", ".join(f"{k} {v}" for k, v in rows.items())))

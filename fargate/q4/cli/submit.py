@@ -25,6 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from q4 import aws
 from q4.cli.common import Pipeline, check_run_id, out, printable, shown, unusable_in_a_key
+from q4.cli.phase import describe_cost
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, Q4Error, RunStateError
 
 #: User metadata ``q4 submit`` stores with an input: its sha256, so a re-submit can prove "same file".
@@ -61,6 +62,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--mode", default=contract.DEFAULT_MODE, metavar="{" + ",".join(contract.MODES) + "}", help="Q4 mode"
     )
     submit.add_argument(
+        "--features", metavar="A,B", help="comma-separated feature columns (default: all numeric)"
+    )
+    low, high = contract.SVD_K_RANGE
+    submit.add_argument(
+        "--svd-k", metavar="K", help=f"SVD components ({low}..{high}, default {contract.DEFAULT_SVD_K})"
+    )
+    submit.add_argument(
+        "--output-format",
+        metavar="|".join(contract.OUTPUT_FORMATS),
+        help=f"row outputs format (default {contract.DEFAULT_OUTPUT_FORMAT})",
+    )
+    submit.add_argument(
+        "--model",
+        metavar="RUN_ID|KEY",
+        help="apply the model of an earlier enhanced or full run (its run id, or the key "
+        "run=<id>/model/q4_model.json in the artifacts bucket) instead of fitting",
+    )
+    submit.add_argument(
         "--task-cpu",
         metavar="UNITS",
         help="Fargate CPU units for the run's task: 256, 512, 1024, 2048, 4096, 8192 or 16384, within the "
@@ -82,9 +101,7 @@ def handle_submit(args: argparse.Namespace) -> int:
     # an explicit --run-id "" is refused like any other invalid id, not replaced by the default
     run_id = check_run_id(args.run_id if args.run_id is not None else default_run_id(path))
     key = contract.input_root(run_id) + path.name
-    message = _work_message(run_id, key, args.mode)
-    if args.task_cpu is not None:
-        message = _with_task_cpu(message, args.task_cpu)
+    message = _work_message(run_id, key, args)
     try:
         digest = sha256_file(path)
     except OSError as exc:
@@ -93,6 +110,8 @@ def handle_submit(args: argparse.Namespace) -> int:
         ) from None
 
     pipeline = Pipeline()
+    if "model_key" in message:
+        _check_model(pipeline, str(message["model_key"]))
     state = pipeline.state(run_id)
     if state.state not in ("unknown", "submitted"):
         raise RunStateError(
@@ -115,39 +134,62 @@ def handle_submit(args: argparse.Namespace) -> int:
     with aws.aws_errors("send the work message"):
         pipeline.sqs.send_message(QueueUrl=pipeline.config.work_queue_url, MessageBody=json.dumps(message))
     out(f"q4: submitted run {run_id} ({args.mode} mode): s3://{bucket}/{key}")
+    if "model_key" in message:
+        out(f"q4: with the model s3://{pipeline.config.artifacts_bucket}/{message['model_key']}")
     if not args.wait:
         out(f"q4: follow it with: q4 status {run_id}")
         return EXIT_OK
     return _wait_and_report(pipeline, run_id, args.timeout, message, sent_at)
 
 
-def _work_message(run_id: str, key: str, mode: str) -> dict[str, Any]:
-    """The work message ``q4 submit`` will send, checked by the contract before anything is uploaded: a
-    message the orchestrator would reject (an unknown mode, ...) is refused with the rejection's code."""
-    message = {"run_id": run_id, "input_key": key, "mode": mode}
+def _work_message(run_id: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The work message ``q4 submit`` will send (every job field the flags give; the rest left to their
+    defaults), checked by the contract before anything is uploaded: a message the orchestrator would reject
+    (an unknown mode, a bad --svd-k, ...) is refused with the rejection's code."""
+    message: dict[str, Any] = {"run_id": run_id, "input_key": key, "mode": args.mode}
     try:
+        if args.features is not None:
+            message["features"] = [name.strip() for name in args.features.split(",") if name.strip()]
+        if args.svd_k is not None:
+            message["svd_k"] = contract.svd_k_from_text(args.svd_k, "--svd-k ", run_id)
+        if args.output_format is not None:
+            message["output_format"] = args.output_format
+        if args.model is not None:
+            model = str(args.model)
+            is_run_id = "/" not in model and contract.is_valid_run_id(model)
+            message["model_key"] = contract.run_prefix(model) + "model/q4_model.json" if is_run_id else model
+        if args.task_cpu is not None:
+            message["task_cpu"] = _task_cpu(args.task_cpu)
         contract.parse_job(message)
     except contract.Rejection as rejection:
         raise InputError(rejection.code, rejection.message) from None
     return message
 
 
-def _with_task_cpu(message: dict[str, Any], text: str) -> dict[str, Any]:
-    """The work message asking for ``--task-cpu`` CPU units, checked like :func:`_work_message` (the
-    deployment's limits are the orchestrator's to check: a size outside them is a ``rejected`` run)."""
+def _task_cpu(text: str) -> int:
+    """``--task-cpu`` as an integer; whether it is a Fargate CPU step the contract judges (the deployment's
+    limits are the orchestrator's to check: a size outside them is a ``rejected`` run)."""
     try:
-        task_cpu = int(text)
+        return int(text)
     except ValueError:
         raise InputError(
             "invalid_task_cpu",
             f"--task-cpu {contract.shown(text)} is not an integer; use a Fargate CPU step such as 1024.",
         ) from None
-    message = {**message, "task_cpu": task_cpu}
-    try:
-        contract.parse_job(message)
-    except contract.Rejection as rejection:
-        raise InputError(rejection.code, rejection.message) from None
-    return message
+
+
+def _check_model(pipeline: Pipeline, model_key: str) -> None:
+    """Refuse, before anything is uploaded, a model that is not in the artifacts bucket (the task would
+    fail the run with the same code)."""
+    bucket = pipeline.config.artifacts_bucket
+    with aws.aws_errors(f"find the model s3://{bucket}/{model_key}"):
+        found = contract.key_listed(pipeline.s3, bucket, model_key)
+    if not found:
+        raise InputError(
+            "model_not_found",
+            f"No model at s3://{bucket}/{printable(model_key)}; give the run id of an enhanced or full run "
+            "that succeeded (`q4 runs`).",
+        )
 
 
 def _check_input_file(path: Path) -> None:
@@ -298,6 +340,8 @@ def _wait_and_report(
             f"{rows.get('discard', '?')} discard (Q2+Q3), {rows.get('rejected', '?')} rejected."
         )
         out(f"q4: results: {pipeline.results_url(run_id)} (MANIFEST.json lists every artifact)")
+        if isinstance(manifest.get("cost"), dict):
+            out(f"q4: cost: {describe_cost(manifest['cost'])}")
         listed: list[Any] = manifest["artifacts"] if isinstance(manifest.get("artifacts"), list) else []
         if any(isinstance(a, dict) and a.get("key") == "viz/report.html" for a in listed):
             out(f"q4: report: {pipeline.results_url(run_id)}viz/report.html")
