@@ -28,6 +28,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -71,6 +72,7 @@ class TaskImage:
     user: str = "0"
     workdir: str = "/"
     command: list[str] = field(default_factory=list)  # Entrypoint + Cmd
+    container: str = ""  # the buildah working container that holds the mount
 
     def metadata_container(self, name: str | None) -> dict[str, Any]:
         """The container entry of the task metadata (``/task``'s ``Containers``): Image and ImageID."""
@@ -111,13 +113,11 @@ def _image_config(reference: str) -> tuple[str, dict[str, Any]]:
 
 
 def prepare(reference: str) -> TaskImage:
-    """Mount ``reference`` (a local image) for tasks; idempotent: reuses this image's working container."""
+    """Mount ``reference`` (a local image) for tasks in a working container of its own: two users of one
+    image (two local stacks, a test beside a stack) never unmount each other's root."""
     image_id, config = _image_config(reference)
-    name = CONTAINER_PREFIX + image_id.removeprefix("sha256:")[:12]
-    try:
-        _buildah("inspect", "--type", "container", name)
-    except ImageTaskError:
-        _buildah("from", "--pull-never", "--name", name, reference)
+    name = f"{CONTAINER_PREFIX}{image_id.removeprefix('sha256:')[:12]}-{uuid.uuid4().hex[:8]}"
+    _buildah("from", "--pull-never", "--name", name, reference)
     root = Path(_buildah("mount", name))
     env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
     return TaskImage(
@@ -128,14 +128,14 @@ def prepare(reference: str) -> TaskImage:
         user=str(config.get("User") or "0"),
         workdir=str(config.get("WorkingDir") or "/"),
         command=[*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])],
+        container=name,
     )
 
 
 def release(image: TaskImage) -> None:
-    """Unmount and remove the image's working container (tasks still running lose nothing: their
-    namespaces hold their own mounts)."""
-    name = CONTAINER_PREFIX + image.image_id.removeprefix("sha256:")[:12]
-    for args in (("umount", name), ("rm", name)):
+    """Unmount and remove the working container :func:`prepare` made (tasks still running lose nothing:
+    their namespaces hold their own mounts)."""
+    for args in (("umount", image.container), ("rm", image.container)):
         with contextlib.suppress(ImageTaskError):
             _buildah(*args)
 
