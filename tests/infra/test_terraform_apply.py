@@ -144,6 +144,12 @@ def test_orchestrator_function_configuration(
         "Q4_SECURITY_GROUPS",
         "Q4_ASSIGN_PUBLIC_IP",
         "Q4_MAX_ATTEMPTS",
+        "Q4_TASK_CPU_MIN",
+        "Q4_TASK_CPU_MAX",
+        "Q4_TASK_MEMORY_PER_VCPU",
+        "Q4_TASK_STORAGE_MIN_GIB",
+        "Q4_TASK_STORAGE_MAX_GIB",
+        "Q4_TASK_ARCHITECTURE",
         "POWERTOOLS_SERVICE_NAME",
         "POWERTOOLS_LOG_LEVEL",
     }
@@ -155,6 +161,11 @@ def test_orchestrator_function_configuration(
     assert env["Q4_CONTAINER_NAME"] == "q4"
     assert env["Q4_ASSIGN_PUBLIC_IP"] == "ENABLED"
     assert env["Q4_MAX_ATTEMPTS"] == "3"
+    # the task size limits (docs/contract.md, Task size) and the architecture that prices a crashed run
+    sizes = ("Q4_TASK_CPU_MIN", "Q4_TASK_CPU_MAX", "Q4_TASK_MEMORY_PER_VCPU")
+    sizes += ("Q4_TASK_STORAGE_MIN_GIB", "Q4_TASK_STORAGE_MAX_GIB")
+    assert [env[name] for name in sizes] == ["1024", "4096", "4096", "21", "200"]
+    assert env["Q4_TASK_ARCHITECTURE"] == "X86_64"
 
     # Networking came from the emulator's default VPC: real subnet and security-group ids RunTask accepts.
     ec2 = aws("ec2")
