@@ -118,7 +118,9 @@ def _down(deployed: tuple[EnforcingStack | None, subprocess.Popen[bytes]]) -> No
 headstart.register("enforcing_stack", _up, _down)
 
 
-@pytest.fixture(scope="package")
+# session, not package: with pytest-randomly, modules of other packages run between security modules, and a
+# package-scoped fixture would be torn down (the deployment released) and then taken again, dead.
+@pytest.fixture(scope="session")
 def enforcing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EnforcingStack]:
     if shutil.which("terraform") is None:
         pytest.skip("terraform is not on PATH: install Terraform >= 1.6 to run the least-privilege tests")
