@@ -31,7 +31,13 @@ from q4_contract import INPUT_SUFFIXES
 
 from q4.errors import Q4Error, TransientError
 
-CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60)
+#: 32 connections: an S3Reader fetches 4 parts ahead, each S3Writer uploads 2 parts, on the same client.
+CLIENT_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=10,
+    read_timeout=60,
+    max_pool_connections=32,
+)
 TRANSFER_CONFIG = TransferConfig(multipart_threshold=64 * 1024 * 1024, multipart_chunksize=64 * 1024 * 1024)
 HOW_TO_CONFIGURE = (
     'run `eval "$(q4 local env)"` for the local stack, or export it from `terraform output` for AWS'

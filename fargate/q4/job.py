@@ -45,13 +45,13 @@ from q4.errors import InputError, ModelError, RunStateError, contract_errors, na
 from q4.features import FeatureBlock, feature_block, numeric_header_warning, row_id_warnings, select_features
 from q4.model import Q4Model, fit_model, json_number, load_model
 from q4.moments import Moments
-from q4.outputs import RowWriters, content_type
+from q4.outputs import OpenSink, RowWriters, Sink, content_type
 from q4.progress import Progress
 from q4.projectors import Standardization, is_degenerate
 from q4.quadrants import quadrant_labels, scores
 from q4.sources import Source
 from q4.study import QuadrantStats, study_section, svd_section
-from q4.tables import InputTable, Spill, iter_batches, open_inputs, prefetched
+from q4.tables import InputTable, Spill, csv_codec, iter_batches, open_inputs, prefetched
 
 STUDY_SCHEMA = "q4.study/v1"
 #: At most this many rows (a fixed stride sample of the valid rows) reach the plots.
@@ -131,6 +131,10 @@ class RunResult:
     report: Path | None = None
     #: ``(inode, size, mtime_ns)`` of each artifact (by key) when it was hashed
     fingerprints: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    #: keys of the artifacts written to run_job's ``sinks`` (already in place: not under run_dir)
+    streamed: frozenset[str] = frozenset()
+    #: what pass 1 did with its spill (:class:`SpillPlan`)
+    spill: Mapping[str, Any] = field(default_factory=dict)
 
     def input_objects(self) -> list[dict[str, Any]]:
         """``{key, size, sha256}`` per input file, for the manifest."""
@@ -183,6 +187,54 @@ def scratch_dir() -> str | None:
     return os.environ.get("Q4_SCRATCH_DIR") or None
 
 
+#: The pass-1 spill leaves at least this much of the scratch room free (the documents, the plots, logs) ...
+SPILL_MARGIN_BYTES = 64 << 20
+#: ... or this share of it, whichever is more (docs/decisions/runtime.md, "The spill rule").
+SPILL_MARGIN_SHARE = 0.10
+
+
+def spill_budget(scratch: Path, limit: int | None = None) -> int:
+    """Bytes pass 1 may spill into ``scratch``: the free space of its file system (``statvfs``) and, when
+    the caller knows it, ``limit`` (what the task's ephemeral storage has left), less the margin."""
+    st = os.statvfs(scratch)
+    room = st.f_bavail * st.f_frsize
+    if limit is not None:
+        room = min(room, limit)
+    return max(0, int(room - max(SPILL_MARGIN_BYTES, room * SPILL_MARGIN_SHARE)))
+
+
+@dataclass
+class SpillPlan:
+    """Whether pass 1 spills (CSV only) and what it did: recorded in the manifest as ``spill``."""
+
+    budget: int
+    spilled: bool = False
+    bytes: int = 0
+    reason: str = "parquet"  # parquet | fits | over_budget (the input, or the spill as it grew)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "spilled": self.spilled,
+            "bytes": self.bytes,
+            "budget_bytes": self.budget,
+            "reason": self.reason,
+        }
+
+
+def _plan_spill(table: InputTable, scratch: Path, limit: int | None) -> SpillPlan:
+    """A plain CSV spills at least its own size (its text, plus offsets and the parsed features): one
+    larger than the budget does not start; a compressed one starts and stops if it outgrows it."""
+    plan = SpillPlan(spill_budget(scratch, limit))
+    if table.format != "csv":
+        return plan
+    plain = all(csv_codec(s) is None for s in table.sources)
+    if plain and table.bytes > plan.budget:
+        plan.reason = "over_budget"
+        return plan
+    plan.spilled, plan.reason = True, "fits"
+    return plan
+
+
 def run_job(
     inputs: Sequence[Source | Path],
     run_dir: Path,
@@ -190,15 +242,24 @@ def run_job(
     *,
     progress: bool = False,
     input_names: Sequence[str] | None = None,
+    sinks: OpenSink | None = None,
+    scratch_limit: int | None = None,
 ) -> RunResult:
     """Run the Q4 job on ``inputs`` and write its artifacts under ``run_dir`` (``.../run=<id>/``).
 
-    Raises :class:`q4.errors.Q4Error` for bad input; then nothing run_job wrote is left behind.
+    ``inputs``: :class:`~q4.sources.Source` objects (a path is a local file). ``sinks``: where the row
+    outputs go, ``(key below run_dir, content type) -> Sink`` (the task: S3 multipart uploads at their final
+    keys); their artifacts carry the bytes and sha256 the sinks counted, and ``RunResult.streamed`` names
+    them. Default: files under ``run_dir/output``. ``scratch_limit``: bytes the caller's scratch may still
+    take (the task: its ephemeral storage left), for the spill rule (:func:`spill_budget`).
+
+    Raises :class:`q4.errors.Q4Error` for bad input; then nothing run_job wrote is left behind (the sinks
+    are aborted).
     """
     spec.validate()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(list(inputs), run_dir, spec, progress, input_names)
+        return _run(list(inputs), run_dir, spec, progress, input_names, sinks, scratch_limit)
     except BaseException:
         for name in OUTPUT_DIRS:
             shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -211,6 +272,8 @@ def _run(
     spec: JobSpec,
     progress: bool,
     input_names: Sequence[str] | None,
+    sinks: OpenSink | None = None,
+    scratch_limit: int | None = None,
 ) -> RunResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -231,7 +294,8 @@ def _run(
         parquet_digests = (
             {s: hasher.submit(s.sha256) for s in table.sources} if table.format == "parquet" else {}
         )
-        read = _read_pass(table, spec, features, by_default, warnings, digests, scratch, stack, bar)
+        plan = _plan_spill(table, scratch, scratch_limit)
+        read = _read_pass(table, spec, features, by_default, warnings, digests, scratch, stack, bar, plan)
         timings["read"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -239,7 +303,10 @@ def _run(
         timings["fit"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        projected = _project_pass(run_dir, spec, table, features, model, read, stack, bar)
+        streamed: dict[str, Sink] = {}  # the row outputs' sinks, when not files under run_dir
+        projected = _project_pass(
+            run_dir, spec, table, features, model, read, stack, bar, _recording(sinks, streamed)
+        )
         timings["project"] = time.perf_counter() - clock
 
         # documents (and plots) while the writer threads finish the row files
@@ -264,8 +331,7 @@ def _run(
         timings["finish_writing"] = time.perf_counter() - clock
 
     fingerprints: dict[str, tuple[int, int, int]] = {}
-    artifacts = tuple(_artifacts(run_dir, spec.run_id, fingerprints))
-    sizes = [s.size for s in table.sources]
+    artifacts = _listed([*_artifacts(run_dir, spec.run_id, fingerprints), *_streamed_artifacts(streamed)])
     return RunResult(
         run_id=spec.run_id,
         mode=spec.mode,
@@ -274,9 +340,11 @@ def _run(
         rows=rows,
         timings=timings,
         warnings=tuple(warnings),
-        input={**input_doc, "sizes": sizes},
+        input={**input_doc, "sizes": [s.size for s in table.sources]},
         report=report,
         fingerprints=fingerprints,
+        streamed=frozenset(streamed),
+        spill=plan.to_dict(),
     )
 
 
@@ -300,6 +368,7 @@ def _read_pass(
     scratch: Path,
     stack: ExitStack,
     bar: Progress,
+    plan: SpillPlan | None = None,
 ) -> _Read:
     """Pass 1: read every chunk, classify its rows, merge the valid rows' moments; CSV chunks are spilled
     to ``scratch`` (closed by ``stack``) and hashed into ``digests``; row-id warnings join ``warnings``."""
@@ -307,7 +376,8 @@ def _read_pass(
     moments = Moments(d)
     n_input = 0
     id_checked = False
-    spill = Spill(scratch / "pass1.arrow", table.schema, d) if table.format == "csv" else None
+    spilling = plan.spilled if plan is not None else table.format == "csv"
+    spill = Spill(scratch / "pass1.arrow", table.schema, d) if spilling else None
     if spill is not None:
         stack.callback(spill.close)
     task = bar.add("Reading", total=table.bytes, unit="bytes")
@@ -323,10 +393,23 @@ def _read_pass(
             n_input += batch.num_rows
             if spill is not None:
                 spill.write(batch, block)
+                spill = _within_budget(spill, plan)
         if spill is not None:
             spill.close()
     task.done()
     return _Read(moments, n_input, spill, chunk_rows)
+
+
+def _within_budget(spill: Spill, plan: SpillPlan | None) -> Spill | None:
+    """The spill, or None once it outgrew the plan's budget (deleted: pass 2 parses the input again)."""
+    if plan is None:
+        return spill
+    plan.bytes = spill.bytes
+    if spill.bytes <= plan.budget:
+        return spill
+    spill.discard()
+    plan.spilled, plan.reason = False, "over_budget"
+    return None
 
 
 def _fit(
@@ -388,6 +471,7 @@ def _project_pass(
     read: _Read,
     stack: ExitStack,
     bar: Progress,
+    open_sink: OpenSink | None = None,
 ) -> _Projected:
     """Pass 2: project every chunk and hand it to the row writers under ``run_dir/output`` (closed by
     ``stack`` on failure), tallying energy, the plot sample and, in full mode, per-quadrant moments."""
@@ -404,8 +488,9 @@ def _project_pass(
         spec.output_format,
         svd_k=k if enhanced else 0,
         queue_chunks=FULL_MODE_QUEUE_CHUNKS if spec.mode == "full" else 1,
+        open_sink=open_sink,
     )
-    stack.callback(writers.close)
+    stack.push(lambda failed, *_: writers.close(abort=failed is not None))  # a failed run aborts its sinks
     energy = EnergyTally()
     quadrant_stats = QuadrantStats(d) if spec.mode == "full" else None
     sample = _Sample(stride=max(1, math.ceil(moments.n / PLOT_SAMPLE_ROWS)))
@@ -684,14 +769,42 @@ def _artifacts(
         yield Artifact(key=key, bytes=after[1], sha256=digest, content_type=content_type(path))
 
 
+def _recording(sinks: OpenSink | None, opened: dict[str, Sink]) -> OpenSink | None:
+    """The row writers' sink opener (file names under ``output/``), noting each sink by its key."""
+    if sinks is None:
+        return None
+
+    def open_sink(name: str, content_type: str) -> Sink:
+        key = f"output/{name}"
+        opened[key] = sinks(key, content_type)
+        return opened[key]
+
+    return open_sink
+
+
+def _streamed_artifacts(opened: Mapping[str, Sink]) -> Iterator[Artifact]:
+    """The artifacts written to sinks, as the sinks counted them (``bytes`` and ``sha256`` once closed)."""
+    for key, sink in opened.items():
+        counted: Any = sink  # an S3Writer (q4.s3io): it counts its bytes and sha256 as they go
+        if not isinstance(counted.sha256, str):
+            raise TypeError(f"the sink of {key} did not report its sha256 (closed?)")
+        yield Artifact(key, int(counted.bytes), counted.sha256, content_type(Path(key)))
+
+
+def _listed(artifacts: list[Artifact]) -> tuple[Artifact, ...]:
+    """Artifacts in the manifest's order: by top directory (OUTPUT_DIRS), then by path."""
+    return tuple(sorted(artifacts, key=lambda a: (OUTPUT_DIRS.index(a.key.split("/")[0]), Path(a.key))))
+
+
 def verify_unchanged(result: RunResult) -> None:
     """Check that ``result.run_dir`` holds exactly the artifacts listed, as they were hashed.
 
     Cheap (one ``stat`` per file, no re-reading): the same inode, size and mtime as when the sha256
     was computed. Called just before committing, so a MANIFEST.json never lists bytes that are not on
-    disk. Raises :class:`RunStateError` (``run_changed``) otherwise.
+    disk. Raises :class:`RunStateError` (``run_changed``) otherwise. Streamed artifacts (``result.streamed``)
+    are not on disk: their sinks counted their bytes.
     """
-    listed = {a.key for a in result.artifacts}
+    listed = {a.key for a in result.artifacts if a.key not in result.streamed}
     for path in _output_files(result.run_dir):
         key = path.relative_to(result.run_dir).as_posix()
         if key not in listed:

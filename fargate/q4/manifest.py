@@ -56,6 +56,7 @@ def build_manifest(
     timings: Mapping[str, float],
     compute: Mapping[str, Any] | None = None,
     warnings: Sequence[Mapping[str, str]] = (),
+    spill: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``q4.manifest/v1`` document of a succeeded run.
 
@@ -63,8 +64,9 @@ def build_manifest(
     ``inputs``: one dict per input object, e.g. ``{key, size, etag}`` (S3) or ``{key, size, sha256}``.
     ``artifacts``: ``{key, bytes, sha256, content_type}`` per artifact, keys relative to the run prefix.
     ``timings``: seconds per stage. ``compute``: ``{task_arn, cpu, memory}`` or the local machine.
+    ``spill``: what pass 1 did with its spill (``{spilled, bytes, budget_bytes, reason}``), when given.
     """
-    return {
+    doc = {
         "schema": MANIFEST_SCHEMA,
         "run_id": run_id,
         "status": "succeeded",
@@ -78,6 +80,9 @@ def build_manifest(
         "software": software_versions(),
         "compute": dict(compute) if compute is not None else local_compute(),
     }
+    if spill:
+        doc["spill"] = dict(spill)
+    return doc
 
 
 def build_error(

@@ -8,6 +8,7 @@ RFC 4180 minimal: only a value holding a ``,``, a ``"``, CR or LF is quoted, in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import threading
@@ -15,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +40,35 @@ CONTENT_TYPES = {
 
 def content_type(path: Path) -> str:
     return CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+
+
+class Sink(Protocol):
+    """Where one output file's bytes go: a local file (``pa.OSFile``), an S3 multipart upload
+    (:class:`q4.s3io.S3Writer`)."""
+
+    def write(self, data: Any) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+#: Opens the sink of one row output: ``(file name, e.g. "Q_keep.csv", content type) -> Sink``.
+OpenSink = Callable[[str, str], Sink]
+
+
+def file_sinks(output: Path) -> OpenSink:
+    """Row outputs as files under ``output`` (native writes: pyarrow's OSFile)."""
+    return lambda name, _content_type: pa.OSFile(str(output / name), "wb")
+
+
+def abort_sink(sink: Sink) -> None:
+    """Drop a sink's bytes when it can (an S3 upload); a local file is closed (run_job removes it)."""
+    abort = getattr(sink, "abort", None)
+    if callable(abort):
+        abort()
+    else:
+        sink.close()
 
 
 #: Chunks at least this long are formatted in two halves in parallel.
@@ -153,8 +183,8 @@ class CsvWriter:
     value of a chunk); everything else is written exactly as pyarrow writes it unquoted.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self._file: BinaryIO = path.open("wb")
+    def __init__(self, sink: Sink, schema: pa.Schema) -> None:
+        self._file = sink
         self._file.write(csv_header(schema.names))
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
@@ -168,14 +198,15 @@ class CsvWriter:
         self._file.write(second.result())
 
     def close(self) -> None:
-        self._file.close()
+        """Nothing to flush: the rows went to the sink as written (its owner closes it)."""
 
 
 class TableWriter:
-    """One output table, opened with its schema (so an empty table still has its header)."""
+    """One output table, opened with its schema (so an empty table still has its header), written to a
+    :class:`Sink` (a path: a local file)."""
 
-    def __init__(self, path: Path, schema: pa.Schema, output_format: str) -> None:
-        self.path = path
+    def __init__(self, target: Path | Sink, schema: pa.Schema, output_format: str) -> None:
+        self.sink: Sink = pa.OSFile(str(target), "wb") if isinstance(target, Path) else target
         self.schema = schema
         self.rows = 0
         self._writer: CsvWriter | pq.ParquetWriter
@@ -183,10 +214,10 @@ class TableWriter:
             # Dictionary encoding only for non-float columns: on floats it costs 4x and saves nothing.
             dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
             self._writer = pq.ParquetWriter(
-                str(path), schema, compression="snappy", use_dictionary=dictionary
+                self.sink, schema, compression="snappy", use_dictionary=dictionary
             )
         else:
-            self._writer = CsvWriter(path, schema)
+            self._writer = CsvWriter(self.sink, schema)
 
     def write(self, columns: list[pa.Array]) -> None:
         """Append rows given as one array per schema column."""
@@ -197,7 +228,19 @@ class TableWriter:
         self.rows += batch.num_rows
 
     def close(self) -> None:
-        self._writer.close()
+        """Finish the table and close its sink (an S3 upload completes)."""
+        try:
+            self._writer.close()
+        except BaseException:
+            abort_sink(self.sink)
+            raise
+        self.sink.close()
+
+    def abort(self) -> None:
+        """Drop the table: its sink is aborted (an S3 upload leaves no object)."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        abort_sink(self.sink)
 
 
 class RowWriters:
@@ -212,8 +255,12 @@ class RowWriters:
         *,
         svd_k: int,
         queue_chunks: int = 1,
+        open_sink: OpenSink | None = None,
     ) -> None:
+        """``open_sink``: where each file goes (default: files under ``output``)."""
         ext = ".parquet" if output_format == "parquet" else ".csv"
+        sink = open_sink if open_sink is not None else file_sinks(output)
+        ctype = CONTENT_TYPES[ext]
         self.features = features
         # CSV input to Parquet output: features become float64 columns (the values parsed).
         self.typed_features = output_format == "parquet" and table.format == "csv"
@@ -236,16 +283,16 @@ class RowWriters:
         rejected_schema = pa.schema(
             [*table.schema, pa.field("q4_row", pa.int64()), pa.field("q4_reason", pa.string())]
         )
-        self.keep = TableWriter(output / f"Q_keep{ext}", split_schema, output_format)
-        self.discard = TableWriter(output / f"Q_discard{ext}", split_schema, output_format)
-        self.rejected = TableWriter(output / f"Q_rejected{ext}", rejected_schema, output_format)
+        self.keep = TableWriter(sink(f"Q_keep{ext}", ctype), split_schema, output_format)
+        self.discard = TableWriter(sink(f"Q_discard{ext}", ctype), split_schema, output_format)
+        self.rejected = TableWriter(sink(f"Q_rejected{ext}", ctype), rejected_schema, output_format)
         self.svd: TableWriter | None = None
         if svd_k:
             svd_schema = pa.schema(
                 [pa.field("q4_row", pa.int64())]
                 + [pa.field(f"svd_{i + 1}", pa.float64()) for i in range(svd_k)]
             )
-            self.svd = TableWriter(output / f"svd_scores{ext}", svd_schema, output_format)
+            self.svd = TableWriter(sink(f"svd_scores{ext}", ctype), svd_schema, output_format)
         self._closed = False
         self.queue_chunks = queue_chunks
         self._threads: dict[int, ThreadPoolExecutor] = {}
@@ -295,20 +342,43 @@ class RowWriters:
             queued.popleft().result()
         queued.append(self._threads[key].submit(fn, *args))
 
-    def close(self) -> None:
+    @property
+    def tables(self) -> list[TableWriter]:
+        return [w for w in (self.keep, self.discard, self.rejected, self.svd) if w is not None]
+
+    def close(self, abort: bool = False) -> None:
+        """Finish every file (``abort``: drop them instead; also when a queued write failed)."""
         if self._closed:
             return
         self._closed = True
+        failed = abort
         try:
             for queued in self._pending.values():
                 for future in queued:
                     future.result()
+        except BaseException:
+            failed = True
+            raise
         finally:
             for thread in self._threads.values():
                 thread.shutdown(wait=True, cancel_futures=True)
-            for writer in (self.keep, self.discard, self.rejected, self.svd):
-                if writer is not None:
-                    writer.close()
+            _finish(self.tables, failed)
+
+
+def _finish(writers: list[TableWriter], abort: bool) -> None:
+    """Close every writer; if one fails (or ``abort``), abort the rest and raise the first error."""
+    error: BaseException | None = None
+    for writer in writers:
+        if abort or error is not None:
+            with contextlib.suppress(Exception):
+                writer.abort()
+            continue
+        try:
+            writer.close()
+        except BaseException as exc:
+            error = exc
+    if error is not None:
+        raise error
 
 
 def _split_rows(

@@ -164,6 +164,7 @@ class S3Source(Source):
     key: str
     object_size: int
     etag: str | None = None
+    part_bytes: int = field(default=PART_BYTES, compare=False)
 
     @property
     def name(self) -> str:
@@ -181,7 +182,9 @@ class S3Source(Source):
         return True  # listed: a vanished object fails its first read
 
     def open(self) -> S3Reader:
-        return S3Reader(self.s3, self.bucket, self.key, self.object_size, self.etag)
+        return S3Reader(
+            self.s3, self.bucket, self.key, self.object_size, self.etag, part_bytes=self.part_bytes
+        )
 
 
 class S3Writer(io.RawIOBase):

@@ -826,6 +826,8 @@ class Spill:
             max_workers=1, thread_name_prefix="q4-spill"
         )
         self._pending: Future[None] | None = None
+        #: bytes of the chunks written so far (their Arrow buffers; the file adds a little framing)
+        self.bytes = 0
 
     def write(self, batch: pa.RecordBatch, block: FeatureBlock) -> None:
         values = [pa.array(block.values[:, j]) for j in range(self.d)]
@@ -837,6 +839,7 @@ class Spill:
                 full[int(i)] = reason
             reasons = pa.array(full, pa.string())
         stored = pa.RecordBatch.from_arrays([*batch.columns, *values, reasons], schema=self._schema)
+        self.bytes += stored.nbytes
         if self._pending is not None:
             self._pending.result()
         assert self._pool is not None, "the spill file is closed"
@@ -853,6 +856,11 @@ class Spill:
             self._pool = None
             self._writer.close()
             self._sink.close()
+
+    def discard(self) -> None:
+        """Close and delete the spill file (pass 2 then parses the input again)."""
+        self.close()
+        self.path.unlink(missing_ok=True)
 
     def chunks(self) -> Iterator[tuple[pa.RecordBatch, FeatureBlock]]:
         with pa.OSFile(str(self.path), "rb") as source:

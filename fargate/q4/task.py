@@ -6,9 +6,12 @@ Environment (docs/contract.md, Task environment and exit codes): the per-run job
 and the static ``Q4_INPUT_BUCKET``, ``Q4_ARTIFACTS_BUCKET``, ``Q4_DONE_QUEUE_URL``,
 ``Q4_CHUNK_ROWS``, ``Q4_SCRATCH_DIR``.
 
-Steps: download the inputs (one key, or every CSV/Parquet under a prefix) to scratch disk, run
-the same core as ``q4 run``, upload the artifacts under ``run=<id>/``, write ``MANIFEST.json``
-last with ``If-None-Match: *``, send the done message.
+Steps: list the inputs (one key, or every CSV/Parquet under a prefix) and read them in place, streamed
+with ranged GETs (q4.s3io: nothing is downloaded to scratch disk), run the same core as ``q4 run`` with
+its row outputs going up as multipart uploads at their final keys under ``run=<id>/`` while pass 2
+writes them, upload the documents (er.json, Q_study.json, model, plots), write ``MANIFEST.json`` last
+with ``If-None-Match: *``, send the done message. Scratch disk holds only the model file, the documents
+and the pass-1 spill when it fits (docs/decisions/runtime.md, "Streaming from and to S3").
 
 Exit codes: 0 succeeded (also: already committed with the same job; nothing rewritten);
 2 permanent failure (ERROR.json and the failed done message written; or a run that already
@@ -31,7 +34,7 @@ import tempfile
 import time
 import traceback
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +47,7 @@ from q4_contract import Job, Rejection, S3Store
 from q4 import aws
 from q4.cost import task_cost
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
+from q4.s3io import S3Source, S3Writer
 
 logger = logging.getLogger("q4.task")
 #: Exit code of a task that stopped before its commit (SIGTERM from ECS StopTask, or a cancel request it
@@ -154,6 +158,23 @@ def task_compute(environ: Mapping[str, str], attempt: int) -> dict[str, Any]:
     compute["attempt"] = attempt
     compute.update(task_sizing(environ))
     return compute
+
+
+def scratch_limit(environ: Mapping[str, str]) -> int | None:
+    """Bytes the task's ephemeral storage has left (``EphemeralStorageMetrics``: ``Reserved`` minus
+    ``Utilized``, MiB, from the ECS task metadata; the local stand-in reports them too), None when unknown."""
+    uri = environ.get("ECS_CONTAINER_METADATA_URI_V4")
+    if not uri:
+        return None
+    try:
+        with urllib.request.urlopen(f"{uri}/task", timeout=2) as response:
+            metrics = json.loads(response.read()).get("EphemeralStorageMetrics") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    reserved, used = metrics.get("Reserved"), metrics.get("Utilized") or 0
+    if not isinstance(reserved, int | float) or not isinstance(used, int | float):
+        return None
+    return max(0, int((reserved - used) * 1024 * 1024))
 
 
 def task_sizing(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -290,11 +311,12 @@ class Task:
         with tempfile.TemporaryDirectory(prefix="q4-task-", dir=self.settings.scratch_dir) as tmp:
             work = Path(tmp)
             clock = time.perf_counter()
-            paths = self._download_inputs(work / "input")
+            sources = self._input_sources()
             model_path = self._download_model(work / "model") if self.job.model_key else None
             download_s = time.perf_counter() - clock
             logger.info(
-                "Downloaded the inputs.", extra={"inputs": len(paths), "seconds": round(download_s, 3)}
+                "Opened the inputs (streamed from S3, nothing downloaded).",
+                extra={"inputs": len(sources), "seconds": round(download_s, 3)},
             )
 
             spec = JobSpec(
@@ -308,13 +330,18 @@ class Task:
                 **({"chunk_rows": self.settings.chunk_rows} if self.settings.chunk_rows else {}),
             )
             run_dir = work / "out" / contract.run_prefix(run_id).rstrip("/")
-            result = run_job(paths, run_dir, spec, input_names=[i["key"] for i in self.inputs])
-            logger.info("Q4 job finished.", extra={"rows": result.rows})
+            names, limit = [i["key"] for i in self.inputs], scratch_limit(self.environ)
+            result = run_job(
+                sources, run_dir, spec, input_names=names, sinks=self._sink_opener(), scratch_limit=limit
+            )
+            logger.info("Q4 job finished.", extra={"rows": result.rows, "spill": result.spill})
 
             clock = time.perf_counter()
             with aws.aws_errors(f"upload the artifacts of run {run_id}"):
                 for artifact in result.artifacts:
                     self.stop.check()
+                    if artifact.key in result.streamed:  # already at its key (a multipart upload)
+                        continue
                     aws.upload(
                         self.s3,
                         self.settings.artifacts_bucket,
@@ -339,6 +366,7 @@ class Task:
                 timings=timings,
                 compute=self.compute,
                 warnings=result.warnings,
+                spill=result.spill,
             )
         manifest["cost"] = task_cost(self.store, run_id, self.attempt, self.compute, self.environ)
         with aws.aws_errors(f"commit run {run_id}"):
@@ -370,7 +398,15 @@ class Task:
 
     # ------------------------------------------------------------ S3 and SQS
 
-    def _download_inputs(self, root: Path) -> list[Path]:
+    def _sink_opener(self) -> Callable[[str, str], S3Writer]:
+        """Row outputs as multipart uploads at their final keys (a retry overwrites an earlier attempt's
+        objects before its commit: their bytes are deterministic)."""
+        prefix = contract.run_prefix(self.job.run_id)
+        bucket = self.settings.artifacts_bucket
+        return lambda key, content_type: S3Writer(self.s3, bucket, prefix + key, content_type)
+
+    def _input_sources(self) -> list[S3Source]:
+        """The inputs as S3 sources (size and ETag as listed); ``self.inputs`` lists them for the manifest."""
         bucket = self.settings.input_bucket
         base = contract.input_root(self.job.run_id)
         prefix = self.job.input_key if self.job.input_key is not None else str(self.job.input_prefix)
@@ -389,19 +425,21 @@ class Task:
             raise InputError(
                 "input_not_found", f"The input {where}; upload it and submit again under a new run id."
             )
-        try:
-            paths = aws.input_paths(root, [key.removeprefix(base) for key in keys])
+        try:  # the same keys as when inputs were downloaded: one that could not be a file is refused
+            aws.input_paths(Path("input"), [key.removeprefix(base) for key in keys])
         except aws.UnsafeKeyError as exc:
             raise InputError(
                 "invalid_input_key",
                 f"The input key {base + exc.key!r} has '.', '..' or empty path segments or a NUL character; "
                 "rename the object.",
             ) from None
-        for key, path in zip(keys, paths, strict=True):
-            self.stop.check()
-            with aws.aws_errors(f"download s3://{bucket}/{key}"):
-                self.inputs.append(aws.download(self.s3, bucket, key, path))
-        return paths
+        listed = {item["Key"]: item for item in listing}
+        sources = []
+        for key in keys:
+            size, etag = int(listed[key]["Size"]), str(listed[key].get("ETag", "")).strip('"')
+            self.inputs.append({"key": key, "size": size, "etag": etag})
+            sources.append(S3Source(self.s3, bucket, key, size, etag or None))
+        return sources
 
     def _download_model(self, root: Path) -> Path:
         bucket, key = self.settings.artifacts_bucket, str(self.job.model_key)

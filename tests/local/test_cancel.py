@@ -111,7 +111,7 @@ def test_cancel_stops_a_running_full_mode_job_into_cancelled(stack: dict[str, An
             if running
             else None
         )
-        if log is not None and log.exists() and "Downloaded the inputs." in log.read_text():
+        if log is not None and log.exists() and "Opened the inputs" in log.read_text():
             task = running[0]
             break
         time.sleep(0.1)

@@ -190,7 +190,7 @@ def test_sigterm_stops_the_task_before_its_commit(pipeline: Pipeline, aws_env: d
         assert process.stdout is not None
         try:
             for line in process.stdout:
-                if "Downloaded the inputs." in line:
+                if "Opened the inputs" in line:
                     break
             # WHEN ECS stops it (SIGTERM) while it works
             process.send_signal(signal.SIGTERM)
