@@ -44,7 +44,6 @@ from q4.cpus import available_cpus
 from q4.energy import EnergyTally
 from q4.errors import InputError, ModelError, RunStateError, contract_errors, name_list
 from q4.features import FeatureBlock, feature_block, numeric_header_warning, row_id_warnings, select_features
-from q4.manifest import sha256_file
 from q4.model import Q4Model, fit_model, json_number, load_model
 from q4.moments import Moments
 from q4.outputs import Prepared, RowWriters, content_type
@@ -52,6 +51,7 @@ from q4.parallel import ordered_map
 from q4.progress import Progress
 from q4.projectors import Standardization, is_degenerate
 from q4.quadrants import quadrant_labels, scores
+from q4.sources import Source
 from q4.study import QuadrantStats, study_section, svd_section
 from q4.tables import InputTable, Spill, iter_batches, open_inputs, prefetched
 
@@ -186,7 +186,7 @@ def scratch_dir() -> str | None:
 
 
 def run_job(
-    inputs: Sequence[Path],
+    inputs: Sequence[Source | Path],
     run_dir: Path,
     spec: JobSpec,
     *,
@@ -208,7 +208,11 @@ def run_job(
 
 
 def _run(
-    inputs: list[Path], run_dir: Path, spec: JobSpec, progress: bool, input_names: Sequence[str] | None
+    inputs: list[Source | Path],
+    run_dir: Path,
+    spec: JobSpec,
+    progress: bool,
+    input_names: Sequence[str] | None,
 ) -> RunResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -223,11 +227,11 @@ def _run(
 
     with ExitStack() as stack, Progress(enabled=progress) as bar:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="q4-", dir=scratch_dir())))
-        digests: dict[Path, str] = {}
+        digests: dict[Source, str] = {}
         # CSV files are hashed as they are parsed; Parquet files (read by row group) on the side.
         hasher = stack.enter_context(ThreadPoolExecutor(max_workers=1, thread_name_prefix="q4-sha256"))
         parquet_digests = (
-            {p: hasher.submit(sha256_file, p) for p in table.paths} if table.format == "parquet" else {}
+            {s: hasher.submit(s.sha256) for s in table.sources} if table.format == "parquet" else {}
         )
         read = _read_pass(table, spec, features, by_default, warnings, digests, scratch, stack, bar)
         timings["read"] = time.perf_counter() - clock
@@ -242,7 +246,7 @@ def _run(
 
         # documents (and plots) while the writer threads finish the row files
         clock = time.perf_counter()
-        sha = [digests[p] if p in digests else parquet_digests[p].result() for p in table.paths]
+        sha = [digests[s] if s in digests else parquet_digests[s].result() for s in table.sources]
         input_doc = {"keys": list(table.names), "bytes": table.bytes, "format": table.format, "sha256": sha}
         rows, er, study = _write_documents(
             run_dir, spec, model, source, input_doc, read, projected, features, passthrough, warnings
@@ -263,7 +267,7 @@ def _run(
 
     fingerprints: dict[str, tuple[int, int, int]] = {}
     artifacts = tuple(_artifacts(run_dir, spec.run_id, fingerprints))
-    sizes = [p.stat().st_size for p in table.paths]
+    sizes = [s.size for s in table.sources]
     return RunResult(
         run_id=spec.run_id,
         mode=spec.mode,
@@ -294,7 +298,7 @@ def _read_pass(
     features: list[str],
     by_default: bool,
     warnings: list[dict[str, str]],
-    digests: dict[Path, str],
+    digests: dict[Source, str],
     scratch: Path,
     stack: ExitStack,
     bar: Progress,
@@ -601,7 +605,7 @@ def _check_rows(n_input: int, n_valid: int, table: InputTable) -> None:
     if n_input == 0:
         raise InputError(
             "too_few_rows",
-            f"The input {table.paths[0].name} has a header but no data rows; give at least 2 rows.",
+            f"The input {table.sources[0].name} has a header but no data rows; give at least 2 rows.",
         )
     if n_valid == 0:
         raise InputError(

@@ -10,6 +10,9 @@ agree.
 A compressed CSV file (``.csv.gz``, ``.csv.bz2``, ``.csv.zst``) is the same table: pyarrow decompresses
 it as a stream, and every check that reads raw bytes (byte order marks, the separator, the unclosed
 quote, the last value) reads the decompressed bytes. Its sha256 and size are those of the file as given.
+
+Every input is read through a :class:`q4.sources.Source` (a local file, an S3 object), never a path:
+messages name it by ``source.name``, error details by ``source.label``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import pyarrow.parquet as pq
 
 from q4.errors import InputError
 from q4.features import FeatureBlock, is_number_text, looks_numeric
+from q4.sources import Source, as_source, as_sources
 
 #: Compressed CSV files, read as streams through pyarrow's codecs: suffix (case-insensitive) -> codec.
 CSV_CODECS = {".csv.gz": "gzip", ".csv.bz2": "bz2", ".csv.zst": "zstd"}
@@ -54,7 +58,7 @@ T = TypeVar("T")
 class InputTable:
     """The input files, read as one table."""
 
-    paths: tuple[Path, ...]
+    sources: tuple[Source, ...]
     names: tuple[str, ...]
     format: str  # "csv" | "parquet"
     schema: pa.Schema  # as streamed: CSV all strings, Parquet native
@@ -66,101 +70,105 @@ class InputTable:
         return list(self.schema.names)
 
 
-def csv_codec(path: Path) -> str | None:
+def csv_codec(source: Source) -> str | None:
     """The pyarrow codec a compressed CSV file is read with (``gzip``, ``bz2``, ``zstd``), else None."""
-    name = path.name.lower()
+    name = source.name.lower()
     return next((codec for suffix, codec in CSV_CODECS.items() if name.endswith(suffix)), None)
 
 
-def input_format(path: Path) -> str:
+def input_format(source: Source) -> str:
     """``csv`` or ``parquet`` by file name; a clear error otherwise."""
-    name = path.name.lower()
+    name = source.name.lower()
     if name.endswith(CSV_SUFFIXES):
-        codec = csv_codec(path)
+        codec = csv_codec(source)
         if codec is not None and not pa.Codec.is_available(codec):
             raise InputError(
                 "unsupported_input",
-                f"The input {path.name} is {_CODEC_NAMES[codec]}-compressed but this pyarrow build cannot "
+                f"The input {source.name} is {_CODEC_NAMES[codec]}-compressed but this pyarrow build cannot "
                 "decompress it; decompress the file and run again.",
-                {"input": str(path), "compression": codec},
+                {"input": source.label, "compression": codec},
             )
         return "csv"
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
     raise InputError(
         "unsupported_input",
-        f"The input {path.name} is neither a .csv nor a .parquet file (nor a .csv.gz, .csv.bz2 or .csv.zst); "
-        "convert it to CSV or Parquet.",
-        {"input": str(path)},
+        f"The input {source.name} is neither a .csv nor a .parquet file "
+        "(nor a .csv.gz, .csv.bz2 or .csv.zst); convert it to CSV or Parquet.",
+        {"input": source.label},
     )
 
 
 @contextmanager
-def csv_bytes(path: Path) -> Iterator[Any]:
+def csv_bytes(source: Source) -> Iterator[Any]:
     """The bytes of a CSV file as a readable stream: the file itself, or its decompressed content.
 
     A compressed stream that cannot be decompressed (truncated, not of its codec, corrupt) fails as
     ``malformed_csv`` with one sentence.
     """
-    codec = csv_codec(path)
+    codec = csv_codec(source)
     if codec is None:
-        with path.open("rb") as f:
+        with source.open() as f:
             yield f
         return
     try:
-        with pa.input_stream(str(path), compression=codec) as stream:
+        with source.arrow_file() as raw, pa.CompressedInputStream(raw, codec) as stream:
             yield stream
     except OSError as exc:
-        raise _compression_error(path, codec, exc) from None
+        raise _compression_error(source, codec, exc) from None
 
 
-def _compression_error(path: Path, codec: str, exc: Exception) -> InputError:
+def _compression_error(source: Source, codec: str, exc: Exception) -> InputError:
     problem = " ".join(str(exc).split())
     return InputError(
         "malformed_csv",
-        f"The CSV file {path.name} is not a complete {_CODEC_NAMES[codec]} stream ({problem}); compress it "
+        f"The CSV file {source.name} is not a complete {_CODEC_NAMES[codec]} stream ({problem}); compress it "
         "again from its source (or copy the whole file) and run again.",
-        {"input": str(path), "problem": problem, "compression": codec},
+        {"input": source.label, "problem": problem, "compression": codec},
     )
 
 
-def _holds_at_most(path: Path, limit: int) -> bool:
+def _holds_at_most(source: Source, limit: int) -> bool:
     """Whether the file's CSV text (decompressed, for a compressed file) is at most ``limit`` bytes."""
-    if csv_codec(path) is None:
-        return path.stat().st_size <= limit
-    with csv_bytes(path) as stream:
+    if csv_codec(source) is None:
+        return source.size <= limit
+    with csv_bytes(source) as stream:
         return len(stream.read(limit + 1)) <= limit
 
 
-def open_inputs(paths: Sequence[Path], names: Sequence[str] | None = None) -> InputTable:
-    """Check the input files and read their columns (no data is read beyond a header block)."""
-    if not paths:
+def open_inputs(inputs: Sequence[Source | Path | str], names: Sequence[str] | None = None) -> InputTable:
+    """Check the input files and read their columns (no data is read beyond a header block).
+
+    ``inputs``: :class:`~q4.sources.Source` objects; a path is read as a :class:`~q4.sources.LocalSource`.
+    """
+    sources = as_sources(inputs)
+    if not sources:
         raise InputError("no_input", "No input file was given; pass at least one CSV or Parquet file.")
-    names = tuple(names) if names is not None else tuple(str(p) for p in paths)
+    names = tuple(names) if names is not None else tuple(p.label for p in sources)
     formats = set()
     total = 0
-    for path in paths:
-        formats.add(input_format(path))
-        if not path.is_file():
+    for source in sources:
+        formats.add(input_format(source))
+        if not source.exists():
             raise InputError(
                 "input_not_found",
-                f"The input file {path} does not exist; check the path.",
-                {"input": str(path)},
+                f"The input file {source.label} does not exist; check the path.",
+                {"input": source.label},
             )
-        size = path.stat().st_size
+        size = source.size
         if size == 0:
             raise InputError(
                 "empty_input",
-                f"The input file {path.name} is empty; "
+                f"The input file {source.name} is empty; "
                 "give a table with a header row and at least 2 data rows.",
-                {"input": str(path)},
+                {"input": source.label},
             )
-        if csv_codec(path) is not None and _holds_at_most(path, 0):
+        if csv_codec(source) is not None and _holds_at_most(source, 0):
             raise InputError(
                 "empty_input",
-                f"The input {path.name} is empty once decompressed; "
+                f"The input {source.name} is empty once decompressed; "
                 "give a table with a header row and at least 2 data rows.",
-                {"input": str(path)},
+                {"input": source.label},
             )
         total += size
     if len(formats) > 1:
@@ -169,40 +177,40 @@ def open_inputs(paths: Sequence[Path], names: Sequence[str] | None = None) -> In
             "The inputs mix CSV and Parquet files; convert them to one format to read them as one table.",
         )
     fmt = formats.pop()
-    schemas = [_csv_schema(p) if fmt == "csv" else _parquet_schema(p) for p in paths]
+    schemas = [_csv_schema(p) if fmt == "csv" else _parquet_schema(p) for p in sources]
     first = schemas[0]
-    for path, schema in zip(paths[1:], schemas[1:], strict=True):
+    for source, schema in zip(sources[1:], schemas[1:], strict=True):
         same = schema.names == first.names if fmt == "csv" else schema.equals(first)
         if not same:
             if fmt == "csv":  # a header that swallowed the rest of its file is not "other columns"
-                _check_last_value(path, schema.names[-1])
+                _check_last_value(source, schema.names[-1])
             raise InputError(
                 "input_columns_differ",
-                f"The input {path.name} has other columns than {paths[0].name}; "
+                f"The input {source.name} has other columns than {sources[0].name}; "
                 "files read as one table must have the same columns in the same order.",
-                {"input": str(path), "columns": schema.names, "expected": first.names},
+                {"input": source.label, "columns": schema.names, "expected": first.names},
             )
-    _check_names(first.names, paths[0], csv=fmt == "csv")
+    _check_names(first.names, sources[0], csv=fmt == "csv")
     if fmt == "csv":
         stream_schema = pa.schema([pa.field(n, pa.string()) for n in first.names])
-        numeric = _csv_numeric_columns(paths, stream_schema)
+        numeric = _csv_numeric_columns(sources, stream_schema)
     else:
         stream_schema = first
-        if sum(pq.ParquetFile(p).metadata.num_rows for p in paths) == 0:
-            raise _no_rows(paths[0])
+        if sum(_parquet_rows(p) for p in sources) == 0:
+            raise _no_rows(sources[0])
         numeric = tuple(f.name for f in first if _is_numeric(f.type))
-    return InputTable(tuple(paths), names, fmt, stream_schema, numeric, total)
+    return InputTable(tuple(sources), names, fmt, stream_schema, numeric, total)
 
 
 #: How much of a CSV file decides which columns are numeric.
 SAMPLE_BYTES = 1 << 20
 
 
-def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str, ...]:
+def _csv_numeric_columns(sources: Sequence[Source], schema: pa.Schema) -> tuple[str, ...]:
     """Numeric-looking columns, judged on the first 1 MiB of the first CSV file with data rows."""
-    for path in paths:
+    for source in sources:
         try:
-            with csv_bytes(path) as raw:  # a stream: pyarrow reads (decompresses) only the blocks asked for
+            with csv_bytes(source) as raw:  # a stream: pyarrow reads (decompresses) only the blocks asked for
                 reader = pcsv.open_csv(
                     raw,
                     read_options=pcsv.ReadOptions(block_size=SAMPLE_BYTES, use_threads=False),
@@ -212,7 +220,7 @@ def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str,
                 try:
                     sample = reader.read_next_batch()
                     last = sample
-                    if _holds_at_most(path, SAMPLE_BYTES):
+                    if _holds_at_most(source, SAMPLE_BYTES):
                         # the whole file: its last row may be a quote that swallowed the rest (it would
                         # skew the numeric columns); a longer file's first block ends before such a row
                         for batch in reader:
@@ -222,21 +230,21 @@ def _csv_numeric_columns(paths: Sequence[Path], schema: pa.Schema) -> tuple[str,
                 finally:
                     reader.close()
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-            raise _csv_error(path, exc) from None
+            raise _csv_error(source, exc) from None
         if last.num_rows:
-            _check_last_value(path, last.column(last.num_columns - 1)[-1].as_py())
+            _check_last_value(source, last.column(last.num_columns - 1)[-1].as_py())
         if sample.num_rows:
             return tuple(n for n in schema.names if looks_numeric(sample.column(n)))
-    for path in paths:  # a header that swallowed the rest of its file has no data rows either
-        _check_last_value(path, schema.names[-1])
-    raise _no_rows(paths[0])
+    for source in sources:  # a header that swallowed the rest of its file has no data rows either
+        _check_last_value(source, schema.names[-1])
+    raise _no_rows(sources[0])
 
 
-def _no_rows(path: Path) -> InputError:
+def _no_rows(source: Source) -> InputError:
     return InputError(
         "too_few_rows",
-        f"The input {path.name} has a header but no data rows; give a table with at least 2 data rows.",
-        {"input": str(path)},
+        f"The input {source.name} has a header but no data rows; give a table with at least 2 data rows.",
+        {"input": source.label},
     )
 
 
@@ -244,60 +252,60 @@ def _is_numeric(t: pa.DataType) -> bool:
     return bool(pa.types.is_integer(t) or pa.types.is_floating(t))
 
 
-def _check_names(columns: Sequence[str], path: Path, csv: bool = False) -> None:
+def _check_names(columns: Sequence[str], source: Source, csv: bool = False) -> None:
     seen: set[str] = set()
     for name in columns:
         if name in seen:
             if csv and all(is_number_text(c) for c in columns):  # numeric_header's case, made fatal
                 raise InputError(
                     "duplicate_columns",
-                    f"The input {path.name} has two columns named {name!r} and every column name is a "
+                    f"The input {source.name} has two columns named {name!r} and every column name is a "
                     "number: the file most likely has no header row (its first data row was read as "
                     "one); add a header line with a unique name per column.",
                 )
             raise InputError(
                 "duplicate_columns",
-                f"The input {path.name} has two columns named {name!r}; give every column a unique name.",
+                f"The input {source.name} has two columns named {name!r}; give every column a unique name.",
             )
         seen.add(name)
         if name in RESERVED_COLUMNS:
             raise InputError(
                 "reserved_column",
-                f"The input {path.name} has a column named {name!r}, "
+                f"The input {source.name} has a column named {name!r}, "
                 "which q4 adds to its outputs; rename it.",
             )
 
 
-def _csv_error(path: Path, exc: Exception) -> InputError:
+def _csv_error(source: Source, exc: Exception) -> InputError:
     problem = " ".join(str(exc).split())
     # pyarrow quotes the offending row: keep the sentence printable (NULs, escapes) on one line
     problem = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in problem)
     if "UTF8" in problem or "utf-8" in problem.lower():
         return InputError(
             "malformed_csv",
-            f"The CSV file {path.name} is not UTF-8 text; save it as UTF-8 and run again.",
-            {"input": str(path), "problem": problem},
+            f"The CSV file {source.name} is not UTF-8 text; save it as UTF-8 and run again.",
+            {"input": source.label, "problem": problem},
         )
-    separator = _other_separator(path)
+    separator = _other_separator(source)
     if separator is not None:
-        return _other_separator_error(path, separator, problem)
-    opened = unclosed_quote(path)
+        return _other_separator_error(source, separator, problem)
+    opened = unclosed_quote(source)
     if opened is not None:  # the parse failed because a quoted value runs to the end of the file
-        return _unclosed_quote_error(path, opened)
+        return _unclosed_quote_error(source, opened)
     if "straddling object" in problem:
         return InputError(
             "malformed_csv",
-            f"The CSV file {path.name} has a row longer than the reader's block "
+            f"The CSV file {source.name} has a row longer than the reader's block "
             f"({MAX_BLOCK_BYTES >> 20} MiB); shorten the row.",
-            {"input": str(path), "problem": problem},
+            {"input": source.label, "problem": problem},
         )
     if len(problem) > 160:
         problem = problem[:157] + "..."
     return InputError(
         "malformed_csv",
-        f"The CSV file {path.name} cannot be parsed ({problem}); "
+        f"The CSV file {source.name} cannot be parsed ({problem}); "
         "fix it so every row has as many fields as the header.",
-        {"input": str(path), "problem": str(exc)},
+        {"input": source.label, "problem": str(exc)},
     )
 
 
@@ -307,7 +315,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 SCAN_BYTES = 1 << 22
 
 
-def unclosed_quote(path: Path) -> int | None:
+def unclosed_quote(source: Source | Path) -> int | None:
     """The byte offset of the quote opening a value the file never closes, else None.
 
     Follows pyarrow's CSV lexer (RFC 4180, double quotes, ``,`` separators): a quote opens a quoted
@@ -317,13 +325,14 @@ def unclosed_quote(path: Path) -> int | None:
     chunk where that assumption breaks is walked quote by quote. Only called when a file's tail looks
     like an open quote (:func:`_check_last_value`) or its parse failed.
     """
+    source = as_source(source)
     inside = False
     last_close = -2  # offset of the last quote that closed a value ("" re-opens it)
     opened = -1
     prev = _LF  # the byte before the chunk
     base = 0
     size = max(SCAN_BYTES, len(_UTF8_BOM))  # the first read holds a whole BOM, whatever SCAN_BYTES is
-    with csv_bytes(path) as f:
+    with csv_bytes(source) as f:
         while chunk := f.read(size):
             if base == 0 and chunk.startswith(_UTF8_BOM):  # pyarrow skips it: a field starts after it
                 chunk = b"\n\n\n" + chunk[3:]
@@ -365,11 +374,11 @@ def _scan_chunk(
     return inside, last_close, opened
 
 
-def _line_of(path: Path, offset: int) -> int:
+def _line_of(source: Source, offset: int) -> int:
     """The 1-based line (LF, CRLF or CR endings) holding byte ``offset``."""
     lf = cr = crlf = 0
     last = b""
-    with csv_bytes(path) as f:
+    with csv_bytes(source) as f:
         left = offset
         while left > 0 and (data := f.read(min(SCAN_BYTES, left))):
             left -= len(data)
@@ -380,17 +389,17 @@ def _line_of(path: Path, offset: int) -> int:
     return 1 + lf + cr - crlf
 
 
-def _unclosed_quote_error(path: Path, offset: int) -> InputError:
-    line = _line_of(path, offset)
+def _unclosed_quote_error(source: Source, offset: int) -> InputError:
+    line = _line_of(source, offset)
     return InputError(
         "malformed_csv",
-        f"The CSV file {path.name} ends inside a quoted value: the quote that opens it on line {line:,} is "
+        f"The CSV file {source.name} ends inside a quoted value: the quote that opens it on line {line:,} is "
         'never closed; close it, or double it ("") if it is part of the value.',
-        {"input": str(path), "problem": "unclosed_quote", "line": line, "byte_offset": offset},
+        {"input": source.label, "problem": "unclosed_quote", "line": line, "byte_offset": offset},
     )
 
 
-def _check_last_value(path: Path, value: str, kept: _Tail | None = None) -> None:
+def _check_last_value(source: Source, value: str, kept: _Tail | None = None) -> None:
     """Fail if the file ends inside a quoted value whose text pyarrow returned as ``value`` (the last
     field of the last row): such a value is the rest of the file after its opening quote, so the file's
     last bytes are ``"`` + the value with quotes doubled. Almost every file fails that comparison at
@@ -400,26 +409,26 @@ def _check_last_value(path: Path, value: str, kept: _Tail | None = None) -> None
     if kept is not None and (len(tail) <= kept.n or kept.seen <= kept.n):
         found = kept.bytes()[-len(tail) :] if len(tail) <= min(kept.seen, kept.n) else b""
     else:
-        found = _tail_of(path, len(tail))
+        found = _tail_of(source, len(tail))
     if found != tail:
         return
-    opened = unclosed_quote(path)
+    opened = unclosed_quote(source)
     if opened is not None:
-        raise _unclosed_quote_error(path, opened)
+        raise _unclosed_quote_error(source, opened)
 
 
-def _tail_of(path: Path, n: int) -> bytes:
+def _tail_of(source: Source, n: int) -> bytes:
     """The last ``n`` bytes of the file's CSV text (fewer if it is shorter); a compressed file is
     decompressed to its end, keeping only the tail."""
-    if csv_codec(path) is None:
-        size = path.stat().st_size
+    if csv_codec(source) is None:
+        size = source.size
         if n > size:
             return b""
-        with path.open("rb") as f:
+        with source.open() as f:
             f.seek(size - n)
             return f.read()
     tail = _Tail(n)
-    with csv_bytes(path) as f:
+    with csv_bytes(source) as f:
         while chunk := f.read(SCAN_BYTES):
             tail.add(chunk)
     return tail.bytes()
@@ -447,12 +456,12 @@ class _Tail:
 _OTHER_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 
 
-def _csv_schema(path: Path) -> pa.Schema:
-    with csv_bytes(path) as f:
+def _csv_schema(source: Source) -> pa.Schema:
+    with csv_bytes(source) as f:
         if f.read(4).startswith(_OTHER_BOMS):
-            raise _csv_error(path, UnicodeDecodeError("utf-8", b"", 0, 1, "a UTF-16/32 byte order mark"))
+            raise _csv_error(source, UnicodeDecodeError("utf-8", b"", 0, 1, "a UTF-16/32 byte order mark"))
     try:
-        with csv_bytes(path) as raw:
+        with csv_bytes(source) as raw:
             reader = pcsv.open_csv(
                 raw,
                 read_options=pcsv.ReadOptions(block_size=1 << 20, use_threads=False),
@@ -462,11 +471,11 @@ def _csv_schema(path: Path) -> pa.Schema:
             reader.close()
         schema.names  # noqa: B018 -- decodes the header: a header that is not UTF-8 fails here, not later
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise _csv_error(path, exc) from None
+        raise _csv_error(source, exc) from None
     if len(schema.names) == 1:
-        separator = _other_separator(path)
+        separator = _other_separator(source)
         if separator is not None:
-            raise _other_separator_error(path, separator, None)
+            raise _other_separator_error(source, separator, None)
     return schema
 
 
@@ -474,9 +483,9 @@ def _csv_schema(path: Path) -> pa.Schema:
 OTHER_SEPARATORS = (";", "\t", "|")
 
 
-def _other_separator(path: Path) -> str | None:
+def _other_separator(source: Source) -> str | None:
     """The separator a header line without any comma uses instead, if it is one of OTHER_SEPARATORS."""
-    with csv_bytes(path) as f:
+    with csv_bytes(source) as f:
         head = f.read(1 << 16)
     line = head.removeprefix(_UTF8_BOM).split(b"\n", 1)[0].decode("utf-8", "replace")
     if "," in line:
@@ -486,30 +495,37 @@ def _other_separator(path: Path) -> str | None:
     return best if counts[best] > 0 else None
 
 
-def _other_separator_error(path: Path, separator: str, problem: str | None) -> InputError:
+def _other_separator_error(source: Source, separator: str, problem: str | None) -> InputError:
     shown = {"\t": "tabs", ";": "';'", "|": "'|'"}[separator]
     return InputError(
         "malformed_csv",
-        f"The CSV file {path.name} has no comma in its header line but is separated by {shown}; Q4 reads "
+        f"The CSV file {source.name} has no comma in its header line but is separated by {shown}; Q4 reads "
         "comma-separated files: save it with ',' between values (and '.' as the decimal point) and run "
         "again.",
-        {"input": str(path), "problem": "other_separator", "separator": separator, "parser": problem},
+        {"input": source.label, "problem": "other_separator", "separator": separator, "parser": problem},
     )
 
 
-def _parquet_schema(path: Path) -> pa.Schema:
+def _parquet_schema(source: Source) -> pa.Schema:
     try:
-        pf = pq.ParquetFile(path)
-        schema = pf.schema_arrow
-        _check_parquet_rows(path, pf.metadata)
-        return schema
+        with source.arrow_file() as f:
+            pf = pq.ParquetFile(f)
+            schema = pf.schema_arrow
+            _check_parquet_rows(source, pf.metadata)
+            return schema
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, MemoryError):  # out of memory is a crash (retried), not a bad file
             raise
-        raise _parquet_error(path, exc) from None
+        raise _parquet_error(source, exc) from None
 
 
-def _check_parquet_rows(path: Path, meta: pq.FileMetaData) -> None:
+def _parquet_rows(source: Source) -> int:
+    """The row count a Parquet file's footer declares (its footer was read once already)."""
+    with source.arrow_file() as f:
+        return int(pq.ParquetFile(f).metadata.num_rows)
+
+
+def _check_parquet_rows(source: Source, meta: pq.FileMetaData) -> None:
     """Refuse a footer whose row counts contradict each other (before any data is read): pyarrow does
     not check the file's ``num_rows`` against its row groups', and progress and the no-rows check use it.
 
@@ -521,15 +537,15 @@ def _check_parquet_rows(path: Path, meta: pq.FileMetaData) -> None:
     for i in range(meta.num_row_groups):
         rows = meta.row_group(i).num_rows
         if rows < 0:
-            raise _parquet_lie(path, f"row group {i + 1:,} declares {rows:,} rows")
+            raise _parquet_lie(source, f"row group {i + 1:,} declares {rows:,} rows")
         total += rows
     if total != meta.num_rows:
         raise _parquet_lie(
-            path, f"its footer declares {meta.num_rows:,} rows but its row groups hold {total:,}"
+            source, f"its footer declares {meta.num_rows:,} rows but its row groups hold {total:,}"
         )
 
 
-def _check_parquet_values(path: Path, meta: pq.FileMetaData) -> None:
+def _check_parquet_values(source: Source, meta: pq.FileMetaData) -> None:
     """After the file was read: no flat column chunk holds more values than its row group has rows.
 
     pyarrow trusts a row group's ``num_rows``: a group declaring fewer rows than its pages hold is read
@@ -542,50 +558,51 @@ def _check_parquet_values(path: Path, meta: pq.FileMetaData) -> None:
             values = group.column(j).num_values
             if values > group.num_rows:
                 raise _parquet_lie(
-                    path,
+                    source,
                     f"row group {i + 1:,} declares {group.num_rows:,} rows but its column "
                     f"{meta.schema.column(j).path!r} holds {values:,} values",
                 )
 
 
-def _parquet_lie(path: Path, problem: str) -> InputError:
+def _parquet_lie(source: Source, problem: str) -> InputError:
     return InputError(
         "malformed_parquet",
-        f"The Parquet file {path.name} contradicts itself ({problem}); "
+        f"The Parquet file {source.name} contradicts itself ({problem}); "
         "the file is corrupt: write it again from its source.",
-        {"input": str(path), "problem": problem},
+        {"input": source.label, "problem": problem},
     )
 
 
-def _parquet_error(path: Path, exc: Exception) -> InputError:
+def _parquet_error(source: Source, exc: Exception) -> InputError:
     problem = " ".join(str(exc).split())  # pyarrow's messages may span lines: one sentence
     if "too deeply nested" in problem:  # pyarrow's advice ("increase the depth limit") is not the user's
         return InputError(
             "malformed_parquet",
-            f"The Parquet file {path.name} nests columns more than 100 levels deep, "
+            f"The Parquet file {source.name} nests columns more than 100 levels deep, "
             "more than the reader allows; flatten its schema.",
-            {"input": str(path), "problem": problem},
+            {"input": source.label, "problem": problem},
         )
     if "Exceeded size limit" in problem:  # the footer's Thrift holds a string or list beyond the limits
         return InputError(
             "malformed_parquet",
-            f"The Parquet file {path.name} has a footer (schema and key-value metadata) too large to "
+            f"The Parquet file {source.name} has a footer (schema and key-value metadata) too large to "
             "read; write it again without the oversized metadata.",
-            {"input": str(path), "problem": problem},
+            {"input": source.label, "problem": problem},
         )
     if len(problem) > 160:
         problem = problem[:157] + "..."
     return InputError(
         "malformed_parquet",
-        f"The Parquet file {path.name} cannot be read ({problem}); check that it is a complete Parquet file.",
-        {"input": str(path), "problem": str(exc)},
+        f"The Parquet file {source.name} cannot be read ({problem}); "
+        "check that it is a complete Parquet file.",
+        {"input": source.label, "problem": str(exc)},
     )
 
 
 _MALLOC = re.compile(r"malloc of size (\d+) failed")
 
 
-def _parquet_memory_error(path: Path, pf: pq.ParquetFile, exc: MemoryError) -> InputError | None:
+def _parquet_memory_error(source: Source, pf: pq.ParquetFile, exc: MemoryError) -> InputError | None:
     """A malformed_parquet error if one allocation that failed asked for more bytes than the file holds
     and than any of its row groups declares uncompressed (a page header claiming a 2 GB page, say);
     None for a real lack of memory, which stays a crash (retried)."""
@@ -595,23 +612,23 @@ def _parquet_memory_error(path: Path, pf: pq.ParquetFile, exc: MemoryError) -> I
     asked = int(found.group(1))
     meta = pf.metadata
     groups = (meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    largest = max(path.stat().st_size, *groups)
+    largest = max(source.size, *groups)
     if asked <= largest:
         return None
     return InputError(
         "malformed_parquet",
-        f"The Parquet file {path.name} cannot be read (decoding it asks for {asked:,} bytes at once, more "
+        f"The Parquet file {source.name} cannot be read (decoding it asks for {asked:,} bytes at once, more "
         f"than the whole file or any of its row groups declares: {largest:,}); a page header is most "
         "likely corrupt: write the file again from its source.",
-        {"input": str(path), "problem": str(exc), "bytes": asked, "largest": largest},
+        {"input": source.label, "problem": str(exc), "bytes": asked, "largest": largest},
     )
 
 
 class _HashingReader(io.RawIOBase):
     """A read-only file that feeds every byte read into a sha256 and reports progress."""
 
-    def __init__(self, path: Path, on_bytes: ProgressCallback | None) -> None:
-        self._file = path.open("rb", buffering=0)
+    def __init__(self, source: Source, on_bytes: ProgressCallback | None) -> None:
+        self._file = source.open()
         self.sha256 = hashlib.sha256()
         self._on_bytes = on_bytes
 
@@ -663,35 +680,35 @@ def iter_batches(
     chunk_rows: int,
     *,
     on_bytes: ProgressCallback | None = None,
-    digests: dict[Path, str] | None = None,
+    digests: dict[Source, str] | None = None,
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Yield ``(file_index, batch)`` over all files in order, batches of at most ``chunk_rows`` rows.
 
     CSV files are hashed as they are read: each file's sha256 lands in ``digests``.
     """
-    for index, path in enumerate(table.paths):
+    for index, source in enumerate(table.sources):
         if table.format == "csv":
-            batches = _iter_csv(table, path, chunk_rows, on_bytes, digests)
+            batches = _iter_csv(table, source, chunk_rows, on_bytes, digests)
         else:
-            batches = _iter_parquet(table, path, chunk_rows, on_bytes)
+            batches = _iter_parquet(table, source, chunk_rows, on_bytes)
         yield from ((index, b) for b in batches)
 
 
 def _iter_csv(
     table: InputTable,
-    path: Path,
+    source: Source,
     chunk_rows: int,
     on_bytes: ProgressCallback | None,
-    digests: dict[Path, str] | None,
+    digests: dict[Source, str] | None,
 ) -> Iterator[pa.RecordBatch]:
-    raw = _HashingReader(path, on_bytes)
-    codec = csv_codec(path)
-    source = pa.PythonFile(raw, mode="r")
+    raw = _HashingReader(source, on_bytes)
+    codec = csv_codec(source)
+    stream_in = pa.PythonFile(raw, mode="r")
     # a compressed file: the file's bytes are hashed, its decompressed stream parsed (tail kept)
-    text = None if codec is None else _DecompressedReader(pa.CompressedInputStream(source, codec))
+    text = None if codec is None else _DecompressedReader(pa.CompressedInputStream(stream_in, codec))
     try:
         reader = pcsv.open_csv(
-            source if text is None else pa.PythonFile(text, mode="r"),
+            stream_in if text is None else pa.PythonFile(text, mode="r"),
             # always the full block: a row must fit in one, and the chunk size must not decide whether
             # a long row is readable (blocks sized from chunk_rows were 64 KiB .. 1 MiB)
             read_options=pcsv.ReadOptions(block_size=MAX_BLOCK_BYTES),
@@ -703,7 +720,7 @@ def _iter_csv(
         if reader.schema.names != table.schema.names:
             raise InputError(
                 "input_columns_differ",
-                f"The input {path.name} has other columns than expected; "
+                f"The input {source.name} has other columns than expected; "
                 "files read as one table must have the same columns in the same order.",
             )
         rebatch = _Rebatcher(chunk_rows)
@@ -718,31 +735,32 @@ def _iter_csv(
             yield from rebatch.add(batch)
         if last is not None:  # before the last chunk goes out: a file ending inside a quote fails
             value = last.column(last.num_columns - 1)[-1].as_py()
-            _check_last_value(path, value, None if text is None else text.tail)
+            _check_last_value(source, value, None if text is None else text.tail)
         yield from rebatch.flush()
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise _csv_error(path, exc) from None
+        raise _csv_error(source, exc) from None
     except OSError as exc:  # a compressed stream that does not decompress; a plain file's I/O error stays
         if codec is None:
             raise
-        raise _compression_error(path, codec, exc) from None
+        raise _compression_error(source, codec, exc) from None
     finally:
         raw.close()
     if digests is not None:
-        digests[path] = raw.sha256.hexdigest()
+        digests[source] = raw.sha256.hexdigest()
 
 
 def _iter_parquet(
-    table: InputTable, path: Path, chunk_rows: int, on_bytes: ProgressCallback | None
+    table: InputTable, source: Source, chunk_rows: int, on_bytes: ProgressCallback | None
 ) -> Iterator[pa.RecordBatch]:
     pf: pq.ParquetFile | None = None
+    file = source.arrow_file()
     try:
         # pre_buffer=False: with it, pyarrow keeps every row group read so far cached (memory grows
         # with the file); a buffered stream reads column chunks piece by piece instead.
-        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+        pf = pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
         declared = pf.metadata.num_rows
         total_rows = max(1, declared)
-        size = path.stat().st_size
+        size = source.size
         read = 0
         for batch in pf.iter_batches(batch_size=chunk_rows):
             read += batch.num_rows
@@ -750,15 +768,17 @@ def _iter_parquet(
                 on_bytes(int(size * batch.num_rows / total_rows))
             yield pa.RecordBatch.from_arrays(batch.columns, schema=table.schema)
         if read != declared:  # pyarrow stops quietly where the pages end
-            raise _parquet_lie(path, f"its footer declares {declared:,} rows but its pages hold {read:,}")
-        _check_parquet_values(path, pf.metadata)
+            raise _parquet_lie(source, f"its footer declares {declared:,} rows but its pages hold {read:,}")
+        _check_parquet_values(source, pf.metadata)
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, MemoryError):  # out of memory is a crash (retried), not a bad file ...
-            lie = _parquet_memory_error(path, pf, exc) if pf is not None else None
+            lie = _parquet_memory_error(source, pf, exc) if pf is not None else None
             if lie is None:
                 raise
             raise lie from None  # ... unless the file asked for more than it can hold
-        raise _parquet_error(path, exc) from None
+        raise _parquet_error(source, exc) from None
+    finally:
+        file.close()
 
 
 class _Rebatcher:

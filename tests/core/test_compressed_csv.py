@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from q4 import tables
+from q4.sources import Source
 
 Q4 = str(Path(sys.executable).with_name("q4"))
 
@@ -215,7 +216,7 @@ def test_the_last_value_check_reads_the_decompressed_tail(tmp_path):
     src = tmp_path / "t.csv.gz"
     src.write_bytes(gzip.compress(text))
     table = tables.open_inputs([src])
-    digests: dict[Path, str] = {}
+    digests: dict[Source, str] = {}
     rows = sum(b.num_rows for _, b in tables.iter_batches(table, 7, digests=digests))
-    assert rows == 30 and digests[src] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert rows == 30 and digests[table.sources[0]] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert tables.unclosed_quote(src) is None
