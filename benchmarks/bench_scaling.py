@@ -23,7 +23,10 @@ Gaussian floats (bench_standard.py's seeded generators):
 
 For every core count N, each case runs as its own process pinned to the first N of this process's CPUs
 (``os.sched_setaffinity``) with OMP/OPENBLAS/MKL/NUMEXPR/ARROW thread limits of N, pyarrow's CPU and I/O
-pools set to N (``pa.set_cpu_count``, ``pa.set_io_thread_count``) and DuckDB's ``threads`` set to N.
+pools set to N (``pa.set_cpu_count``, ``pa.set_io_thread_count``), ``Q4_CPUS=N`` (q4 sizes its worker
+threads and pyarrow's pool from it; it would find N from the affinity mask anyway) and DuckDB's
+``threads`` set to N. The children cannot import pandas, as in the task image: pandas is a development
+dependency only, and pyarrow imports it (~0.8 s) on its first ``pa.array`` when it is installed.
 Every case first runs once, unmeasured, on a 1,000-row input (so bytecode is written and the libraries
 are in the page cache). Wall time, CPU time (user + sys) and peak RSS come from ``os.wait4`` on the
 child; with ``--repeat`` the cases are interleaved and the median kept. DuckDB's answer is checked
@@ -51,7 +54,7 @@ DATA = HERE / "data"
 FORMATS = ("csv", "parquet")
 CONTENDERS = ("q4-standard", "q4-full", "duckdb", "floor")
 CASES = tuple(f"{fmt}/{who}" for fmt in FORMATS for who in CONTENDERS)
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "Q4_CPUS")
 ARROW_VARS = ("ARROW_IO_THREADS",)
 #: DuckDB must agree with q4's er.json to this relative difference.
 AGREEMENT_RTOL = 1e-9
@@ -65,9 +68,19 @@ SPEEDUP_GOALS = {2: 1.8, 16: 10.0}
 # ---------------------------------------------------------------- children (one process per case)
 
 
+class _NoPandas:
+    """A meta path finder that makes ``import pandas`` fail, as it does in the task image."""
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("No module named 'pandas' (as in the task image)", name="pandas")
+
+
 def child(argv: list[str]) -> int:
-    """``_child CONTENDER FORMAT SRC OUT CORES``: set the thread pools, then run one contender."""
+    """``_child CONTENDER FORMAT SRC OUT CORES [MODE]``: set the thread pools, then run one contender."""
     contender, fmt, src, out, cores = argv[0], argv[1], Path(argv[2]), Path(argv[3]), int(argv[4])
+    sys.meta_path.insert(0, _NoPandas)  # type: ignore[arg-type]
     import pyarrow as pa
 
     pa.set_cpu_count(cores)

@@ -35,6 +35,13 @@ class EnergyTally:
         self.energy += np.bincount(index, weights=row_energy, minlength=4)
         self.projected += np.bincount(index, weights=row_projected, minlength=4)
 
+    def merge(self, other: EnergyTally) -> None:
+        """Add another tally (a chunk's, computed on a worker thread): in chunk order, the sums are the
+        same bits as updating one tally chunk by chunk."""
+        self.rows += other.rows
+        self.energy += other.energy
+        self.projected += other.projected
+
     def to_dict(self) -> dict[str, Any]:
         """The ``er.json`` document."""
         total = float(self.energy.sum())

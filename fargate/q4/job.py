@@ -40,12 +40,14 @@ from numpy.typing import NDArray
 
 from q4 import __version__
 from q4.checks import check_finite
+from q4.cpus import available_cpus
 from q4.energy import EnergyTally
 from q4.errors import InputError, ModelError, RunStateError, contract_errors, name_list
 from q4.features import FeatureBlock, feature_block, numeric_header_warning, row_id_warnings, select_features
 from q4.model import Q4Model, fit_model, json_number, load_model
 from q4.moments import Moments
-from q4.outputs import OpenSink, RowWriters, Sink, content_type
+from q4.outputs import OpenSink, Prepared, RowWriters, Sink, content_type
+from q4.parallel import ordered_map
 from q4.progress import Progress
 from q4.projectors import Standardization, is_degenerate
 from q4.quadrants import quadrant_labels, scores
@@ -371,7 +373,10 @@ def _read_pass(
     plan: SpillPlan | None = None,
 ) -> _Read:
     """Pass 1: read every chunk, classify its rows, merge the valid rows' moments; CSV chunks are spilled
-    to ``scratch`` (closed by ``stack``) and hashed into ``digests``; row-id warnings join ``warnings``."""
+    to ``scratch`` (closed by ``stack``) and hashed into ``digests``; row-id warnings join ``warnings``.
+
+    Chunks are read in order (a reader thread), converted and reduced to partial moments on
+    :func:`available_cpus` worker threads, and merged here in chunk order."""
     d = len(features)
     moments = Moments(d)
     n_input = 0
@@ -382,14 +387,18 @@ def _read_pass(
         stack.callback(spill.close)
     task = bar.add("Reading", total=table.bytes, unit="bytes")
     chunk_rows = effective_chunk_rows(spec.chunk_rows, d)
-    batches = iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests)
+    batches = (b for _, b in iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests))
+
+    def reduce(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, FeatureBlock, Moments]:
+        block = feature_block(batch, features)
+        return batch, block, Moments.of(block.values if block.all_valid else block.values[block.valid])
+
     with single_threaded_blas():
-        for _, batch in prefetched(batches):
-            block = feature_block(batch, features)
+        for batch, block, partial in ordered_map(reduce, prefetched(batches), workers(), name="q4-read"):
             if by_default and batch.num_rows and not id_checked:  # names, and the first chunk's values
                 warnings.extend(row_id_warnings(features, block.values))
                 id_checked = True
-            moments.update(block.values if block.all_valid else block.values[block.valid])
+            moments.merge(partial)
             n_input += batch.num_rows
             if spill is not None:
                 spill.write(batch, block)
@@ -410,6 +419,15 @@ def _within_budget(spill: Spill, plan: SpillPlan | None) -> Spill | None:
     spill.discard()
     plan.spilled, plan.reason = False, "over_budget"
     return None
+
+
+def workers() -> int:
+    """Worker threads per pass: the CPUs this task really has (:func:`q4.cpus.available_cpus`); pyarrow's
+    CPU pool (Parquet decoding, CSV conversion) is sized to the same count."""
+    n = available_cpus()
+    if pa.cpu_count() != n:
+        pa.set_cpu_count(n)
+    return n
 
 
 def _fit(
@@ -462,6 +480,19 @@ class _Projected:
     enhanced: bool
 
 
+@dataclass
+class _Chunk:
+    """One chunk projected by a worker thread: its rows prepared for the files, and its partials."""
+
+    rows: int
+    prepared: Prepared
+    energy: EnergyTally
+    quadrant_stats: QuadrantStats | None
+    s: NDArray[np.float64]
+    labels: NDArray[np.int8]
+    svd: NDArray[np.float64] | None
+
+
 def _project_pass(
     run_dir: Path,
     spec: JobSpec,
@@ -474,10 +505,12 @@ def _project_pass(
     open_sink: OpenSink | None = None,
 ) -> _Projected:
     """Pass 2: project every chunk and hand it to the row writers under ``run_dir/output`` (closed by
-    ``stack`` on failure), tallying energy, the plot sample and, in full mode, per-quadrant moments."""
+    ``stack`` on failure), tallying energy, the plot sample and, in full mode, per-quadrant moments.
+
+    Worker threads score, split and format chunks in parallel (:func:`_project_chunk`); their partials are
+    merged and their rows queued for the writers here, in chunk order."""
     d = len(features)
-    moments = read.moments
-    k = min(spec.svd_k, d, moments.n, model.components.shape[0])
+    k = min(spec.svd_k, d, read.moments.n, model.components.shape[0])
     enhanced = spec.mode in ("enhanced", "full")
     output = run_dir / "output"
     output.mkdir(exist_ok=True)
@@ -493,25 +526,62 @@ def _project_pass(
     stack.push(lambda failed, *_: writers.close(abort=failed is not None))  # a failed run aborts its sinks
     energy = EnergyTally()
     quadrant_stats = QuadrantStats(d) if spec.mode == "full" else None
-    sample = _Sample(stride=max(1, math.ceil(moments.n / PLOT_SAMPLE_ROWS)))
+    sample = _Sample(stride=max(1, math.ceil(read.moments.n / PLOT_SAMPLE_ROWS)))
     task = bar.add("Projecting", total=read.n_input, unit="rows")
-    row = 0
+
+    def project(item: tuple[int, pa.RecordBatch, FeatureBlock | None]) -> _Chunk:
+        return _project_chunk(
+            item, features, model, writers, k if enhanced else 0, quadrant_stats is not None
+        )
+
+    chunks = _numbered(_second_pass(table, read.spill, read.chunk_rows))
     with single_threaded_blas():
-        for batch, block in prefetched(_second_pass(table, read.spill, features, read.chunk_rows)):
-            x = block.values if block.all_valid else block.values[block.valid]
-            z = model.std.apply(x)
-            s = scores(z, model.projectors)
-            labels = quadrant_labels(s)
-            svd = _svd_scores(z, model.components[:k]) if enhanced else None
-            writers.write(batch, block, row, s, labels, svd)
-            energy.update(z, s, labels)
-            if quadrant_stats is not None:
-                quadrant_stats.update(x, z, labels)
-            sample.take(s, labels, svd)
-            row += batch.num_rows
-            task.advance(batch.num_rows)
+        for chunk in ordered_map(project, prefetched(chunks), workers(), name="q4-project"):
+            writers.write_prepared(chunk.prepared)
+            energy.merge(chunk.energy)
+            if quadrant_stats is not None and chunk.quadrant_stats is not None:
+                quadrant_stats.merge(chunk.quadrant_stats)
+            sample.take(chunk.s, chunk.labels, chunk.svd)
+            task.advance(chunk.rows)
     task.done()
     return _Projected(writers, energy, quadrant_stats, sample, k, enhanced)
+
+
+def _numbered(
+    chunks: Iterator[tuple[pa.RecordBatch, FeatureBlock | None]],
+) -> Iterator[tuple[int, pa.RecordBatch, FeatureBlock | None]]:
+    """Each chunk with the input row number of its first row."""
+    row = 0
+    for batch, block in chunks:
+        yield row, batch, block
+        row += batch.num_rows
+
+
+def _project_chunk(
+    item: tuple[int, pa.RecordBatch, FeatureBlock | None],
+    features: list[str],
+    model: Q4Model,
+    writers: RowWriters,
+    k: int,
+    full: bool,
+) -> _Chunk:
+    """Score one chunk, prepare its rows for the output files and compute its partials (a worker's job)."""
+    first_row, batch, block = item
+    if block is None:
+        block = feature_block(batch, features)
+    x = block.values if block.all_valid else block.values[block.valid]
+    z = model.std.apply(x)
+    s = scores(z, model.projectors)
+    labels = quadrant_labels(s)
+    svd = _svd_scores(z, model.components[:k]) if k else None
+    energy = EnergyTally()
+    energy.update(z, s, labels)
+    stats: QuadrantStats | None = None
+    if full:
+        stats = QuadrantStats(x.shape[1])
+        stats.update(x, z, labels)
+    prepared = writers.prepare(batch, block, first_row, s, labels, svd)
+    return _Chunk(batch.num_rows, prepared, energy, stats, s, labels, svd)
 
 
 def _write_documents(
@@ -638,13 +708,15 @@ def _check_rows(n_input: int, n_valid: int, table: InputTable) -> None:
 
 
 def _second_pass(
-    table: InputTable, spill: Spill | None, features: list[str], chunk_rows: int
-) -> Iterator[tuple[pa.RecordBatch, FeatureBlock]]:
+    table: InputTable, spill: Spill | None, chunk_rows: int
+) -> Iterator[tuple[pa.RecordBatch, FeatureBlock | None]]:
+    """Pass 2's chunks: from the spill file with their feature values (CSV), or read again (Parquet: the
+    worker converts the features)."""
     if spill is not None:
         yield from spill.chunks()
     else:
         for _, batch in iter_batches(table, chunk_rows):
-            yield batch, feature_block(batch, features)
+            yield batch, None
 
 
 def _study_doc(

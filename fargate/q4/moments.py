@@ -4,7 +4,8 @@ The accumulator keeps, per feature, a fixed *shift* ``K`` (the first valid row i
 saw), the running mean of ``x - K`` and the co-moment matrix ``M2 = Σ (x - m)(x - m)ᵀ``.
 Subtracting ``K`` first keeps the arithmetic exact when feature means are ~1e9 times
 their standard deviations (``x - K`` is exact for values within a factor 2 of ``K``),
-so a stream read in chunks of any size agrees with one read whole to ~1e-15.
+so a stream read in chunks of any size agrees with one read whole to ~1e-15. The job computes each
+chunk's partial (:meth:`Moments.of`, its own shift) on a worker thread and merges them in chunk order.
 """
 
 from __future__ import annotations
@@ -59,6 +60,15 @@ class Moments:
         self._merge(m, batch_offset, batch_comoment)
         np.minimum(self.minimum, x.min(axis=0), out=self.minimum)
         np.maximum(self.maximum, x.max(axis=0), out=self.maximum)
+
+    @classmethod
+    def of(cls, x: Array) -> Moments:
+        """The moments of the rows ``x`` alone, shifted by their own first row: a chunk's partial, which
+        :meth:`merge` adds exactly to the stream's (merged in chunk order, the same bits for any number of
+        threads computing the partials)."""
+        partial = cls(x.shape[1])
+        partial.update(x)
+        return partial
 
     def merge(self, other: Moments) -> None:
         """Add another accumulator's rows (its shift may differ from ours)."""

@@ -1,7 +1,11 @@
 """Writers for the row outputs: Q_keep, Q_discard, Q_rejected and svd_scores, as CSV or Parquet.
 
 Rows arrive chunk by chunk in input order and are written at once (memory stays bounded by
-the chunk size). CSV values are written by pyarrow: text exactly as read, floats in their
+the chunk size). The job's worker threads *prepare* chunks in parallel (:meth:`RowWriters.prepare`:
+rows split per file, CSV text formatted); :meth:`RowWriters.write_prepared`, called in chunk order,
+queues each file's part on that file's own writer thread, so every file is written in row order.
+
+CSV values are written by pyarrow: text exactly as read, floats in their
 shortest round-trip form (a float written parses back to the same double). CSV quoting is
 RFC 4180 minimal: only a value holding a ``,``, a ``"``, CR or LF is quoted, in every chunk alike.
 """
@@ -16,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -197,8 +201,16 @@ class CsvWriter:
         self._file.write(_format_csv(batch.slice(0, half)))
         self._file.write(second.result())
 
+    def write_text(self, data: bytes) -> None:
+        """Append rows already formatted by :func:`_format_csv`."""
+        self._file.write(data)
+
     def close(self) -> None:
         """Nothing to flush: the rows went to the sink as written (its owner closes it)."""
+
+
+#: One chunk's rows for one output file, ready to append: CSV text, or a batch for the Parquet writer.
+Encoded: TypeAlias = bytes | pa.RecordBatch
 
 
 class TableWriter:
@@ -227,6 +239,24 @@ class TableWriter:
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
 
+    def encode(self, columns: list[pa.Array]) -> Encoded | None:
+        """Rows given as one array per schema column, ready for :meth:`write_encoded` (None: no rows).
+        Thread-safe: the costly part of CSV output, formatting, happens here on the caller's thread."""
+        if not columns or len(columns[0]) == 0:
+            return None
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        return _format_csv(batch) if isinstance(self._writer, CsvWriter) else batch
+
+    def write_encoded(self, encoded: Encoded, rows: int) -> None:
+        """Append what :meth:`encode` made (``rows`` rows); one thread per file, in row order."""
+        if isinstance(self._writer, CsvWriter):
+            assert isinstance(encoded, bytes)
+            self._writer.write_text(encoded)
+        else:
+            assert isinstance(encoded, pa.RecordBatch)
+            self._writer.write_batch(encoded)
+        self.rows += rows
+
     def close(self) -> None:
         """Finish the table and close its sink (an S3 upload completes)."""
         try:
@@ -241,6 +271,10 @@ class TableWriter:
         with contextlib.suppress(Exception):
             self._writer.close()
         abort_sink(self.sink)
+
+
+#: One chunk prepared for the output files: ``(writer, encoded rows, row count)`` per file with rows.
+Prepared: TypeAlias = list[tuple[TableWriter, Encoded, int]]
 
 
 class RowWriters:
@@ -307,7 +341,21 @@ class RowWriters:
         labels: NDArray[np.int8],
         svd: NDArray[np.float64] | None,
     ) -> None:
-        """Queue one chunk's rows; each output file is written in order by a background thread."""
+        """Prepare one chunk's rows here and queue them; each output file is written in order by a
+        background thread."""
+        self.write_prepared(self.prepare(batch, block, first_row, s, labels, svd))
+
+    def prepare(
+        self,
+        batch: pa.RecordBatch,
+        block: FeatureBlock,
+        first_row: int,
+        s: NDArray[np.float64],
+        labels: NDArray[np.int8],
+        svd: NDArray[np.float64] | None,
+    ) -> Prepared:
+        """One chunk's rows split per output file and encoded (CSV: formatted). Thread-safe and pure:
+        worker threads prepare chunks in parallel; :meth:`write_prepared` takes them in chunk order."""
         valid = block.valid
         index = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
         valid_rows = batch if block.all_valid else batch.filter(pa.array(valid))
@@ -318,18 +366,30 @@ class RowWriters:
                 columns[self.feature_index[name]] = pa.array(values[:, j])
         valid_index = index if block.all_valid else index[valid]
         keep = (labels == 1) | (labels == 4)
-        for writer, mask in ((self.keep, keep), (self.discard, ~keep)):
-            self._submit(writer, _split_rows, writer, columns, mask, valid_index, labels, s)
+        parts: list[tuple[TableWriter, list[pa.Array] | None]] = [
+            (self.keep, _split_columns(columns, keep, valid_index, labels, s)),
+            (self.discard, _split_columns(columns, ~keep, valid_index, labels, s)),
+        ]
         if not block.all_valid:
             bad = ~valid
             rejected = batch.filter(pa.array(bad))
             reasons = pa.array(block.reasons, pa.string())
-            self._submit(
-                self.rejected, self.rejected.write, [*rejected.columns, pa.array(index[bad]), reasons]
-            )
+            parts.append((self.rejected, [*rejected.columns, pa.array(index[bad]), reasons]))
         if self.svd is not None and svd is not None:
-            columns_svd = [pa.array(valid_index), *(pa.array(svd[:, i]) for i in range(svd.shape[1]))]
-            self._submit(self.svd, self.svd.write, columns_svd)
+            parts.append(
+                (self.svd, [pa.array(valid_index), *(pa.array(svd[:, i]) for i in range(svd.shape[1]))])
+            )
+        prepared: Prepared = []
+        for writer, cols in parts:
+            encoded = writer.encode(cols) if cols is not None else None
+            if encoded is not None and cols is not None:
+                prepared.append((writer, encoded, len(cols[0])))
+        return prepared
+
+    def write_prepared(self, prepared: Prepared) -> None:
+        """Queue a prepared chunk (chunks in row order) on each file's writer thread."""
+        for writer, encoded, rows in prepared:
+            self._submit(writer, writer.write_encoded, encoded, rows)
 
     def _submit(self, writer: TableWriter, fn: Callable[..., None], *args: Any) -> None:
         """Queue a write on the writer's own thread (so each file stays in input order)."""
@@ -381,21 +441,25 @@ def _finish(writers: list[TableWriter], abort: bool) -> None:
         raise error
 
 
-def _split_rows(
-    writer: TableWriter,
+def _split_columns(
     columns: list[pa.Array],
     mask: NDArray[np.bool_],
     index: NDArray[np.int64],
     labels: NDArray[np.int8],
     s: NDArray[np.float64],
-) -> None:
+) -> list[pa.Array] | None:
+    """The rows of ``mask`` with q4's columns (row, quadrant, scores) added; None when there are none."""
     if not mask.any():
-        return
+        return None
     if mask.all():
         picked = columns
     else:
         selector = pa.array(mask)
         picked = [c.filter(selector) for c in columns]
-    writer.write(
-        [*picked, pa.array(index[mask]), pa.array(labels[mask]), pa.array(s[mask, 0]), pa.array(s[mask, 1])]
-    )
+    return [
+        *picked,
+        pa.array(index[mask]),
+        pa.array(labels[mask]),
+        pa.array(s[mask, 0]),
+        pa.array(s[mask, 1]),
+    ]

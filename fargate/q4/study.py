@@ -128,6 +128,15 @@ class QuadrantStats:
             np.minimum(self.minimum[q], xq.min(axis=0), out=self.minimum[q])
             np.maximum(self.maximum[q], xq.max(axis=0), out=self.maximum[q])
 
+    def merge(self, other: QuadrantStats) -> None:
+        """Add another chunk's stats (computed on a worker thread); in chunk order the same bits as
+        :meth:`update` chunk by chunk."""
+        self.rows += other.rows
+        self.sums += other.sums
+        self.squares += other.squares
+        np.minimum(self.minimum, other.minimum, out=self.minimum)
+        np.maximum(self.maximum, other.maximum, out=self.maximum)
+
     @property
     def moments(self) -> list[Moments]:
         """Count, mean and co-moments of each quadrant's standardized rows."""

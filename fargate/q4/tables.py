@@ -34,8 +34,12 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from q4 import csvsplit
+from q4.cpus import available_cpus
+from q4.csvsplit import ChainedReader, LineBlocks
 from q4.errors import InputError
 from q4.features import FeatureBlock, is_number_text, looks_numeric
+from q4.parallel import ordered_map
 from q4.sources import Source, as_source, as_sources
 
 #: Compressed CSV files, read as streams through pyarrow's codecs: suffix (case-insensitive) -> codec.
@@ -707,34 +711,21 @@ def _iter_csv(
     # a compressed file: the file's bytes are hashed, its decompressed stream parsed (tail kept)
     text = None if codec is None else _DecompressedReader(pa.CompressedInputStream(stream_in, codec))
     try:
-        reader = pcsv.open_csv(
-            stream_in if text is None else pa.PythonFile(text, mode="r"),
-            # always the full block: a row must fit in one, and the chunk size must not decide whether
-            # a long row is readable (blocks sized from chunk_rows were 64 KiB .. 1 MiB)
-            read_options=pcsv.ReadOptions(block_size=MAX_BLOCK_BYTES),
-            parse_options=PARSE_OPTIONS,
-            convert_options=pcsv.ConvertOptions(
-                column_types=table.schema, strings_can_be_null=False, quoted_strings_can_be_null=False
-            ),
-        )
-        if reader.schema.names != table.schema.names:
-            raise InputError(
-                "input_columns_differ",
-                f"The input {source.name} has other columns than expected; "
-                "files read as one table must have the same columns in the same order.",
-            )
         rebatch = _Rebatcher(chunk_rows)
-        last: pa.RecordBatch | None = None
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                break
-            if batch.num_rows:
-                last = batch
-            yield from rebatch.add(batch)
-        if last is not None:  # before the last chunk goes out: a file ending inside a quote fails
-            value = last.column(last.num_columns - 1)[-1].as_py()
+        last: list[pa.RecordBatch] = []  # the last batch with rows
+        sequential: pa.NativeFile | None = stream_in if text is None else pa.PythonFile(text, mode="r")
+        names: list[str] | None = None  # the header was read already (the parallel part)
+        if codec is None:  # quote-free blocks in parallel (q4.csvsplit); the rest sequentially
+            blocks = LineBlocks(raw.read, csvsplit.SPLIT_BYTES)
+            head = blocks.header()
+            if head is not None:
+                names = _same_columns(source, csvsplit.header_names(head), table)
+                yield from _rows(_parallel_blocks(blocks, names, table), rebatch, last)
+            sequential = None if blocks.rest is None else pa.PythonFile(ChainedReader(blocks.rest, raw), "r")
+        if sequential is not None:
+            yield from _rows(_sequential_csv(source, sequential, table, names), rebatch, last)
+        if last:  # before the last chunk goes out: a file ending inside a quote fails
+            value = last[0].column(last[0].num_columns - 1)[-1].as_py()
             _check_last_value(source, value, None if text is None else text.tail)
         yield from rebatch.flush()
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
@@ -747,6 +738,64 @@ def _iter_csv(
         raw.close()
     if digests is not None:
         digests[source] = raw.sha256.hexdigest()
+
+
+_CSV_CONVERT_KW: dict[str, Any] = {"strings_can_be_null": False, "quoted_strings_can_be_null": False}
+
+
+def _same_columns(source: Source, names: list[str], table: InputTable) -> list[str]:
+    if names != table.schema.names:
+        raise InputError(
+            "input_columns_differ",
+            f"The input {source.name} has other columns than expected; "
+            "files read as one table must have the same columns in the same order.",
+        )
+    return names
+
+
+def _rows(
+    batches: Iterator[pa.RecordBatch], rebatch: _Rebatcher, last: list[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Re-batch ``batches`` to chunk_rows, keeping the last batch with rows in ``last``."""
+    for batch in batches:
+        if batch.num_rows:
+            last[:] = [batch]
+        yield from rebatch.add(batch)
+
+
+def _parallel_blocks(blocks: LineBlocks, names: list[str], table: InputTable) -> Iterator[pa.RecordBatch]:
+    """The batches of the quote-free blocks, parsed on worker threads, in block order."""
+    convert = pcsv.ConvertOptions(column_types=table.schema, **_CSV_CONVERT_KW)
+    workers = available_cpus()
+
+    def parse(block: bytes) -> list[pa.RecordBatch]:
+        return csvsplit.parse_block(block, names, MAX_BLOCK_BYTES, convert)
+
+    # one block per worker ahead, plus one: the window bounds memory (~3x SPLIT_BYTES per block)
+    for batches in ordered_map(parse, blocks, workers, window=workers + 1, name="q4-csv"):
+        yield from batches
+
+
+def _sequential_csv(
+    source: Source, stream: pa.NativeFile, table: InputTable, names: list[str] | None
+) -> Iterator[pa.RecordBatch]:
+    """pyarrow's streaming reader (quoted newlines followed) over ``stream``: a whole file, or (``names``
+    given) the rows after the part parsed in parallel, which starts at a line start."""
+    reader = pcsv.open_csv(
+        stream,
+        # always the full block: a row must fit in one, and the chunk size must not decide whether
+        # a long row is readable (blocks sized from chunk_rows were 64 KiB .. 1 MiB)
+        read_options=pcsv.ReadOptions(block_size=MAX_BLOCK_BYTES, column_names=names),
+        parse_options=PARSE_OPTIONS,
+        convert_options=pcsv.ConvertOptions(column_types=table.schema, **_CSV_CONVERT_KW),
+    )
+    if names is None:
+        _same_columns(source, reader.schema.names, table)
+    while True:
+        try:
+            yield reader.read_next_batch()
+        except StopIteration:
+            return
 
 
 def _iter_parquet(

@@ -1,0 +1,39 @@
+"""`q4 CMD` imports only CMD's module (so `q4 run` does not pay for boto3), and `q4 --help` still lists
+every command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+Q4 = str(Path(sys.executable).parent / "q4")
+PROBE = """
+import sys
+from q4.cli import build_parser, _chosen_command
+build_parser(_chosen_command(sys.argv[1:]))
+print(",".join(sorted(m for m in sys.modules if m.startswith(("q4.cli.", "boto3")))))
+"""
+
+
+def _imported(*argv: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(done.stdout.strip().split(","))
+
+
+def test_run_imports_only_its_module() -> None:
+    imported = _imported("run", "table.csv", "--out", "x")
+    assert "q4.cli.run" in imported
+    assert "boto3" not in imported and "q4.cli.submit" not in imported and "q4.cli.fetch" not in imported
+
+
+def test_help_and_unknown_commands_list_every_command() -> None:
+    imported = _imported("--help")
+    assert {"q4.cli.run", "q4.cli.submit", "q4.cli.cancel", "q4.cli.logs"} <= imported
+    listed = subprocess.run([Q4, "--help"], capture_output=True, text=True, check=True, timeout=60).stdout
+    for command in ("run", "submit", "status", "runs", "fetch", "dlq", "logs", "cancel", "local", "demo"):
+        assert f"    {command} " in listed
+    wrong = subprocess.run([Q4, "bogus"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "'cancel'" in wrong.stderr and "'demo'" in wrong.stderr
