@@ -23,6 +23,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 from q4_local import scratch as scratch_quota
+from q4_local import state as stack_state
 from q4_local.eventbridge import EventBridge
 from q4_local.fargate import Fargate
 from q4_local.ledger import Ledger, TaskRecord
@@ -175,6 +176,19 @@ def test_without_a_limit_the_quota_is_the_tasks_ephemeral_storage(
     assert reserved == ["reserved 21504", "reserved 30720", "reserved 20480"]
 
 
+def test_release_all_unmounts_the_scratch_a_dead_runtime_left(tmp_path: Path) -> None:
+    # GIVEN a task's scratch tmpfs still mounted (its runtime died before the task stopped)
+    _skip_unless_mountable(True)
+    scratch = tmp_path / "tasks" / "abc" / "scratch"
+    quota = scratch_quota.prepare(scratch, 1, mount=True)
+    assert quota.mounted and os.path.ismount(scratch)
+    (scratch / "left").write_bytes(b"x" * 4096)
+    assert scratch_quota.usage_bytes(scratch) >= 4096
+    # WHEN `q4 local down` forgets the task folders, THEN nothing stays mounted
+    scratch_quota.release_all(tmp_path / "tasks")
+    assert not os.path.ismount(scratch)
+
+
 # -- the proof: an input larger than the quota, through the local stack -----------------------------------
 
 PROOF_LIMIT_MIB = 8
@@ -200,18 +214,52 @@ def limited_stack(stack: dict[str, Any]) -> Any:
     finally:
         back = q4(stack, "local", "up", "--detach", "--scratch-limit-mib", "0")
         assert back.returncode == 0, back.stderr
+        after = stack_state.load(stack["state_dir"])
+        assert after is not None and after.scratch_limit_mib is None
 
 
 def _task_logs(stack: dict[str, Any], run_id: str) -> str:
-    """The last lines of each of the run's task logs (what a failure says)."""
-    tails = []
+    """What each of the run's tasks said about its failure: the last OS error (``[Errno``) its log names,
+    else its last line."""
+    said = []
     for entry in ledger_entries(stack["state_dir"], run_id):
         path = stack["state_dir"] / "tasks" / entry["task_arn"].rsplit("/", 1)[-1] / "task.log"
-        text = path.read_text() if path.exists() else ""
-        tails.append(
-            f"--- {entry['task_arn']} (exit {entry['exit_code']}, {entry['reason']}):\n{text[-1500:]}"
-        )
-    return "\n".join(tails)
+        lines = path.read_text().splitlines() if path.exists() else [""]
+        errors = [_error_of(line) for line in lines if "[Errno" in line]
+        said.append(f"--- task exit {entry['exit_code']} ({entry['reason']}): {(errors or lines)[-1][-300:]}")
+    return "\n".join(said)
+
+
+def _error_of(line: str) -> str:
+    """The last line of a structured log line's ``exception`` (the line itself when it has none)."""
+    try:
+        exception = str(json.loads(line).get("exception") or "")
+    except (ValueError, AttributeError):
+        return line
+    return exception.strip().splitlines()[-1] if exception.strip() else line
+
+
+def test_the_limit_is_recorded_and_reaches_the_stacks_tasks(
+    limited_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    # GIVEN the shared stack with `--scratch-limit-mib 8`: recorded in stack.json, which the runtime reads
+    state = stack_state.load(limited_stack["state_dir"])
+    assert state is not None and state.scratch_limit_mib == PROOF_LIMIT_MIB
+    assert state.runtime is not None and state.runtime.is_ours()
+    # WHEN a small run goes through it
+    data = tmp_path / "small.csv"
+    data.write_bytes(table(300))
+    run_id = f"scratch-quota-small-{time.monotonic_ns()}"
+    submitted = q4(limited_stack, "submit", str(data), "--run-id", run_id, "--wait", "--timeout", "200")
+    # THEN it succeeds, its task's metadata reserving the 8 MiB quota (not the definition's 21 GiB)
+    assert submitted.returncode == 0, f"{submitted.stderr}\n{_task_logs(limited_stack, run_id)}"
+    wait_stopped(limited_stack["state_dir"], [run_id])
+    (entry,) = ledger_entries(limited_stack["state_dir"], run_id)
+    assert entry["exit_code"] == 0 and entry["task"]["ephemeralStorage"]["sizeInGiB"] >= 21
+    metadata = (
+        limited_stack["state_dir"] / "tasks" / entry["task_arn"].rsplit("/", 1)[-1] / "metadata" / "task"
+    )
+    assert json.loads(metadata.read_text())["EphemeralStorageMetrics"]["Reserved"] == PROOF_LIMIT_MIB
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
