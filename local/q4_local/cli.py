@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from q4_local import scratch
 from q4_local import state as stack_state
 
 ENV_HINT = 'eval "$(uv run q4 local env)"'
@@ -39,6 +41,14 @@ def register(subparsers: Any) -> None:
     up.add_argument(
         "--task-image", metavar="REF", help="run each task inside this image (scripts/build_image.sh)"
     )
+    up.add_argument(
+        "--scratch-limit-mib",
+        type=_limit_mib,
+        metavar="N",
+        default=os.environ.get(scratch.LIMIT_ENV),
+        help="local-only testing setting: cap every task's scratch dir at N MiB, below Fargate's 21 GiB "
+        f"minimum (0: no cap; default ${scratch.LIMIT_ENV}); on a running stack, restarts its runtime",
+    )
     up.set_defaults(handler=_up)
     env = actions.add_parser("env", help="print export lines for the AWS CLI, boto3 and scripts")
     env.set_defaults(handler=_env)
@@ -65,6 +75,16 @@ def register(subparsers: Any) -> None:
         "--timeout", type=float, default=600.0, help="seconds to wait for the run (default 600)"
     )
     demo.set_defaults(handler=_demo)
+
+
+def _limit_mib(text: str) -> int:
+    """A scratch limit: a whole number of MiB, 0 for none."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(
+            f"the scratch limit {text!r} (--scratch-limit-mib or ${scratch.LIMIT_ENV}) is not a whole number "
+            "of MiB; give N >= 1, or 0 for no limit"
+        )
+    return int(text)
 
 
 # -- progress on a terminal -------------------------------------------------------------------------------
@@ -122,7 +142,13 @@ def _up(args: argparse.Namespace) -> int:
 
     directory = stack_state.state_dir(args.state_dir)
     with progress_reporter("starting the local stack") as progress:
-        state, started = stack.up(directory, progress, max_tasks=args.max_tasks, task_image=args.task_image)
+        state, started = stack.up(
+            directory,
+            progress,
+            max_tasks=args.max_tasks,
+            task_image=args.task_image,
+            scratch_limit_mib=args.scratch_limit_mib,
+        )
     if not started:
         print(
             f"The local stack is already up at {state.endpoint_url} (state in {directory}).", file=sys.stderr

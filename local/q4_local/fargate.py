@@ -12,6 +12,12 @@ A task stopped through ECS (``StopTask``: ``q4 cancel``) is noticed by :meth:`Fa
 main process gets SIGTERM, its process group SIGKILL after the container's ``stopTimeout``, and its event
 carries stop code ``UserInitiated`` with the StopTask reason.
 
+Each task's scratch dir holds at most its ephemeral storage, capped by the stack's local scratch limit
+(:mod:`q4_local.scratch`): a tmpfs of that size where the runtime may mount one and a limit is set (a write
+past it fails with ENOSPC, as on Fargate), else a watcher that stops the task once the dir holds more (stop
+reason ``EphemeralStorageExhausted: ...``, no exit code: a crash). The task metadata reports the quota as
+``EphemeralStorageMetrics.Reserved`` and what the dir holds as ``Utilized`` (MiB).
+
 A restarted runtime neither reruns nor loses a task: a task still running is adopted, a finished one has
 its exit code in its folder, a vanished one is reported stopped without an exit code (a crash, which the
 orchestrator retries).
@@ -20,6 +26,7 @@ orchestrator retries).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -35,6 +42,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from q4_local import scratch as scratch_quota
 from q4_local import state as stack_state
 from q4_local.ledger import Ledger, TaskRecord, now, task_id
 from q4_local.logs import FileTail, LogStream, awslogs_destination
@@ -58,6 +66,7 @@ class Container:
     definition: dict[str, Any]  # the task definition
     container: dict[str, Any]  # the essential container's definition
     override: dict[str, Any]  # its entry in the task's containerOverrides ({} when none)
+    scratch_mib: int | None = None  # the quota enforced on its scratch dir (None: its ephemeral storage)
 
     @property
     def command(self) -> list[str]:
@@ -139,8 +148,13 @@ class Fargate:
         max_tasks: int,
         launcher: TaskLauncher = task_launch,
         logs: Any | None = None,
+        scratch_limit_mib: int | None = None,
+        mount_scratch: bool | None = None,
     ) -> None:
-        """``logs`` (a CloudWatch Logs client) receives the tasks' output; None: only ``task.log``."""
+        """``logs`` (a CloudWatch Logs client) receives the tasks' output; None: only ``task.log``.
+        ``scratch_limit_mib`` caps every task's scratch quota (the local-only ``--scratch-limit-mib``);
+        ``mount_scratch`` says whether a tmpfs enforces it (None: where a limit is set and the runtime may
+        mount, :func:`q4_local.scratch.can_mount`; False: always the watcher)."""
         self.ecs = ecs
         self.logs = logs
         self.tails: dict[str, FileTail | None] = {}
@@ -151,6 +165,11 @@ class Fargate:
         self.max_tasks = max_tasks
         self.launcher = launcher
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.scratch_limit_mib = scratch_limit_mib or None
+        if mount_scratch is None:
+            mount_scratch = bool(self.scratch_limit_mib) and scratch_quota.can_mount()
+        self.mount_scratch = mount_scratch
+        self.quotas: dict[str, scratch_quota.Quota] = {}
 
     def adopt(self) -> None:
         """Adopt what a previous runtime left: running tasks are watched, pending ones started later."""
@@ -204,6 +223,8 @@ class Fargate:
         task_dir = self.tasks_dir / task_id(record.task_arn)
         container = self.container(record)
         _size_like_ecs(record.task, container.definition)
+        quota = self.quota(record, container, start=True)
+        container = dataclasses.replace(container, scratch_mib=quota.mib)
         launch = self.launcher(record, container, task_dir, self.aws_env)
         if not launch.argv or shutil.which(launch.argv[0], path=launch.env.get("PATH")) is None:
             self.stopped(
@@ -226,6 +247,39 @@ class Fargate:
         self.ledger.save()
         self.ship_logs(record)  # creates its stream, as the awslogs driver does when a container starts
         log.info("task %s started: %s (pid %d)", task_id(record.task_arn), " ".join(launch.argv), process.pid)
+
+    def quota(
+        self, record: TaskRecord, container: Container | None = None, start: bool = False
+    ) -> scratch_quota.Quota:
+        """The task's scratch quota; when ``start``, its scratch dir is made (a tmpfs of the quota's size
+        where :attr:`mount_scratch`). An adopted task keeps the mount it has, if any."""
+        quota = self.quotas.get(record.task_arn)
+        if quota is None:
+            definition = (container or self.container(record)).definition
+            mib = scratch_quota.quota_mib(record.task, definition, self.scratch_limit_mib)
+            scratch = self.tasks_dir / task_id(record.task_arn) / "scratch"
+            quota = scratch_quota.prepare(scratch, mib, self.mount_scratch and start)
+            self.quotas[record.task_arn] = quota
+        return quota
+
+    def enforce_quota(self, record: TaskRecord) -> None:
+        """The watcher: stop a running task (SIGKILL to its process group) once its scratch dir holds more
+        than its quota; a tmpfs quota needs no watching. Either way ``Utilized`` is refreshed."""
+        if record.stop_code is not None:
+            return
+        task_dir = self.tasks_dir / task_id(record.task_arn)
+        quota = self.quota(record)
+        used = scratch_quota.usage_bytes(task_dir / "scratch")
+        _report_utilized(task_dir, used)
+        if quota.mounted or used <= quota.bytes:
+            return
+        record.stop_code, record.reason = (
+            scratch_quota.EXHAUSTED_STOP_CODE,
+            scratch_quota.exhausted_reason(used, quota),
+        )
+        self.ledger.save()
+        log.warning("task %s stopped: %s", task_id(record.task_arn), record.reason)
+        _end_container(record, force=True)
 
     def container(self, record: TaskRecord) -> Container:
         """The task's essential container (the first one when none is marked), with its overrides."""
@@ -285,19 +339,26 @@ class Fargate:
             if process is not None:
                 code = process.poll()
                 if code is None:
+                    self.enforce_quota(record)
                     self.ship_logs(record)
                     continue
                 del self.processes[arn]
                 _end_container(record)
                 self.ship_logs(record, final=True)
-                self.stopped(record, code if code >= 0 else 128 - code, EXITED_REASON)
+                if record.stop_code == scratch_quota.EXHAUSTED_STOP_CODE:
+                    self.stopped(record, None, str(record.reason))
+                else:
+                    self.stopped(record, code if code >= 0 else 128 - code, EXITED_REASON)
             elif _alive(record):
+                self.enforce_quota(record)
                 self.ship_logs(record)
             else:  # adopted from a previous runtime
                 _end_container(record)
                 self.ship_logs(record, final=True)
                 exit_file = self.tasks_dir / task_id(arn) / "exit_code"
-                if exit_file.exists():
+                if record.stop_code == scratch_quota.EXHAUSTED_STOP_CODE:
+                    self.stopped(record, None, str(record.reason))
+                elif exit_file.exists():
                     self.stopped(record, int(exit_file.read_text().strip()), EXITED_REASON)
                 else:
                     self.stopped(record, None, LOST_REASON)
@@ -344,6 +405,9 @@ class Fargate:
         reason = (record.reason or reason) if user_stop else reason
         record.status, record.exit_code, record.reason, record.stopped_at = "exited", exit_code, reason, now()
         self.ledger.save()
+        # The task's volume goes with it.
+        scratch_quota.release(self.tasks_dir / task_id(record.task_arn) / "scratch")
+        self.quotas.pop(record.task_arn, None)
         log.info("task %s stopped: exit code %s (%s)", task_id(record.task_arn), exit_code, reason)
         if user_stop:
             return
@@ -364,20 +428,21 @@ class Fargate:
             except subprocess.TimeoutExpired:
                 _signal_group(process.pid, signal.SIGKILL)
                 process.wait()
+        for arn in self.processes:
+            scratch_quota.release(self.tasks_dir / task_id(arn) / "scratch")
 
 
 def task_metadata(container: Container) -> dict[str, Any]:
     """What the task metadata endpoint v4 answers at ``/task`` on Fargate (the fields Q4 reads, and a few
     more): ``Limits`` are the task size, CPU in vCPUs (units / 1024) and memory in MiB, and
-    ``EphemeralStorageMetrics.Reserved`` its ephemeral storage in MiB: RunTask's task-level overrides where
-    the task has them, else the task definition's (20 GiB without either). The storage is not enforced on
-    the scratch dir (docs/local-stack.md)."""
+    ``EphemeralStorageMetrics.Reserved`` the quota enforced on its scratch dir in MiB (``scratch_mib``; else
+    its ephemeral storage: RunTask's task-level overrides where the task has them, else the task
+    definition's, 20 GiB without either), ``Utilized`` what the dir holds (refreshed by the runtime)."""
     task, definition = container.task, container.definition
     overrides = task.get("overrides") or {}
     cpu = overrides.get("cpu") or definition.get("cpu") or task.get("cpu")
     memory = overrides.get("memory") or definition.get("memory") or task.get("memory")
-    storage = overrides.get("ephemeralStorage") or definition.get("ephemeralStorage") or {}
-    storage_gib = int(storage.get("sizeInGiB") or 20)
+    reserved = container.scratch_mib or scratch_quota.task_storage_mib(task, definition)
     return {
         "Cluster": task.get("clusterArn"),
         "TaskARN": task["taskArn"],
@@ -390,18 +455,28 @@ def task_metadata(container: Container) -> dict[str, Any]:
             "CPU": int(cpu) / 1024 if cpu else None,
             "Memory": int(memory) if memory else None,
         },
-        "EphemeralStorageMetrics": {"Reserved": storage_gib * 1024, "Utilized": 0},
+        "EphemeralStorageMetrics": {"Reserved": reserved, "Utilized": 0},
         # No "Image": a task run as a process ran no image (the image launcher adds the one it ran).
         "Containers": [{"Name": container.container.get("name")}],
-        **_ephemeral_storage_metrics(definition),
     }
 
 
-def _ephemeral_storage_metrics(definition: dict[str, Any]) -> dict[str, Any]:
-    """Fargate's ``EphemeralStorageMetrics`` (MiB) for a definition's ``ephemeralStorage`` (the task's cost
-    counts what is beyond the free 20 GiB); nothing when the definition sets none."""
-    size = (definition.get("ephemeralStorage") or {}).get("sizeInGiB")
-    return {"EphemeralStorageMetrics": {"Reserved": int(size) * 1024, "Utilized": 0}} if size else {}
+def _report_utilized(task_dir: Path, used: int) -> None:
+    """Set ``EphemeralStorageMetrics.Utilized`` (MiB) in the task's metadata file when it changed (replaced
+    atomically: a reader never sees half a document)."""
+    path = task_dir / "metadata" / "task"
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    metrics = document.setdefault("EphemeralStorageMetrics", {})
+    mib = used // 1048576
+    if metrics.get("Utilized") == mib:
+        return
+    metrics["Utilized"] = mib
+    tmp = path.with_name("task.tmp")
+    tmp.write_text(json.dumps(document, default=str))
+    tmp.replace(path)
 
 
 def _size_like_ecs(task: dict[str, Any], definition: dict[str, Any]) -> None:

@@ -6,8 +6,9 @@ truth), composed here and driven by :meth:`LocalRuntime.tick`:
 * **Event source mapping** (:mod:`q4_local.event_source`) — polls the function's SQS mappings, invokes
   it with batches, deletes what succeeded (partial batch responses honoured).
 * **Fargate** (:mod:`q4_local.fargate`) — runs each task that ``RunTask`` recorded in the cluster as a
-  local process (:func:`q4_local.fargate.task_launch`), at most ``max_tasks`` at once; reaps them; ships
-  their output to CloudWatch Logs as their task definition says.
+  local process (:func:`q4_local.fargate.task_launch`), at most ``max_tasks`` at once; enforces each one's
+  ephemeral storage on its scratch dir (:mod:`q4_local.scratch`); reaps them; ships their output to
+  CloudWatch Logs as their task definition says.
 * **EventBridge** (:mod:`q4_local.eventbridge`) — delivers each stopped task's ``ECS Task State Change``
   event to the matching rules' Lambda targets as an asynchronous invocation (retries, dead-letter queue).
 
@@ -66,6 +67,7 @@ class RuntimeConfig:
     lambda_zips: dict[str, Path]
     max_tasks: int = 2
     poll_wait_s: int = 1
+    scratch_limit_mib: int | None = None  # `q4 local up --scratch-limit-mib`: caps every task's scratch quota
 
     @classmethod
     def from_stack(cls, directory: Path, max_tasks: int = 2) -> RuntimeConfig:
@@ -79,6 +81,7 @@ class RuntimeConfig:
             cluster=str(stack.outputs["cluster_name"]),
             lambda_zips={name: Path(path) for name, path in stack.lambda_zips.items()},
             max_tasks=max_tasks,
+            scratch_limit_mib=stack.scratch_limit_mib,
         )
 
 
@@ -128,6 +131,7 @@ class LocalRuntime:
             config.max_tasks,
             launcher,
             logs=clients.logs,
+            scratch_limit_mib=config.scratch_limit_mib,
         )
         self.eventbridge = EventBridge(
             clients.events, clients.lambda_, clients.sqs, self.functions, self.ledger, cluster_arn, region

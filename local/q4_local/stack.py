@@ -28,7 +28,7 @@ from typing import Any
 from q4.errors import Q4Error
 from q4_deploy import lambda_zip, terraform
 
-from q4_local import emulator
+from q4_local import emulator, scratch
 from q4_local import state as stack_state
 from q4_local.runtime import READY_FILE, aws_env
 from q4_local.state import ProcessRecord, StackState
@@ -105,15 +105,24 @@ def _exclusive(directory: Path) -> Iterator[None]:
 
 
 def up(
-    directory: Path, progress: Progress = _quiet, *, max_tasks: int = 2, task_image: str | None = None
+    directory: Path,
+    progress: Progress = _quiet,
+    *,
+    max_tasks: int = 2,
+    task_image: str | None = None,
+    scratch_limit_mib: int | None = None,
 ) -> tuple[StackState, bool]:
-    """Start the stack in ``directory`` (or find it running); returns the state and whether it was started."""
+    """Start the stack in ``directory`` (or find it running); returns the state and whether it was started.
+
+    ``scratch_limit_mib`` (local-only, for tests of large inputs): caps every task's scratch quota; 0 removes
+    the cap, None keeps the recorded one. Changing it on a running stack restarts its runtime (which stops
+    the tasks running then: they end as crashes)."""
     with _exclusive(directory):
-        return _up(directory, progress, max_tasks, task_image)
+        return _up(directory, progress, max_tasks, task_image, scratch_limit_mib)
 
 
 def _up(
-    directory: Path, progress: Progress, max_tasks: int, task_image: str | None
+    directory: Path, progress: Progress, max_tasks: int, task_image: str | None, scratch_limit_mib: int | None
 ) -> tuple[StackState, bool]:
     existing = stack_state.load(directory)
     if existing is not None and existing.ready and existing.moto and existing.moto.is_ours():
@@ -124,19 +133,27 @@ def _up(
                 f"The local stack in {directory} is already up and runs tasks {how}; "
                 f"run 'q4 local down' first to run them inside {task_image}.",
             )
-        if existing.runtime and existing.runtime.is_ours():
+        running = existing.runtime is not None and existing.runtime.is_ours()
+        limit = existing.scratch_limit_mib if scratch_limit_mib is None else (scratch_limit_mib or None)
+        if running and limit == existing.scratch_limit_mib:
             return existing, False
-        progress("restarting the local runtime (the emulator is still up)")
+        if running and existing.runtime is not None:
+            progress(f"restarting the local runtime with scratch limit {limit or 'none'} (MiB)")
+            _stop(existing.runtime)
+        else:
+            progress("restarting the local runtime (the emulator is still up)")
+        existing.scratch_limit_mib = limit
+        stack_state.save(directory, existing)  # the runtime reads the limit from the state
         existing.runtime = _start_runtime(directory, max_tasks, existing.task_image)
         stack_state.save(directory, existing)
-        return existing, True
+        return existing, not running
     if existing is not None:
         progress("cleaning up a stack that did not stop cleanly")
         _down(directory, progress)
     _forget(directory)
     started = time.monotonic()
     try:
-        state = _start(directory, progress, max_tasks, task_image)
+        state = _start(directory, progress, max_tasks, task_image, scratch_limit_mib or None)
     except BaseException:
         _down(directory, _quiet)
         raise
@@ -144,7 +161,9 @@ def _up(
     return state, True
 
 
-def _start(directory: Path, progress: Progress, max_tasks: int, task_image: str | None) -> StackState:
+def _start(
+    directory: Path, progress: Progress, max_tasks: int, task_image: str | None, scratch_limit_mib: int | None
+) -> StackState:
     progress("starting the AWS emulator (moto server)")
     server = emulator.start(log_path=directory / "moto.log")
     state = StackState(
@@ -178,6 +197,8 @@ def _start(directory: Path, progress: Progress, max_tasks: int, task_image: str 
 
     progress("starting the local runtime")
     state.task_image = task_image
+    state.scratch_limit_mib = scratch_limit_mib
+    stack_state.save(directory, state)  # the runtime reads the limit from the state
     state.runtime = _start_runtime(directory, max_tasks, task_image)
     state.ready = True
     stack_state.save(directory, state)
@@ -334,6 +355,7 @@ def _stop_orphan_tasks(directory: Path) -> list[str]:
 
 def _forget(directory: Path) -> None:
     """Drop what belonged to a stopped emulator (state, ledger, deployment, task scratch); keep the logs."""
+    scratch.release_all(directory / "tasks")  # tmpfs scratch dirs a runtime that died left mounted
     for name in ("stack.json", "ledger.json", READY_FILE):
         (directory / name).unlink(missing_ok=True)
     for name in ("terraform", "tasks"):

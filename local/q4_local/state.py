@@ -65,6 +65,7 @@ class StackState:
     lambda_zips: dict[str, str] = field(default_factory=dict)  # function name -> zip terraform deployed
     ready: bool = False
     task_image: str | None = None  # `q4 local up --task-image REF`: tasks run inside this image
+    scratch_limit_mib: int | None = None  # `q4 local up --scratch-limit-mib N`: caps each task's scratch
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

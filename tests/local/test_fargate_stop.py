@@ -13,6 +13,7 @@ import boto3
 from q4_local.eventbridge import EventBridge
 from q4_local.fargate import Fargate
 from q4_local.ledger import Ledger, TaskRecord
+from support import toy_task
 
 # Writes "ready" to its scratch dir, then waits; on SIGTERM writes "terminated" and exits 143 (as q4-task
 # does) unless IGNORE_TERM is set, in which case only SIGKILL ends it.
@@ -31,48 +32,15 @@ PROGRAM = (
 
 
 def _deploy(aws_env: dict[str, str], tmp_path: Path, max_tasks: int = 2) -> tuple[Any, Fargate, str]:
-    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
-    suffix = str(time.monotonic_ns())
-    cluster = ecs.create_cluster(clusterName=f"stop-{suffix}")["cluster"]["clusterArn"]
-    task_definition = ecs.register_task_definition(
-        family=f"stop-{suffix}",
-        requiresCompatibilities=["FARGATE"],
-        networkMode="awsvpc",
-        cpu="256",
-        memory="512",
-        containerDefinitions=[
-            {
-                "name": "app",
-                "image": "stop:latest",
-                "memory": 512,
-                "essential": True,
-                "stopTimeout": 2,
-                "command": ["python", "-c", PROGRAM],
-            }
-        ],
-    )["taskDefinition"]["taskDefinitionArn"]
+    ecs = boto3.client("ecs")
+    cluster = ecs.create_cluster(clusterName=f"stop-{time.monotonic_ns()}")["cluster"]["clusterArn"]
+    task_definition = toy_task.register(PROGRAM, "stop", stopTimeout=2)
     fargate = Fargate(
         ecs, cluster, Ledger(tmp_path / "ledger.json"), tmp_path / "tasks", dict(aws_env), max_tasks
     )
 
     def run(**env: str) -> str:
-        subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
-        group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
-        return str(
-            ecs.run_task(
-                cluster=cluster,
-                taskDefinition=task_definition,
-                launchType="FARGATE",
-                networkConfiguration={
-                    "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group]}
-                },
-                overrides={
-                    "containerOverrides": [
-                        {"name": "app", "environment": [{"name": k, "value": v} for k, v in env.items()]}
-                    ]
-                },
-            )["tasks"][0]["taskArn"]
-        )
+        return toy_task.run(cluster, task_definition, env)
 
     return run, fargate, cluster
 

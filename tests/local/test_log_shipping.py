@@ -15,6 +15,7 @@ from q4_local import lambda_host
 from q4_local import logs as q4_logs
 from q4_local.fargate import Fargate
 from q4_local.ledger import Ledger
+from support import toy_task
 
 
 def _events(logs: Any, group: str, stream: str) -> list[str]:
@@ -132,45 +133,23 @@ TASK_PROGRAM = (
 def _fargate_task(aws_env: dict[str, str], tmp_path: Any, group: str) -> tuple[Fargate, str]:
     """A cluster with one RUNNING task whose definition logs with awslogs to ``group``, and the Fargate
     stand-in (with a logs client) that runs it."""
-    suffix = str(time.monotonic_ns())
-    ecs, ec2 = boto3.client("ecs"), boto3.client("ec2")
-    cluster = ecs.create_cluster(clusterName=f"logs-{suffix}")["cluster"]["clusterArn"]
-    definition = ecs.register_task_definition(
-        family=f"logs-{suffix}",
-        requiresCompatibilities=["FARGATE"],
-        networkMode="awsvpc",
-        cpu="256",
-        memory="512",
-        containerDefinitions=[
-            {
-                "name": "app",
-                "image": "app:latest",
-                "memory": 512,
-                "essential": True,
-                "command": ["python", "-c", TASK_PROGRAM],
-                "environment": [{"name": "GO_FILE", "value": str(tmp_path / "go")}],
-                "logConfiguration": {
-                    "logDriver": "awslogs",
-                    "options": {"awslogs-group": group, "awslogs-region": "x", "awslogs-stream-prefix": "p"},
-                },
-            }
-        ],
-    )["taskDefinition"]["taskDefinitionArn"]
-    network = {
-        "subnets": [ec2.describe_subnets()["Subnets"][0]["SubnetId"]],
-        "securityGroups": [ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]],
-    }
-    (task,) = ecs.run_task(
-        cluster=cluster,
-        taskDefinition=definition,
-        launchType="FARGATE",
-        networkConfiguration={"awsvpcConfiguration": network},
-    )["tasks"]
+    ecs = boto3.client("ecs")
+    cluster = ecs.create_cluster(clusterName=f"logs-{time.monotonic_ns()}")["cluster"]["clusterArn"]
+    definition = toy_task.register(
+        TASK_PROGRAM,
+        "logs",
+        environment=[{"name": "GO_FILE", "value": str(tmp_path / "go")}],
+        logConfiguration={
+            "logDriver": "awslogs",
+            "options": {"awslogs-group": group, "awslogs-region": "x", "awslogs-stream-prefix": "p"},
+        },
+    )
+    task_arn = toy_task.run(cluster, definition)
     fargate = Fargate(
         ecs, cluster, Ledger(tmp_path / "ledger.json"), tmp_path / "tasks", dict(aws_env), 1,
         logs=boto3.client("logs"),
     )  # fmt: skip
-    return fargate, str(task["taskArn"])
+    return fargate, task_arn
 
 
 def _tick(fargate: Fargate) -> None:

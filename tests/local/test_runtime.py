@@ -24,6 +24,7 @@ from q4_local import lambda_host
 from q4_local.fargate import Container, Launch, task_launch
 from q4_local.ledger import TaskRecord
 from q4_local.runtime import LocalRuntime, RuntimeConfig
+from support import toy_task
 
 HANDLER = """
 import json, os
@@ -99,23 +100,9 @@ def toy_deployment(aws_env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
     work_arn = sqs.get_queue_attributes(QueueUrl=work, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     events_queue = sqs.create_queue(QueueName=f"toy-events-{suffix}")["QueueUrl"]
     cluster_arn = ecs.create_cluster(clusterName=f"toy-{suffix}")["cluster"]["clusterArn"]
-    task_def = ecs.register_task_definition(
-        family=f"toy-{suffix}",
-        requiresCompatibilities=["FARGATE"],
-        networkMode="awsvpc",
-        cpu="256",
-        memory="512",
-        containerDefinitions=[
-            {
-                "name": "app",
-                "image": "toy:latest",
-                "memory": 512,
-                "essential": True,
-                "command": ["python", "-c", TASK_PROGRAM],
-                "environment": [{"name": "STATIC", "value": "from-task-definition"}],
-            }
-        ],
-    )["taskDefinition"]["taskDefinitionArn"]
+    task_def = toy_task.register(
+        TASK_PROGRAM, "toy", environment=[{"name": "STATIC", "value": "from-task-definition"}]
+    )
     subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
     group = ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]
     role = iam.create_role(
