@@ -10,8 +10,10 @@ from the input's size. The rule, stated:
   memory does not grow with the input; more input is more chunks, and more vCPUs work them faster.
 - Memory: follows the CPU only: ``memory_per_vcpu`` MiB per vCPU, fitted to the combinations Fargate allows
   for that CPU (:data:`FARGATE_MEMORY_MIB`).
-- Ephemeral storage: the scratch volume holds the downloaded input, the spill of the chunked passes and the
-  outputs, about :data:`SCRATCH_PER_INPUT_BYTE` times the input, on top of Fargate's default
+- Ephemeral storage: the task streams its inputs from S3 and its row outputs to S3, so the scratch volume
+  holds only the spill of a CSV input's parsed chunks (its text columns plus the parsed feature values,
+  about :data:`SCRATCH_PER_INPUT_BYTE` times the input; without room for it pass 2 parses the input again,
+  slower but not failing), on top of Fargate's default
   :data:`EPHEMERAL_BASE_GIB` (the image, the system); rounded up to a GiB, within the deployment's
   ``ephemeral_min_gib``-``ephemeral_max_gib`` (Fargate allows 21-200 GiB as an override).
 """
@@ -41,7 +43,7 @@ EPHEMERAL_RANGE_GIB = (21, 200)
 EPHEMERAL_BASE_GIB = 20
 #: The sizing rule's two constants (see the module's docstring).
 INPUT_BYTES_PER_VCPU = 2 * GIB
-SCRATCH_PER_INPUT_BYTE = 3
+SCRATCH_PER_INPUT_BYTE = 2
 #: How a size was chosen (MANIFEST.json ``compute.sized_by``).
 SIZED_BY_REQUEST = "requested"
 SIZED_BY_INPUT = "input_bytes"

@@ -201,7 +201,7 @@ class TaskStopped(BaseException):
 
 class StopSignal:
     """The task's SIGTERM handler: it only notes the signal, and the task checks :meth:`check` between its
-    steps (each input downloaded, each artifact uploaded, before writing MANIFEST.json or ERROR.json), so
+    steps (each input opened, each artifact uploaded, before writing MANIFEST.json or ERROR.json), so
     nothing is committed after it; the job itself is not interrupted (ECS sends SIGKILL after the container's
     stopTimeout). Raising from the handler instead would break whatever runs at that moment: an exception
     inside an import (pyarrow imports pandas lazily) leaves the module half made."""

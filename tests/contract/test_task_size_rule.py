@@ -22,11 +22,11 @@ DEFAULTS = SizeLimits()
     ("input_bytes", "cpu", "memory", "storage"),
     [
         (0, 1024, 4096, 21),  # the minimum: CPU, storage at Fargate's smallest override
-        (200 * 1024**2, 1024, 4096, 21),  # 20 GiB + 3 x 0.2 GiB, rounded up
-        (2 * GIB, 1024, 4096, 26),  # one vCPU per 2 GiB
-        (2 * GIB + 1, 2048, 8192, 27),  # a byte more: the next CPU step
-        (5 * GIB, 4096, 16384, 35),  # 2.5 vCPUs -> 4096
-        (9 * GIB, 4096, 16384, 47),  # 4.5 vCPUs -> 8192, clamped to the maximum
+        (200 * 1024**2, 1024, 4096, 21),  # 20 GiB + 2 x 0.2 GiB, rounded up
+        (2 * GIB, 1024, 4096, 24),  # one vCPU per 2 GiB
+        (2 * GIB + 1, 2048, 8192, 25),  # a byte more: the next CPU step
+        (5 * GIB, 4096, 16384, 30),  # 2.5 vCPUs -> 4096
+        (9 * GIB, 4096, 16384, 38),  # 4.5 vCPUs -> 8192, clamped to the maximum
         (100 * GIB, 4096, 16384, 200),  # storage clamped to the maximum
     ],
 )
@@ -40,7 +40,7 @@ def test_the_rule_sizes_cpu_and_storage_from_the_input_bytes(
 
 def test_a_requested_cpu_replaces_the_rules_cpu_but_not_its_storage() -> None:
     size = size_for(10 * GIB, SizeLimits(cpu_max=16384), task_cpu=512)
-    assert (size.cpu, size.memory, size.ephemeral_storage_gib, size.sized_by) == (512, 2048, 50, "requested")
+    assert (size.cpu, size.memory, size.ephemeral_storage_gib, size.sized_by) == (512, 2048, 40, "requested")
 
 
 @given(
