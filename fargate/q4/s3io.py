@@ -4,8 +4,10 @@ written to scratch before it goes up.
 :class:`S3Reader` is a seekable, unbuffered file over one object. Read sequentially (a CSV parse, a
 hash) it fetches the object in aligned parts of :data:`PART_BYTES` with ranged GETs, :data:`READ_AHEAD`
 parts ahead in parallel, so the parse never waits on one stream (one GET stream gives ~85-90 MB/s on
-AWS); read at random (a Parquet footer, a column chunk's first bytes) it fetches exactly the bytes asked
-for with one ranged GET. Memory stays at most ``(READ_AHEAD + 1) x PART_BYTES`` per reader. Every GET
+AWS) once a streak of sequential reads has passed one part; read at random (a Parquet footer, a column
+chunk) or at the start of a streak it fetches exactly the bytes asked for with one ranged GET, so a
+Parquet column chunk smaller than a part is not read ahead by several parts (it was: ~20x the bytes).
+Memory stays at most ``(READ_AHEAD + 1) x PART_BYTES`` per reader. Every GET
 carries the ETag the object had when it was listed (``IfMatch``): an object replaced while the task reads
 it fails the read instead of mixing two versions.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,8 +92,12 @@ class S3Reader(io.RawIOBase):
         self._ahead = read_ahead
         self._pos = 0
         self._last_end = -1  # where the previous read ended: a read starting there is sequential
+        self._streak = 0  # bytes read sequentially up to _last_end
         self._parts: dict[int, Future[bytes]] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        #: bytes fetched from S3 so far (read-ahead included)
+        self.fetched = 0
 
     def readable(self) -> bool:
         return True
@@ -114,12 +121,22 @@ class S3Reader(io.RawIOBase):
         if n <= 0:
             return 0
         start = self._pos
-        if start == self._last_end:  # sequential: from the parts, fetched ahead
+        if start != self._last_end:  # a jump: what was read ahead is not needed
+            self._streak = 0
+            for index in list(self._parts):
+                self._parts.pop(index).cancel()
+        if self._streak >= self._part:  # a long sequential streak: from the parts, fetched ahead
             n = self._from_parts(view, start, n)
-        else:  # random access: exactly the bytes asked for, in one GET
+        else:  # random access, or a streak's start: exactly the bytes asked for, in one GET
             view[:n] = get_range(self._s3, self._bucket, self._key, self._etag, start, start + n)
+            self._count(n)
         self._pos = self._last_end = start + n
+        self._streak += n
         return n
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.fetched += n
 
     def _from_parts(self, view: memoryview, start: int, n: int) -> int:
         index = start // self._part
@@ -138,7 +155,9 @@ class S3Reader(io.RawIOBase):
     def _fetch(self, index: int) -> bytes:
         start = index * self._part
         end = min(start + self._part, self._size)
-        return get_range(self._s3, self._bucket, self._key, self._etag, start, end)
+        data = get_range(self._s3, self._bucket, self._key, self._etag, start, end)
+        self._count(len(data))
+        return data
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

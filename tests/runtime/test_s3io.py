@@ -54,6 +54,23 @@ def test_the_reader_returns_the_exact_bytes_for_random_seeks_and_reads_across_pa
         assert reader.read(3) == b""
 
 
+def test_short_runs_of_reads_fetch_what_they_read_not_parts_ahead(bucket: str) -> None:
+    """A Parquet reader reads column chunks: a jump then a few buffered reads. Those fetch only the bytes
+    read; a long sequential run (a CSV) is read ahead in parts."""
+    body = random.Random(5).randbytes(6 * 1024 * 1024)
+    etag = _put(bucket, "in/cols.bin", body)
+    part = 1 << 20
+    with S3Reader(boto3.client("s3"), bucket, "in/cols.bin", len(body), etag, part_bytes=part) as reader:
+        for start in (4 * part + 3, 17, 2 * part + 100, 5 * part):  # four "column chunks" of 300 KiB
+            reader.seek(start)
+            got = b"".join(reader.read(100 * 1024) for _ in range(3))
+            assert got == body[start : start + 300 * 1024]
+        assert reader.fetched == 4 * 300 * 1024
+    with S3Reader(boto3.client("s3"), bucket, "in/cols.bin", len(body), etag, part_bytes=part) as reader:
+        assert b"".join(iter(lambda: reader.read(256 * 1024), b"")) == body
+        assert reader.fetched == len(body)  # read ahead, every byte fetched once
+
+
 def test_a_replaced_object_fails_the_read_instead_of_mixing_versions(bucket: str) -> None:
     body = random.Random(3).randbytes(2 * 1024 * 1024)
     etag = _put(bucket, "in/x.bin", body)
