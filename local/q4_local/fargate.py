@@ -480,9 +480,9 @@ def _report_utilized(task_dir: Path, used: int) -> None:
 
 
 def _size_like_ecs(task: dict[str, Any], definition: dict[str, Any]) -> None:
-    """Give the ledger's task entry the size ECS reports for a Fargate task (``cpu``, ``memory``: the
-    overrides', else the definition's; ``ephemeralStorage`` likewise), which moto leaves out: its STOPPED event then
-    carries them as ECS's does (the run's cost counts each attempt's size)."""
+    """Give the ledger's task entry the size ECS reports for a Fargate task (``cpu``, ``memory``,
+    ``ephemeralStorage``: the overrides', else the definition's), which moto leaves out: its STOPPED event
+    then carries them as ECS's does (the run's cost counts each attempt's size)."""
     overrides = task.get("overrides") or {}
     for key in ("cpu", "memory"):
         value = overrides.get(key) or definition.get(key)
