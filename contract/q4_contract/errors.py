@@ -92,7 +92,7 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
     ("malformed_parquet", "a Parquet input cannot be read as a table", (TASK, RUN)),
     (
         "unshardable_csv",
-        "a sharded run's CSV has a quoted value holding a line break where a slice begins (run it with 1 shard)",
+        "a sharded run's CSV has a quoted line break where a slice begins (run it with 1 shard)",
         (TASK, RUN),
     ),
     ("unsupported_column_type", "a column's type cannot be carried to the outputs", (TASK, RUN)),
