@@ -90,6 +90,11 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
         (TASK, RUN),
     ),
     ("malformed_parquet", "a Parquet input cannot be read as a table", (TASK, RUN)),
+    (
+        "unshardable_csv",
+        "a sharded run's CSV has a quoted line break where a slice begins (run it with 1 shard)",
+        (TASK, RUN),
+    ),
     ("unsupported_column_type", "a column's type cannot be carried to the outputs", (TASK, RUN)),
     ("invalid_input_key", "a listed input key cannot be stored as a local file", (TASK,)),
     # the job: features, rows, the model

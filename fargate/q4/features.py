@@ -210,13 +210,21 @@ def row_id_warnings(features: Sequence[str], first: NDArray[np.float64] | None) 
     A feature does when its name is id-like (:func:`is_id_name`) or its values in ``first`` (the
     ``(m, d)`` feature values of the first chunk, or None) count up by 1 row after row.
     """
+    starts: list[float | None] = [None] * len(features)
+    if first is not None:
+        starts = [float(first[0, j]) if counts_up(first[:, j]) else None for j in range(len(features))]
+    return row_id_warnings_from(features, starts)
+
+
+def row_id_warnings_from(features: Sequence[str], starts: Sequence[float | None]) -> list[dict[str, str]]:
+    """:func:`row_id_warnings` from what the first chunk showed: per feature, the value its values count up
+    from (None: they do not)."""
     out: list[dict[str, str]] = []
-    for j, name in enumerate(features):
+    for name, start in zip(features, starts, strict=True):
         reasons = []
         if is_id_name(name):
             reasons.append("its name" if name.strip() else "it has no name")
-        if first is not None and counts_up(first[:, j]):
-            start = first[0, j]
+        if start is not None:
             reasons.append(f"its values count up by 1 from {start:.0f}, row after row")
         if reasons:
             out.append(

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -279,14 +279,12 @@ def _run(
 ) -> RunResult:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    table = open_inputs(inputs, input_names)
-    model = load_model(spec.model_path) if spec.model_path is not None else None
-    features, passthrough = _features(table, spec, model)
-    by_default = model is None and spec.features is None
-    warnings = _input_warnings(table)
-    _check_width(len(features), spec.mode)
-    if spec.output_format == "csv":
-        _check_csv_writable(table, passthrough)
+    setup = setup_job(inputs, spec, input_names)
+    table, features, passthrough, warnings = setup.table, setup.features, setup.passthrough, setup.warnings
+
+    def first_chunk(_file: int, values: NDArray[np.float64]) -> None:
+        if setup.by_default:  # names, and the first chunk's values
+            warnings.extend(row_id_warnings(features, values))
 
     with ExitStack() as stack, Progress(enabled=progress) as bar:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="q4-", dir=scratch_dir())))
@@ -297,17 +295,17 @@ def _run(
             {s: hasher.submit(s.sha256) for s in table.sources} if table.format == "parquet" else {}
         )
         plan = _plan_spill(table, scratch, scratch_limit)
-        read = _read_pass(table, spec, features, by_default, warnings, digests, scratch, stack, bar, plan)
+        read = _read_pass(table, spec, features, first_chunk, digests, scratch, stack, bar, plan)
         timings["read"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
-        model, source = _fit(spec, table, features, read, model, warnings)
+        model, source = _fit(spec, table, features, read, setup.model, warnings)
         timings["fit"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
         streamed: dict[str, Sink] = {}  # the row outputs' sinks, when not files under run_dir
         projected = _project_pass(
-            run_dir, spec, table, features, model, read, stack, bar, _recording(sinks, streamed)
+            run_dir / "output", spec, table, features, model, read, stack, bar, _recording(sinks, streamed)
         )
         timings["project"] = time.perf_counter() - clock
 
@@ -316,7 +314,7 @@ def _run(
         sha = [digests[s] if s in digests else parquet_digests[s].result() for s in table.sources]
         input_doc = {"keys": list(table.names), "bytes": table.bytes, "format": table.format, "sha256": sha}
         rows, er, study = _write_documents(
-            run_dir, spec, model, source, input_doc, read, projected, features, passthrough, warnings
+            run_dir, spec, model, source, input_doc, read, projected.tallies, features, passthrough, warnings
         )
         timings["documents"] = time.perf_counter() - clock
 
@@ -324,7 +322,7 @@ def _run(
         if spec.mode == "full":
             clock = time.perf_counter()
             report = _render_viz(
-                run_dir / "viz", er, study, projected.sample, model, read.moments, projected.k
+                run_dir / "viz", er, study, projected.tallies.sample, model, read.moments, projected.tallies.k
             )
             timings["viz"] = time.perf_counter() - clock
 
@@ -351,6 +349,31 @@ def _run(
 
 
 @dataclass
+class Setup:
+    """The job checked against the input's header: the table, the model given (if any), the features."""
+
+    table: InputTable
+    model: Q4Model | None
+    features: list[str]
+    passthrough: list[str]
+    by_default: bool  # features chosen by default (no model, no --features): row-id warnings apply
+    warnings: list[dict[str, str]]  # those known before any data row is read
+
+
+def setup_job(inputs: Sequence[Source | Path], spec: JobSpec, input_names: Sequence[str] | None) -> Setup:
+    """Open the inputs (their headers), load the model and choose the features; the checks that need no
+    data row (width, CSV-writable passthrough columns)."""
+    table = open_inputs(inputs, input_names)
+    model = load_model(spec.model_path) if spec.model_path is not None else None
+    features, passthrough = _features(table, spec, model)
+    _check_width(len(features), spec.mode)
+    if spec.output_format == "csv":
+        _check_csv_writable(table, passthrough)
+    by_default = model is None and spec.features is None
+    return Setup(table, model, features, passthrough, by_default, _input_warnings(table))
+
+
+@dataclass
 class _Read:
     """What pass 1 leaves for the fit and pass 2."""
 
@@ -364,8 +387,7 @@ def _read_pass(
     table: InputTable,
     spec: JobSpec,
     features: list[str],
-    by_default: bool,
-    warnings: list[dict[str, str]],
+    first_chunk: Callable[[int, NDArray[np.float64]], None],
     digests: dict[Source, str],
     scratch: Path,
     stack: ExitStack,
@@ -373,7 +395,8 @@ def _read_pass(
     plan: SpillPlan | None = None,
 ) -> _Read:
     """Pass 1: read every chunk, classify its rows, merge the valid rows' moments; CSV chunks are spilled
-    to ``scratch`` (closed by ``stack``) and hashed into ``digests``; row-id warnings join ``warnings``.
+    to ``scratch`` (closed by ``stack``) and hashed into ``digests``; ``first_chunk`` gets the file index
+    and the feature values of the first chunk with rows (the row-id check).
 
     Chunks are read in order (a reader thread), converted and reduced to partial moments on
     :func:`available_cpus` worker threads, and merged here in chunk order."""
@@ -387,16 +410,19 @@ def _read_pass(
         stack.callback(spill.close)
     task = bar.add("Reading", total=table.bytes, unit="bytes")
     chunk_rows = effective_chunk_rows(spec.chunk_rows, d)
-    batches = (b for _, b in iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests))
+    batches = iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests)
 
-    def reduce(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, FeatureBlock, Moments]:
+    def reduce(item: tuple[int, pa.RecordBatch]) -> tuple[int, pa.RecordBatch, FeatureBlock, Moments]:
+        file, batch = item
         block = feature_block(batch, features)
-        return batch, block, Moments.of(block.values if block.all_valid else block.values[block.valid])
+        return file, batch, block, Moments.of(block.values if block.all_valid else block.values[block.valid])
 
     with single_threaded_blas():
-        for batch, block, partial in ordered_map(reduce, prefetched(batches), workers(), name="q4-read"):
-            if by_default and batch.num_rows and not id_checked:  # names, and the first chunk's values
-                warnings.extend(row_id_warnings(features, block.values))
+        for file, batch, block, partial in ordered_map(
+            reduce, prefetched(batches), workers(), name="q4-read"
+        ):
+            if batch.num_rows and not id_checked:
+                first_chunk(file, block.values)
                 id_checked = True
             moments.merge(partial)
             n_input += batch.num_rows
@@ -469,15 +495,22 @@ def _fit(
 
 
 @dataclass
-class _Projected:
-    """What pass 2 leaves: the row writers (still finishing), the tallies and the plot sample."""
+class Tallies:
+    """What pass 2 counts for the documents: energy, per-quadrant moments (full mode), the plot sample."""
 
-    writers: RowWriters
     energy: EnergyTally
     quadrant_stats: QuadrantStats | None  # full mode only
     sample: _Sample
     k: int  # SVD components written (enhanced and full modes)
     enhanced: bool
+
+
+@dataclass
+class _Projected:
+    """What pass 2 leaves: the row writers (still finishing) and the tallies."""
+
+    writers: RowWriters
+    tallies: Tallies
 
 
 @dataclass
@@ -494,7 +527,7 @@ class _Chunk:
 
 
 def _project_pass(
-    run_dir: Path,
+    output: Path,
     spec: JobSpec,
     table: InputTable,
     features: list[str],
@@ -503,17 +536,23 @@ def _project_pass(
     stack: ExitStack,
     bar: Progress,
     open_sink: OpenSink | None = None,
+    *,
+    first_row: int = 0,
+    valid_before: int = 0,
+    header: bool = True,
 ) -> _Projected:
-    """Pass 2: project every chunk and hand it to the row writers under ``run_dir/output`` (closed by
-    ``stack`` on failure), tallying energy, the plot sample and, in full mode, per-quadrant moments.
+    """Pass 2: project every chunk and hand it to the row writers (files under ``output``, or ``open_sink``'s;
+    closed by ``stack`` on failure), tallying energy, the plot sample and, in full mode, per-quadrant moments.
 
     Worker threads score, split and format chunks in parallel (:func:`_project_chunk`); their partials are
-    merged and their rows queued for the writers here, in chunk order."""
+    merged and their rows queued for the writers here, in chunk order. A shard's slice (q4.shards): its
+    first row is row ``first_row`` of the input, ``valid_before`` valid rows come before it (the plot
+    sample's stride continues), and ``header`` False writes CSV parts without the header line."""
     d = len(features)
     k = min(spec.svd_k, d, read.moments.n, model.components.shape[0])
     enhanced = spec.mode in ("enhanced", "full")
-    output = run_dir / "output"
-    output.mkdir(exist_ok=True)
+    if open_sink is None:
+        output.mkdir(exist_ok=True)
     writers = RowWriters(
         output,
         table,
@@ -522,11 +561,12 @@ def _project_pass(
         svd_k=k if enhanced else 0,
         queue_chunks=FULL_MODE_QUEUE_CHUNKS if spec.mode == "full" else 1,
         open_sink=open_sink,
+        header=header,
     )
     stack.push(lambda failed, *_: writers.close(abort=failed is not None))  # a failed run aborts its sinks
     energy = EnergyTally()
     quadrant_stats = QuadrantStats(d) if spec.mode == "full" else None
-    sample = _Sample(stride=max(1, math.ceil(read.moments.n / PLOT_SAMPLE_ROWS)))
+    sample = _Sample(stride=max(1, math.ceil(read.moments.n / PLOT_SAMPLE_ROWS)), seen=valid_before)
     task = bar.add("Projecting", total=read.n_input, unit="rows")
 
     def project(item: tuple[int, pa.RecordBatch, FeatureBlock | None]) -> _Chunk:
@@ -534,7 +574,7 @@ def _project_pass(
             item, features, model, writers, k if enhanced else 0, quadrant_stats is not None
         )
 
-    chunks = _numbered(_second_pass(table, read.spill, read.chunk_rows))
+    chunks = _numbered(_second_pass(table, read.spill, read.chunk_rows), first_row)
     with single_threaded_blas():
         for chunk in ordered_map(project, prefetched(chunks), workers(), name="q4-project"):
             writers.write_prepared(chunk.prepared)
@@ -544,14 +584,14 @@ def _project_pass(
             sample.take(chunk.s, chunk.labels, chunk.svd)
             task.advance(chunk.rows)
     task.done()
-    return _Projected(writers, energy, quadrant_stats, sample, k, enhanced)
+    return _Projected(writers, Tallies(energy, quadrant_stats, sample, k, enhanced))
 
 
 def _numbered(
-    chunks: Iterator[tuple[pa.RecordBatch, FeatureBlock | None]],
+    chunks: Iterator[tuple[pa.RecordBatch, FeatureBlock | None]], first_row: int = 0
 ) -> Iterator[tuple[int, pa.RecordBatch, FeatureBlock | None]]:
-    """Each chunk with the input row number of its first row."""
-    row = 0
+    """Each chunk with the input row number of its first row (the first chunk's: ``first_row``)."""
+    row = first_row
     for batch, block in chunks:
         yield row, batch, block
         row += batch.num_rows
@@ -591,7 +631,7 @@ def _write_documents(
     source: str,
     input_doc: dict[str, Any],
     read: _Read,
-    projected: _Projected,
+    projected: Tallies,
     features: list[str],
     passthrough: list[str],
     warnings: list[dict[str, str]],

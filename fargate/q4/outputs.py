@@ -187,9 +187,11 @@ class CsvWriter:
     value of a chunk); everything else is written exactly as pyarrow writes it unquoted.
     """
 
-    def __init__(self, sink: Sink, schema: pa.Schema) -> None:
+    def __init__(self, sink: Sink, schema: pa.Schema, *, header: bool = True) -> None:
+        """``header``: False for a part of a file (a shard's rows; the header is prepended on assembly)."""
         self._file = sink
-        self._file.write(csv_header(schema.names))
+        if header:
+            self._file.write(csv_header(schema.names))
 
     def write_batch(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows < SPLIT_ROWS:
@@ -213,23 +215,28 @@ class CsvWriter:
 Encoded: TypeAlias = bytes | pa.RecordBatch
 
 
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """How every Parquet row output is written: snappy; dictionary encoding only for non-float columns
+    (on floats it costs 4x and saves nothing)."""
+    dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
+    return {"compression": "snappy", "use_dictionary": dictionary}
+
+
 class TableWriter:
     """One output table, opened with its schema (so an empty table still has its header), written to a
     :class:`Sink` (a path: a local file)."""
 
-    def __init__(self, target: Path | Sink, schema: pa.Schema, output_format: str) -> None:
+    def __init__(
+        self, target: Path | Sink, schema: pa.Schema, output_format: str, *, header: bool = True
+    ) -> None:
         self.sink: Sink = pa.OSFile(str(target), "wb") if isinstance(target, Path) else target
         self.schema = schema
         self.rows = 0
         self._writer: CsvWriter | pq.ParquetWriter
         if output_format == "parquet":
-            # Dictionary encoding only for non-float columns: on floats it costs 4x and saves nothing.
-            dictionary = [f.name for f in schema if not pa.types.is_floating(f.type)]
-            self._writer = pq.ParquetWriter(
-                self.sink, schema, compression="snappy", use_dictionary=dictionary
-            )
+            self._writer = pq.ParquetWriter(self.sink, schema, **parquet_options(schema))
         else:
-            self._writer = CsvWriter(self.sink, schema)
+            self._writer = CsvWriter(self.sink, schema, header=header)
 
     def write(self, columns: list[pa.Array]) -> None:
         """Append rows given as one array per schema column."""
@@ -273,6 +280,42 @@ class TableWriter:
         abort_sink(self.sink)
 
 
+def row_output_schemas(
+    table: InputTable, features: list[str], output_format: str, svd_k: int
+) -> dict[str, pa.Schema]:
+    """The row outputs' file names (``Q_keep.csv`` …, in this order: keep, discard, rejected and, with
+    ``svd_k``, svd_scores) and their schemas."""
+    ext = ".parquet" if output_format == "parquet" else ".csv"
+    base = table.schema
+    if output_format == "parquet" and table.format == "csv":  # features become float64 (the values parsed)
+        feature_set = set(features)
+        base = pa.schema(
+            [pa.field(f.name, pa.float64()) if f.name in feature_set else f for f in table.schema]
+        )
+    split_schema = pa.schema(
+        [
+            *base,
+            pa.field("q4_row", pa.int64()),
+            pa.field("q4_quadrant", pa.int8()),
+            pa.field("q4_score1", pa.float64()),
+            pa.field("q4_score2", pa.float64()),
+        ]
+    )
+    rejected_schema = pa.schema(
+        [*table.schema, pa.field("q4_row", pa.int64()), pa.field("q4_reason", pa.string())]
+    )
+    schemas = {
+        f"Q_keep{ext}": split_schema,
+        f"Q_discard{ext}": split_schema,
+        f"Q_rejected{ext}": rejected_schema,
+    }
+    if svd_k:
+        schemas[f"svd_scores{ext}"] = pa.schema(
+            [pa.field("q4_row", pa.int64())] + [pa.field(f"svd_{i + 1}", pa.float64()) for i in range(svd_k)]
+        )
+    return schemas
+
+
 #: One chunk prepared for the output files: ``(writer, encoded rows, row count)`` per file with rows.
 Prepared: TypeAlias = list[tuple[TableWriter, Encoded, int]]
 
@@ -290,43 +333,27 @@ class RowWriters:
         svd_k: int,
         queue_chunks: int = 1,
         open_sink: OpenSink | None = None,
+        header: bool = True,
     ) -> None:
-        """``open_sink``: where each file goes (default: files under ``output``)."""
-        ext = ".parquet" if output_format == "parquet" else ".csv"
+        """``open_sink``: where each file goes (default: files under ``output``). ``header``: False writes
+        CSV files without their header line (a shard's parts: :func:`q4.assemble.assemble_csv`)."""
         sink = open_sink if open_sink is not None else file_sinks(output)
-        ctype = CONTENT_TYPES[ext]
         self.features = features
         # CSV input to Parquet output: features become float64 columns (the values parsed).
         self.typed_features = output_format == "parquet" and table.format == "csv"
-        base = table.schema
-        if self.typed_features:
-            feature_set = set(features)
-            base = pa.schema(
-                [pa.field(f.name, pa.float64()) if f.name in feature_set else f for f in table.schema]
-            )
+        schemas = row_output_schemas(table, features, output_format, svd_k)
+        names = list(schemas)
+        base = schemas[names[0]]
         self.feature_index = {name: i for i, name in enumerate(base.names) if name in set(features)}
-        split_schema = pa.schema(
-            [
-                *base,
-                pa.field("q4_row", pa.int64()),
-                pa.field("q4_quadrant", pa.int8()),
-                pa.field("q4_score1", pa.float64()),
-                pa.field("q4_score2", pa.float64()),
-            ]
-        )
-        rejected_schema = pa.schema(
-            [*table.schema, pa.field("q4_row", pa.int64()), pa.field("q4_reason", pa.string())]
-        )
-        self.keep = TableWriter(sink(f"Q_keep{ext}", ctype), split_schema, output_format)
-        self.discard = TableWriter(sink(f"Q_discard{ext}", ctype), split_schema, output_format)
-        self.rejected = TableWriter(sink(f"Q_rejected{ext}", ctype), rejected_schema, output_format)
-        self.svd: TableWriter | None = None
-        if svd_k:
-            svd_schema = pa.schema(
-                [pa.field("q4_row", pa.int64())]
-                + [pa.field(f"svd_{i + 1}", pa.float64()) for i in range(svd_k)]
-            )
-            self.svd = TableWriter(sink(f"svd_scores{ext}", ctype), svd_schema, output_format)
+
+        def table_writer(name: str) -> TableWriter:
+            ctype = CONTENT_TYPES[Path(name).suffix]
+            return TableWriter(sink(name, ctype), schemas[name], output_format, header=header)
+
+        self.keep = table_writer(names[0])
+        self.discard = table_writer(names[1])
+        self.rejected = table_writer(names[2])
+        self.svd: TableWriter | None = table_writer(names[3]) if svd_k else None
         self._closed = False
         self.queue_chunks = queue_chunks
         self._threads: dict[int, ThreadPoolExecutor] = {}

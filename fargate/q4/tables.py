@@ -68,6 +68,8 @@ class InputTable:
     schema: pa.Schema  # as streamed: CSV all strings, Parquet native
     numeric: tuple[str, ...]  # integer or floating point columns (not boolean), in table order
     bytes: int
+    #: Parquet: per source, the row groups to read (None: all); a shard's slice (q4.slices)
+    row_groups: tuple[tuple[int, ...] | None, ...] | None = None
 
     @property
     def columns(self) -> list[str]:
@@ -549,14 +551,14 @@ def _check_parquet_rows(source: Source, meta: pq.FileMetaData) -> None:
         )
 
 
-def _check_parquet_values(source: Source, meta: pq.FileMetaData) -> None:
+def _check_parquet_values(source: Source, meta: pq.FileMetaData, groups: Sequence[int] | None = None) -> None:
     """After the file was read: no flat column chunk holds more values than its row group has rows.
 
     pyarrow trusts a row group's ``num_rows``: a group declaring fewer rows than its pages hold is read
     short without a word. A flat column holds one value (or null) per row. 0.3 us per column chunk.
     """
     flat = [j for j in range(meta.num_columns) if meta.schema.column(j).max_repetition_level == 0]
-    for i in range(meta.num_row_groups):
+    for i in range(meta.num_row_groups) if groups is None else groups:
         group = meta.row_group(i)
         for j in flat:
             values = group.column(j).num_values
@@ -694,7 +696,8 @@ def iter_batches(
         if table.format == "csv":
             batches = _iter_csv(table, source, chunk_rows, on_bytes, digests)
         else:
-            batches = _iter_parquet(table, source, chunk_rows, on_bytes)
+            groups = table.row_groups[index] if table.row_groups is not None else None
+            batches = _iter_parquet(table, source, chunk_rows, on_bytes, groups)
         yield from ((index, b) for b in batches)
 
 
@@ -799,26 +802,36 @@ def _sequential_csv(
 
 
 def _iter_parquet(
-    table: InputTable, source: Source, chunk_rows: int, on_bytes: ProgressCallback | None
+    table: InputTable,
+    source: Source,
+    chunk_rows: int,
+    on_bytes: ProgressCallback | None,
+    groups: tuple[int, ...] | None = None,
 ) -> Iterator[pa.RecordBatch]:
+    """The file's batches; ``groups``: only these row groups (a shard's slice), in file order."""
+    if groups is not None and not groups:
+        return
     pf: pq.ParquetFile | None = None
     file = source.arrow_file()
     try:
         # pre_buffer=False: with it, pyarrow keeps every row group read so far cached (memory grows
         # with the file); a buffered stream reads column chunks piece by piece instead.
         pf = pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
-        declared = pf.metadata.num_rows
+        meta = pf.metadata
+        chosen = list(range(meta.num_row_groups)) if groups is None else list(groups)
+        declared = meta.num_rows if groups is None else sum(meta.row_group(i).num_rows for i in chosen)
         total_rows = max(1, declared)
         size = source.size
         read = 0
-        for batch in pf.iter_batches(batch_size=chunk_rows):
+        batches = pf.iter_batches(batch_size=chunk_rows, row_groups=None if groups is None else chosen)
+        for batch in batches:
             read += batch.num_rows
             if on_bytes is not None:
                 on_bytes(int(size * batch.num_rows / total_rows))
             yield pa.RecordBatch.from_arrays(batch.columns, schema=table.schema)
         if read != declared:  # pyarrow stops quietly where the pages end
             raise _parquet_lie(source, f"its footer declares {declared:,} rows but its pages hold {read:,}")
-        _check_parquet_values(source, pf.metadata)
+        _check_parquet_values(source, pf.metadata, chosen)
     except (pa.ArrowException, OSError) as exc:
         if isinstance(exc, MemoryError):  # out of memory is a crash (retried), not a bad file ...
             lie = _parquet_memory_error(source, pf, exc) if pf is not None else None

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import q4_contract as contract
+from q4_contract.shards import check_shards
 
 from q4.errors import InputError, Q4Error, RunStateError, contract_errors, name_list
 
@@ -84,6 +85,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=65_536,
         metavar="N",
         help="rows per chunk; memory is bounded by this, not by the input (default 65536)",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run it as a sharded run of N slices, as the pipeline would (fewer for a small input; the same "
+        "results; default 1: unsharded)",
     )
     parser.set_defaults(handler=handle)
 
@@ -366,6 +375,9 @@ def handle(args: argparse.Namespace) -> int:
         chunk_rows=args.chunk_rows,
     )
     spec.validate()
+    shards: int = args.shards
+    with contract_errors():
+        check_shards(shards)
     out: Path = args.out
     inputs: list[Path] = list(args.inputs)
     run_dir = out / f"run={run_id}"
@@ -409,18 +421,25 @@ def handle(args: argparse.Namespace) -> int:
                 f"Cannot write the run directory {run_dir} ({exc.strerror}); "
                 "choose a writable --out directory.",
             ) from None
-        result = _run(spec, job, inputs, run_dir, out)
+        result = _run(spec, job, inputs, run_dir, out, shards)
         _commit(result, spec, job, run_dir, out, started)
     _summary(result, run_dir)
     return 0
 
 
-def _run(spec: JobSpec, job: Mapping[str, Any], inputs: list[Path], run_dir: Path, out: Path) -> RunResult:
+def _run(
+    spec: JobSpec, job: Mapping[str, Any], inputs: list[Path], run_dir: Path, out: Path, shards: int = 1
+) -> RunResult:
     from q4.job import run_job
     from q4.manifest import MANIFEST_NAME, build_error, write_error
 
+    names = [str(p) for p in inputs]
     try:
-        return run_job(inputs, run_dir, spec, progress=True, input_names=[str(p) for p in inputs])
+        if shards > 1:
+            from q4.shards import run_sharded
+
+            return run_sharded(inputs, run_dir, spec, shards, input_names=names)
+        return run_job(inputs, run_dir, spec, progress=True, input_names=names)
     except RunStateError:  # another writer in the run directory: not this job's failure, record nothing
         raise
     except Q4Error as exc:
