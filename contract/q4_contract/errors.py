@@ -113,6 +113,8 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
     ("internal_error", "the task failed unexpectedly (a bug); not retried", (TASK,)),
     ("task_crashed", "the task crashed on every attempt (ERROR.json written by the orchestrator)", (TASK,)),
     ("cancelled", "the run was cancelled by q4 cancel (ERROR.json written by the orchestrator)", (TASK,)),
+    ("input_changed", "a sharded run's inputs changed after it was planned", (TASK,)),
+    ("shard_not_ready", "a shard step found no plan or partial it needs (a crash, retried)", (TASK,)),
     # a run that already exists or ended
     ("run_exists", "the run id is already used by another job or a record q4 cannot read", (RUN, SUBMIT)),
     ("run_failed", "the run already failed with this job; a failed run is final", (RUN,)),

@@ -43,6 +43,7 @@ from typing import Any
 import q4_contract as contract
 from botocore.exceptions import BotoCoreError, ClientError
 from q4_contract import Job, Rejection, S3Store
+from q4_contract import shards as shard_rules
 
 from q4 import aws
 from q4.cost import task_cost
@@ -261,6 +262,7 @@ class Task:
         self.inputs: list[dict[str, Any]] = []
         self.compute: dict[str, Any] = {}
         self.stop = StopSignal()
+        self.step = shard_step(environ)
 
     # ------------------------------------------------------------ entry
 
@@ -329,6 +331,10 @@ class Task:
                 model_name=self.job.model_key,
                 **({"chunk_rows": self.settings.chunk_rows} if self.settings.chunk_rows else {}),
             )
+            if self.step is not None:  # one step of a sharded run (q4.shardtask)
+                from q4.shardtask import ShardStep
+
+                return ShardStep(self, self.step).run(started, spec)
             run_dir = work / "out" / contract.run_prefix(run_id).rstrip("/")
             names, limit = [i["key"] for i in self.inputs], scratch_limit(self.environ)
             result = run_job(
@@ -369,20 +375,31 @@ class Task:
                 spill=result.spill,
             )
         manifest["cost"] = task_cost(self.store, run_id, self.attempt, self.compute, self.environ)
+        return self.commit(manifest, len(result.artifacts), result.rows, started)
+
+    def commit(
+        self, manifest: dict[str, Any], artifacts: int, rows: Mapping[str, int], started: float
+    ) -> int:
+        """Write MANIFEST.json once (unless stopped or cancelled) and send the done message; exit 0."""
+        run_id = self.job.run_id
         with aws.aws_errors(f"commit run {run_id}"):
             self.stop.check()
             check_not_cancelled(self.store, run_id, "before the commit")
             if not self.store.put_json_once(contract.manifest_key(run_id), manifest):
                 logger.info("Another task committed this run first; its done message stands.")
                 return EXIT_OK
-        logger.info("Committed the run (MANIFEST.json).", extra={"artifacts": len(result.artifacts)})
+        logger.info("Committed the run (MANIFEST.json).", extra={"artifacts": artifacts})
         self._send_done(contract.succeeded_done(manifest, self.settings.artifacts_bucket))
-        logger.info("Run succeeded.", extra={"rows": result.rows, "duration_s": round(timings["total"], 3)})
+        duration = round(time.perf_counter() - started, 3)
+        logger.info("Run succeeded.", extra={"rows": dict(rows), "duration_s": duration})
         return EXIT_OK
 
     def _fail(self, exc: Q4Error, started: float) -> int:
-        """End the run as failed: ERROR.json (once) and the failed done message; exit 2."""
+        """End the run as failed: ERROR.json (once) and the failed done message; exit 2. A shard step's
+        failure names the shard and the step in ``details``."""
         self.stop.check()
+        if self.step is not None:
+            exc.details = {**(exc.details or {}), "shard": self.step.shard, "shard_step": self.step.step}
         return fail_run(
             self.store,
             self.sqs,
@@ -499,6 +516,20 @@ def fail_run(
     return EXIT_PERMANENT
 
 
+def shard_step(environ: Mapping[str, str]) -> shard_rules.Step | None:
+    """The sharded run's step this task runs (``Q4_SHARD_STEP``, ``Q4_SHARD``), None for an unsharded run;
+    a value the contract does not define is a launch error (the task exits as a crash)."""
+    step = shard_rules.step_from_env(environ)
+    if step is None and environ.get(shard_rules.ENV_SHARD_STEP, "").strip():
+        raise aws.ConfigurationError(
+            "missing_configuration",
+            f"{shard_rules.ENV_SHARD_STEP}={environ[shard_rules.ENV_SHARD_STEP]!r} with "
+            f"{shard_rules.ENV_SHARD}={environ.get(shard_rules.ENV_SHARD)!r} is no step of a sharded run "
+            "(pass1, pass2 or finish, and a shard index from 0).",
+        )
+    return step
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -516,7 +547,13 @@ def run_task(environ: Mapping[str, str]) -> int:
         job = Job.from_env(environ)
     except Rejection as rejection:
         return _reject_environment(rejection, settings, context)
-    task = Task(job, attempt, settings, environ)
+    try:
+        task = Task(job, attempt, settings, environ)
+    except aws.ConfigurationError as exc:
+        logger.error("Task misconfigured; exiting as a crash.", extra={"reason": exc.message})
+        return EXIT_CRASH
+    if task.step is not None:
+        context.update(shard=task.step.shard, shard_step=task.step.step)
     logger.info("Task started.", extra={"job": job.to_dict()})
     with task.stop.installed():
         try:

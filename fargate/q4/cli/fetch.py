@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -254,7 +255,10 @@ def _artifacts_of(manifest: dict[str, Any], run_id: str) -> list[dict[str, Any]]
             raise _corrupt(run_id, f"lists the run's own document {shown(key)} as an artifact")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise _corrupt(run_id, f"gives {shown(key)} the size {shown(size)}, not a byte count")
-        if not isinstance(digest, str) or not SHA256_HEX.match(digest):
+        parts = entry.get("parts") if digest is None else None
+        if parts is not None:  # a sharded run's row output: its pieces' sha256 (docs/contract.md)
+            digest = _checked_parts(parts, size, key, run_id)
+        elif not isinstance(digest, str) or not SHA256_HEX.match(digest):
             raise _corrupt(run_id, f"gives {shown(key)} the sha256 {shown(digest)}, not 64 hex digits")
         folded = key.casefold()
         if folded in files:
@@ -271,6 +275,44 @@ def _artifacts_of(manifest: dict[str, Any], run_id: str) -> list[dict[str, Any]]
                     f"{shown(key)}",
                 )
     return artifacts
+
+
+def _checked_parts(parts: object, size: int, key: str, run_id: str) -> list[tuple[int, str]]:
+    """An artifact's ``parts`` (``{bytes, sha256}`` in order) as ``(bytes, sha256)`` pairs adding up to its
+    size."""
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        raise _corrupt(run_id, f"gives {shown(key)} parts that are not a list of objects")
+    pairs = []
+    for part in parts:
+        n, digest = part.get("bytes"), part.get("sha256")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise _corrupt(run_id, f"gives a part of {shown(key)} the size {shown(n)}, not a byte count")
+        if not isinstance(digest, str) or not SHA256_HEX.match(digest):
+            raise _corrupt(
+                run_id, f"gives a part of {shown(key)} the sha256 {shown(digest)}, not 64 hex digits"
+            )
+        pairs.append((n, digest))
+    if sum(n for n, _ in pairs) != size:
+        raise _corrupt(run_id, f"gives {shown(key)} parts that do not add up to its {size:,} bytes")
+    return pairs
+
+
+def _matches(path: Path, digest: str | list[tuple[int, str]]) -> bool:
+    """Whether the file's bytes have the sha256 ``digest``, or consist of parts of these sizes and sha256."""
+    from q4.manifest import sha256_file
+
+    if isinstance(digest, str):
+        return sha256_file(path) == digest
+    with path.open("rb") as f:
+        for n, expected in digest:
+            hasher = hashlib.sha256()
+            left = n
+            while left and (block := f.read(min(left, 8 << 20))):
+                hasher.update(block)
+                left -= len(block)
+            if left or hasher.hexdigest() != expected:
+                return False
+    return True
 
 
 def _safe_relative_key(key: str) -> bool:
@@ -330,12 +372,10 @@ def _prepare_destination(destination: Path, target: Path, force: bool) -> None:
 def _download_verified(
     s3: Any, bucket: str, prefix: str, artifact: dict[str, Any], staging: Path, run_id: str
 ) -> None:
-    from q4.manifest import sha256_file
-
     path = aws.local_path_for(staging, artifact["key"])
     path.parent.mkdir(parents=True, exist_ok=True)
     s3.download_file(bucket, prefix + artifact["key"], str(path), Config=aws.TRANSFER_CONFIG)
-    if path.stat().st_size != artifact["bytes"] or sha256_file(path) != artifact["sha256"]:
+    if path.stat().st_size != artifact["bytes"] or not _matches(path, artifact["sha256"]):
         raise Q4Error(
             "checksum_mismatch",
             f"{artifact['key']} of run {run_id} does not match its sha256 in MANIFEST.json, so nothing was "
