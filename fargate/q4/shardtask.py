@@ -29,7 +29,7 @@ from q4.s3io import S3Source, S3Writer
 
 if TYPE_CHECKING:
     from q4.job import JobSpec
-    from q4.shards import Partial
+    from q4.shards import Partial, ShardedResult
     from q4.task import Task
 
 logger = logging.getLogger("q4.task")
@@ -197,7 +197,8 @@ class ShardStep:
         with tempfile.TemporaryDirectory(prefix="q4-finish-", dir=self.task.settings.scratch_dir) as tmp:
             run_dir = Path(tmp) / prefix.rstrip("/")
             clock = time.perf_counter()
-            result = shards.finish(sources, names, spec, first_pass, second_pass, run_dir)
+            # no input sha256: hashing the inputs would read them all again (MANIFEST.json keeps their ETags)
+            result = shards.finish(sources, names, spec, first_pass, second_pass, run_dir, input_sha256=[])
             documents_s = time.perf_counter() - clock
 
             clock = time.perf_counter()
@@ -212,7 +213,7 @@ class ShardStep:
                         run_dir / artifact.key,
                         artifact.content_type,
                     )
-            artifacts.extend(self._assemble(second_pass, spec))
+            artifacts.extend(self._assemble(second_pass, result))
             assemble_s = time.perf_counter() - clock
 
         artifacts.sort(key=lambda a: str(a["key"]))
@@ -238,35 +239,25 @@ class ShardStep:
         )
         return self.task.commit(manifest, len(artifacts), result.rows, started)
 
-    def _assemble(self, second_pass: Sequence[Partial], spec: JobSpec) -> list[dict[str, Any]]:
-        """The row outputs at their usual keys, from every shard's parts in shard order."""
-        from q4 import shards
+    def _assemble(self, second_pass: Sequence[Partial], result: ShardedResult) -> list[dict[str, Any]]:
+        """The row outputs at their usual keys, from every shard's parts in shard order: CSV assembled in
+        S3 (:func:`q4.s3concat.concat`), Parquet row groups rewritten into one file through the task."""
+        from q4.assemble import assemble_parquet
 
-        names = sorted({name for p in second_pass for name in p.meta.get("parts", {})})
         prefix = contract.run_prefix(self.run_id)
         artifacts = []
-        for name in names:
+        for name in result.row_outputs:
             self.task.stop.check()
-            parts = [
-                (shard, p.meta["parts"][name])
-                for shard, p in enumerate(second_pass)
-                if name in p.meta["parts"]
-            ]
+            parts = [(shard, p.meta["parts"][name]) for shard, p in enumerate(second_pass)]
             content_type = str(parts[0][1]["content_type"])
-            target = prefix + name
-            if name.endswith(".parquet"):
-                part_sources = [
-                    S3Source(
-                        self.s3,
-                        self.bucket,
-                        plan_rules.part_key(self.run_id, shard, name),
-                        int(meta["bytes"]),
-                    )
-                    for shard, meta in parts
-                ]
-                writer = S3Writer(self.s3, self.bucket, target, content_type)
+            keys = [(plan_rules.part_key(self.run_id, shard, name), meta) for shard, meta in parts]
+            if name not in result.csv_headers:  # Parquet
+                writer = S3Writer(self.s3, self.bucket, prefix + name, content_type)
                 try:
-                    shards.assemble_parquet(part_sources, writer)
+                    assemble_parquet(
+                        [S3Source(self.s3, self.bucket, key, int(meta["bytes"])) for key, meta in keys],
+                        writer,
+                    )
                 except BaseException:
                     writer.abort()
                     raise
@@ -280,16 +271,10 @@ class ShardStep:
                     }
                 )
                 continue
-            header = shards.csv_header(second_pass[0], name)
-            pieces = [Piece(data=header)] + [
-                Piece(
-                    key=plan_rules.part_key(self.run_id, shard, name),
-                    size=int(meta["bytes"]),
-                    sha256=str(meta["sha256"]),
-                )
-                for shard, meta in parts
+            pieces = [Piece(data=result.csv_headers[name])] + [
+                Piece(key=key, size=int(meta["bytes"]), sha256=str(meta["sha256"])) for key, meta in keys
             ]
-            assembled = concat(self.s3, self.bucket, target, pieces, content_type)
+            assembled = concat(self.s3, self.bucket, prefix + name, pieces, content_type)
             artifacts.append(
                 {
                     "key": name,
