@@ -49,7 +49,7 @@ class ShardStep:
 
     # ------------------------------------------------------------ entry
 
-    def run(self, started: float, spec: JobSpec) -> int:
+    def run(self, started: float, spec: JobSpec, sources: Sequence[S3Source]) -> int:
         """Do the step; the exit code (bad input raises :class:`Q4Error`, AWS trouble TransientError)."""
         plan = self._plan()
         shards = int(plan["shards"])
@@ -59,7 +59,6 @@ class ShardStep:
                 f"The task was launched as {self.step.step} of shard {self.step.shard}, but the plan of run "
                 f"{self.run_id} has {shards} shards; a launch error (the task exits as a crash).",
             )
-        sources = self.task._input_sources()
         self._check_inputs(plan)
         names = [i["key"] for i in self.task.inputs]
         if self.step.step == plan_rules.PASS1:

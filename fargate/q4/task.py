@@ -334,7 +334,7 @@ class Task:
             if self.step is not None:  # one step of a sharded run (q4.shardtask)
                 from q4.shardtask import ShardStep
 
-                return ShardStep(self, self.step).run(started, spec)
+                return ShardStep(self, self.step).run(started, spec, sources)
             run_dir = work / "out" / contract.run_prefix(run_id).rstrip("/")
             names, limit = [i["key"] for i in self.inputs], scratch_limit(self.environ)
             result = run_job(
