@@ -431,3 +431,96 @@ def test_a_redriven_stop_of_a_shard_step_is_checked_and_recovered(pipeline: Pipe
     send_work(pipeline, json.dumps(forged))
     deliver_batches(pipeline.work_queue_url, lambda_handler)
     assert len(tasks_of(pipeline)) == 3
+
+
+# ---------------------------------------------------------------- the user commands
+
+
+@pytest.fixture
+def user_env(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Pipeline:
+    for name, value in pipeline.user_env.items():
+        monkeypatch.setenv(name, value)
+    return pipeline
+
+
+def q4_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    from q4.cli import main
+
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_status_shows_each_steps_partials(user_env: Pipeline, capsys: pytest.CaptureFixture[str]) -> None:
+    from q4.cli import main
+
+    pipeline = user_env
+    put_parts(pipeline)
+    accept(pipeline, message(shards=3))
+    pass1 = step_tasks(pipeline, "pass1")
+    for shard in (0, 1, 2):
+        put_partial(pipeline, "pass1", shard)
+    assert stopped(pipeline, pass1[(2, 1)], 0) == "advanced"
+    put_partial(pipeline, "pass2", 1)
+    # THEN `q4 status` shows the shards and each step's partials done / total, in text and JSON
+    doc = q4_json(capsys, "status", RUN_ID)
+    assert doc["shards"] == {
+        "shards": 3,
+        "steps": {
+            "pass1": {"done": 3, "total": 3},
+            "pass2": {"done": 1, "total": 3},
+            "finish": {"done": 0, "total": 1},
+        },
+    }
+    assert (doc["phase"]["phase"], doc["phase"]["step"]) == ("running", "pass2")
+    assert main(["status", RUN_ID]) == 0
+    text = capsys.readouterr().out
+    assert "shards:    3 (pass1 3/3, pass2 1/3, finish 0/1)" in text
+    assert "phase:     running" in text and "step pass2: 1 of 3 done" in text
+
+
+def test_cancel_stops_every_task_of_a_sharded_run(
+    user_env: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = user_env
+    put_parts(pipeline)
+    accept(pipeline, message(shards=3))
+    pass1 = step_tasks(pipeline, "pass1")
+    # GIVEN shard 0's pass-1 task already stopped (ECS reports it STOPPED)
+    ecs = boto3.client("ecs")
+    ecs.stop_task(cluster=pipeline.cluster, task=pass1[(0, 1)]["taskArn"], reason="done")
+    # WHEN the run is cancelled
+    doc = q4_json(capsys, "cancel", RUN_ID)
+    # THEN the other two tasks are stopped, named by their step and shard
+    assert doc["cancelled"] is True
+    assert sorted((t["shard_step"], t["shard"], t["attempt"]) for t in doc["stopped_tasks"]) == [
+        ("pass1", 1, 1),
+        ("pass1", 2, 1),
+    ]
+    described = ecs.describe_tasks(cluster=pipeline.cluster, tasks=[t["taskArn"] for t in pass1.values()])
+    assert {t["desiredStatus"] for t in described["tasks"]} == {"STOPPED"}
+    # AND the stopped tasks' events end the run cancelled, once
+    assert stopped(pipeline, pass1[(1, 1)], 143, stopCode="UserInitiated") == "cancelled"
+    assert stopped(pipeline, pass1[(2, 1)], 143, stopCode="UserInitiated") == "stale"
+    (done,) = drain(pipeline.done_queue_url)
+    assert done["error"]["code"] == "cancelled"
+
+
+def test_submit_sends_shards(user_env: Pipeline, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from q4.cli import main
+
+    pipeline = user_env
+    data = tmp_path / "data.csv"
+    data.write_bytes(csv_bytes(3000))
+    for bad in ("many", "0", "1001"):
+        assert main(["submit", str(data), "--run-id", "sub-shards", "--shards", bad]) == 2
+        assert capsys.readouterr().err.strip().endswith("[invalid_shards]")
+    assert tasks_of(pipeline) == [] and drain(pipeline.work_queue_url) == []
+    assert main(["submit", str(data), "--run-id", "sub-shards", "--shards", "4"]) == 0
+    (sent,) = drain(pipeline.work_queue_url)
+    assert sent == {
+        "run_id": "sub-shards",
+        "input_key": "run=sub-shards/input/data.csv",
+        "mode": "standard",
+        "shards": 4,
+    }
