@@ -474,6 +474,12 @@ class Orchestrator:
             # exit 0 promises the step's partial; without it the step did not complete: a crash
             self.logger.error("Step exited 0 without its partial; treated as a crash.", extra=context)
         if manifest is not None or error is not None:
+            if not _written_by(step, manifest, error):
+                # another step ended the run and sent its done message; this crash changes nothing
+                self.logger.info(
+                    "Step crashed after another step ended the run.", extra={**context, "outcome": "reported"}
+                )
+                return "reported"
             return self._notify_once(run_id, manifest, error, context)
         job = self._job(run_id, env, context)
         if job is None:
@@ -729,6 +735,20 @@ def _stop_details(detail: Mapping[str, Any], container_name: str) -> dict[str, A
         "exit_code": container.get("exitCode"),
         "task_arn": detail.get("taskArn"),
     }
+
+
+def _written_by(
+    step: shards.Step, manifest: Mapping[str, Any] | None, error: Mapping[str, Any] | None
+) -> bool:
+    """Whether the run's terminal document may be this step's (so its done message may be unsent when the
+    step crashed): MANIFEST.json is the finish task's; an ERROR.json names the shard and step that wrote it
+    (one that names none may be anyone's)."""
+    if manifest is not None:
+        return step.step == shards.FINISH
+    details = (error or {}).get("details")
+    if not isinstance(details, Mapping) or "shard_step" not in details:
+        return True
+    return bool(details.get("shard_step") == step.step and details.get("shard") == step.shard)
 
 
 def _step_details(step: shards.Step) -> dict[str, Any]:

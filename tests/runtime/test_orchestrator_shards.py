@@ -343,6 +343,34 @@ def test_exit_0_without_the_partial_is_a_crash_and_exit_2_is_reported(pipeline: 
     assert len(tasks_of(pipeline)) == 3
 
 
+def test_a_crash_after_another_step_failed_the_run_resends_only_that_steps_done_message(
+    pipeline: Pipeline,
+) -> None:
+    # GIVEN shard 0's pass-1 task found bad input: it wrote ERROR.json (naming its shard and step)
+    put_parts(pipeline)
+    accept(pipeline, message(shards=2))
+    pass1 = step_tasks(pipeline, "pass1")
+    error = contract.error_document(
+        run_id=RUN_ID,
+        code="malformed_csv",
+        mode="standard",
+        attempts=1,
+        message="Row 3 is not CSV.",
+        details={"shard": 0, "shard_step": "pass1"},
+        retryable=False,
+    )
+    put(pipeline.artifacts_bucket, contract.error_key(RUN_ID), json.dumps(error).encode())
+    # WHEN shard 1 crashes: the run already failed by another step's hand; nothing sent, nothing launched
+    assert stopped(pipeline, pass1[(1, 1)], 1) == "reported"
+    assert drain(pipeline.done_queue_url) == []
+    # WHEN shard 0 itself crashed after its ERROR.json (before its done message): that one is re-sent once
+    assert stopped(pipeline, pass1[(0, 1)], 137) == "resent"
+    assert stopped(pipeline, pass1[(0, 1)], 137) == "stale"
+    (done,) = drain(pipeline.done_queue_url)
+    assert done["status"] == "failed" and done["error"]["code"] == "malformed_csv"
+    assert len(tasks_of(pipeline)) == 2
+
+
 def test_a_cancelled_sharded_run_ends_when_its_steps_stop(pipeline: Pipeline) -> None:
     put_parts(pipeline)
     accept(pipeline, message(shards=2))
@@ -373,7 +401,8 @@ def test_a_stopped_shard_of_a_cancelled_run_ends_it(pipeline: Pipeline) -> None:
         json.dumps(contract.cancel_request(RUN_ID, requested_at="2026-01-01T00:00:00Z")).encode(),
     )
     assert stopped(pipeline, pass1[(0, 1)], 143, stopCode="UserInitiated") == "cancelled"
-    assert stopped(pipeline, pass1[(1, 1)], 143, stopCode="UserInitiated") == "stale"
+    assert stopped(pipeline, pass1[(1, 1)], 143, stopCode="UserInitiated") == "reported"
+    assert stopped(pipeline, pass1[(0, 1)], 143, stopCode="UserInitiated") == "stale"
     assert len(tasks_of(pipeline)) == 2
     (done,) = drain(pipeline.done_queue_url)
     assert done["error"]["code"] == "cancelled"
@@ -501,7 +530,7 @@ def test_cancel_stops_every_task_of_a_sharded_run(
     assert {t["desiredStatus"] for t in described["tasks"]} == {"STOPPED"}
     # AND the stopped tasks' events end the run cancelled, once
     assert stopped(pipeline, pass1[(1, 1)], 143, stopCode="UserInitiated") == "cancelled"
-    assert stopped(pipeline, pass1[(2, 1)], 143, stopCode="UserInitiated") == "stale"
+    assert stopped(pipeline, pass1[(2, 1)], 143, stopCode="UserInitiated") == "reported"
     (done,) = drain(pipeline.done_queue_url)
     assert done["error"]["code"] == "cancelled"
 
