@@ -8,19 +8,29 @@ locals {
   # A run's state documents: the accepted job (orchestrator), then MANIFEST.json or ERROR.json; and the cancel
   # request (q4 cancel writes it; the task and the orchestrator only read it).
   run_state_objects = ["${local.artifacts_run}/job.json", "${local.artifacts_run}/MANIFEST.json", "${local.artifacts_run}/ERROR.json", "${local.artifacts_run}/cancel.json"]
-  # What the task writes: its artifacts (q4.job.OUTPUT_DIRS) and the terminal document.
-  task_written_objects = [
+  # A sharded run (docs/contract.md, "Sharded runs"): its plan (the orchestrator writes it once, the tasks read
+  # it), each step's partial and pass 2's parts of the row outputs (the tasks write and read them), and each
+  # step's launch and stop records (the orchestrator's; the tasks read only the stop records, for the cost).
+  shard_plan             = "${local.artifacts_run}/plan.json"
+  shard_task_objects     = ["${local.artifacts_run}/shards/*/partial.json", "${local.artifacts_run}/shards/pass2/*/output/*"]
+  shard_attempt_records  = "${local.artifacts_run}/shards/*/attempts/*"
+  shard_stopped_attempts = "${local.artifacts_run}/shards/*/attempts/*.stopped.json"
+  # What the task writes: its artifacts (q4.job.OUTPUT_DIRS), the terminal document, a sharded run's partials.
+  task_written_objects = concat([
     "${local.artifacts_run}/output/*",
     "${local.artifacts_run}/model/*",
     "${local.artifacts_run}/viz/*",
     "${local.artifacts_run}/MANIFEST.json",
     "${local.artifacts_run}/ERROR.json",
-  ]
-  # What the orchestrator writes: job.json, launch records (+ the re-send notice) and ERROR.json (task_crashed).
+  ], local.shard_task_objects)
+  # What the orchestrator writes: job.json, launch records (+ the re-send notice) and ERROR.json (task_crashed);
+  # a sharded run's plan and its steps' launch and stop records.
   orchestrator_written_objects = [
     "${local.artifacts_run}/job.json",
     "${local.artifacts_run}/attempts/*",
     "${local.artifacts_run}/ERROR.json",
+    local.shard_plan,
+    local.shard_attempt_records,
   ]
   task_family_arn = "arn:${local.partition}:ecs:${var.region}:${local.account_id}:task-definition/${aws_ecs_task_definition.task.family}:*"
 }
@@ -125,7 +135,15 @@ data "aws_iam_policy_document" "task" {
     # sums them into the run's cost.
     sid       = "ReadStoppedAttempts"
     actions   = ["s3:GetObject"]
-    resources = ["${local.artifacts_run}/attempts/*.stopped.json"]
+    resources = ["${local.artifacts_run}/attempts/*.stopped.json", local.shard_stopped_attempts]
+  }
+
+  statement {
+    # A sharded run: the plan, the steps' partials and pass 2's parts of the row outputs (the finish task
+    # assembles them with UploadPartCopy, which reads the part and writes the output).
+    sid       = "ReadShards"
+    actions   = ["s3:GetObject"]
+    resources = concat([local.shard_plan], local.shard_task_objects)
   }
 
   statement {
@@ -221,7 +239,7 @@ data "aws_iam_policy_document" "orchestrator" {
   statement {
     sid       = "ReadRunRecords"
     actions   = ["s3:GetObject"]
-    resources = concat(local.run_state_objects, ["${local.artifacts_run}/attempts/*"])
+    resources = concat(local.run_state_objects, ["${local.artifacts_run}/attempts/*", local.shard_plan, local.shard_attempt_records])
   }
 
   statement {

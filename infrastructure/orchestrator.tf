@@ -50,6 +50,8 @@ resource "aws_lambda_function" "orchestrator" {
       Q4_TASK_STORAGE_MIN_GIB = tostring(var.task_ephemeral_storage_min_gib)
       Q4_TASK_STORAGE_MAX_GIB = tostring(var.task_ephemeral_storage_max_gib)
       Q4_TASK_ARCHITECTURE    = var.task_cpu_architecture
+      Q4_SHARD_TARGET_BYTES   = tostring(var.shard_target_bytes)
+      Q4_MAX_SHARDS           = tostring(var.max_shards)
       POWERTOOLS_SERVICE_NAME = local.orchestrator_name
       POWERTOOLS_LOG_LEVEL    = var.log_level
     }

@@ -268,6 +268,29 @@ variable "task_ephemeral_storage_max_gib" {
   }
 }
 
+# Sharded runs (docs/contract.md, "Sharded runs"): a run over many tasks, one per slice of its input.
+variable "shard_target_bytes" {
+  description = "Input bytes per shard when a work message names no shards: ceil(input bytes / this), at most max_shards (at least 4096)."
+  type        = number
+  default     = 8589934592
+
+  validation {
+    condition     = var.shard_target_bytes >= 4096 && floor(var.shard_target_bytes) == var.shard_target_bytes
+    error_message = "shard_target_bytes must be a whole number of bytes, at least 4096."
+  }
+}
+
+variable "max_shards" {
+  description = "Most shards (tasks per step) of one run, 1-1000; a work message asking for more is rejected (shards_not_allowed)."
+  type        = number
+  default     = 50
+
+  validation {
+    condition     = var.max_shards >= 1 && var.max_shards <= 1000 && floor(var.max_shards) == var.max_shards
+    error_message = "max_shards must be a whole number from 1 to 1000."
+  }
+}
+
 variable "task_cpu_architecture" {
   description = "CPU architecture of the task image: X86_64 or ARM64."
   type        = string

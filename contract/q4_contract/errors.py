@@ -69,6 +69,8 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
     ("job_too_large", "the job's ECS task overrides would exceed 8192 characters", (MESSAGE,)),
     ("invalid_task_cpu", "task_cpu is not a Fargate CPU step (256, 512, ... 16384)", (MESSAGE, TASK, SUBMIT)),
     ("task_cpu_not_allowed", "task_cpu lies outside the deployment's CPU limits", (MESSAGE,)),
+    ("invalid_shards", "shards is not an integer from 1 to 1000", (MESSAGE, TASK, SUBMIT)),
+    ("shards_not_allowed", "shards is above the deployment's max_shards", (MESSAGE,)),
     ("invalid_chunk_rows", "--chunk-rows is below 1", (RUN,)),
     # the orchestrator, before launching
     (

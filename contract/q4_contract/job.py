@@ -20,6 +20,7 @@ from typing import Any
 
 from q4_contract.errors import Rejection
 from q4_contract.keys import MODEL_KEY_SUFFIX, input_root, is_input_object
+from q4_contract.shards import FINISH, SHARDS_RANGE, Step, check_shards
 from q4_contract.sizing import (
     EPHEMERAL_RANGE_GIB,
     FARGATE_CPU_STEPS,
@@ -59,6 +60,7 @@ ENV_SVD_K = "Q4_SVD_K"
 ENV_OUTPUT_FORMAT = "Q4_OUTPUT_FORMAT"
 ENV_ATTEMPT = "Q4_ATTEMPT"
 ENV_TASK_CPU = "Q4_TASK_CPU"
+ENV_SHARDS = "Q4_SHARDS"
 #: Set by the orchestrator, not a job field: the input bytes it sized the task from (docs/contract.md,
 #: "Task size").
 ENV_INPUT_BYTES = "Q4_INPUT_BYTES"
@@ -278,6 +280,7 @@ JOB_FIELDS = (
     Field("svd_k", ENV_SVD_K, "int", DEFAULT_SVD_K, False, check_svd_k),
     Field("output_format", ENV_OUTPUT_FORMAT, "text", DEFAULT_OUTPUT_FORMAT, False, check_output_format),
     Field("task_cpu", ENV_TASK_CPU, "int", None, True, check_task_cpu),
+    Field("shards", ENV_SHARDS, "int", None, True, check_shards),
 )
 FIELDS = ("run_id", *(field.name for field in JOB_FIELDS))
 PER_RUN_ENV = (ENV_RUN_ID, *(field.env for field in JOB_FIELDS), ENV_ATTEMPT)
@@ -318,6 +321,7 @@ class Job:
     svd_k: int = DEFAULT_SVD_K
     output_format: str = DEFAULT_OUTPUT_FORMAT
     task_cpu: int | None = None
+    shards: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The canonical JSON form (``job.json``): absent optional fields are left out."""
@@ -369,6 +373,7 @@ class Job:
 _INT_TEXT = {
     "svd_k": ("invalid_svd_k", "an integer from 1 to 1000"),
     "task_cpu": ("invalid_task_cpu", "a Fargate CPU step such as 1024"),
+    "shards": ("invalid_shards", "an integer from 1 to 1000"),
 }
 
 
@@ -462,13 +467,18 @@ def container_overrides(job: Job, attempt: int, container_name: str) -> dict[str
     return {"containerOverrides": [{"name": container_name, "environment": environment}]}
 
 
-def task_overrides(job: Job, attempt: int, container_name: str, size: TaskSize) -> dict[str, Any]:
+def task_overrides(
+    job: Job, attempt: int, container_name: str, size: TaskSize, step: Step | None = None
+) -> dict[str, Any]:
     """RunTask ``overrides`` of one attempt: the per-run environment plus the input bytes the task was sized
     from, and the task's size (task-level ``cpu``, ``memory``, ``ephemeralStorage``; the container's memory
-    limit follows the task's)."""
+    limit follows the task's). A step of a sharded run adds its variables (``Q4_SHARD_STEP``, ``Q4_SHARD``;
+    ``attempt`` is then the step's)."""
     overrides = container_overrides(job, attempt, container_name)
     (container,) = overrides["containerOverrides"]
     container["environment"].append({"name": ENV_INPUT_BYTES, "value": str(size.input_bytes)})
+    if step is not None:
+        container["environment"].extend(step.env())
     container["memory"] = size.memory
     overrides.update(
         cpu=str(size.cpu),
@@ -478,6 +488,8 @@ def task_overrides(job: Job, attempt: int, container_name: str, size: TaskSize) 
     return overrides
 
 
+#: The step whose variables are longest (a sharded run's finish; shard indexes stay below 1000).
+_LONGEST_STEP = Step(FINISH, SHARDS_RANGE[1] - 1)
 #: The largest size a task can have, for :func:`check_overrides_size`.
 _LARGEST = TaskSize(
     cpu=FARGATE_CPU_STEPS[-1],
@@ -490,7 +502,10 @@ _LARGEST = TaskSize(
 
 def check_overrides_size(job: Job, container_name: str) -> None:
     """Reject a job whose task overrides would exceed the ECS limit of 8192 characters."""
-    size = len(json.dumps(task_overrides(job, 999, container_name, _LARGEST), separators=(",", ":")))
+    # the largest a task's overrides get: any run may be sharded (by its input's size), so with a step's
+    # variables
+    overrides = task_overrides(job, 999, container_name, _LARGEST, _LONGEST_STEP)
+    size = len(json.dumps(overrides, separators=(",", ":")))
     if size > MAX_OVERRIDES_LENGTH:
         raise Rejection(
             "job_too_large",

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from q4_contract import DEFAULT_CONTAINER_NAME, SizeLimits
+from q4_contract.shards import ShardLimits
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -49,6 +50,30 @@ def size_limits_from_env(env: Mapping[str, str]) -> SizeLimits:
     return limits
 
 
+#: The sharding settings' variables (Terraform ``shard_target_bytes``, ``max_shards``; unset: the defaults).
+SHARD_LIMIT_ENV = {"target_bytes": "Q4_SHARD_TARGET_BYTES", "max_shards": "Q4_MAX_SHARDS"}
+
+
+def shard_limits_from_env(env: Mapping[str, str]) -> ShardLimits:
+    """The deployment's sharding settings (docs/contract.md, "Sharded runs")."""
+    values: dict[str, int] = {}
+    for attribute, name in SHARD_LIMIT_ENV.items():
+        text = env.get(name, "").strip()
+        if text:
+            try:
+                values[attribute] = int(text)
+            except ValueError:
+                raise ConfigurationError(f"{name} is not an integer; set it to a whole number.") from None
+    limits = ShardLimits(**values)
+    problem = limits.problem()
+    if problem is not None:
+        raise ConfigurationError(
+            f"The sharding settings ({', '.join(SHARD_LIMIT_ENV.values())}) are wrong: {problem}; fix the "
+            "Terraform variables shard_target_bytes and max_shards."
+        )
+    return limits
+
+
 @dataclass(frozen=True)
 class OrchestratorConfig:
     archive_bucket: str
@@ -62,6 +87,7 @@ class OrchestratorConfig:
     assign_public_ip: str
     max_attempts: int
     size_limits: SizeLimits = field(default_factory=SizeLimits)
+    shard_limits: ShardLimits = field(default_factory=ShardLimits)
     #: the task definition's runtimePlatform (prices a crashed run when its STOPPED event names none)
     task_cpu_architecture: str = "X86_64"
     #: price runs as if they ran in this region (the local stack's region is a stand-in); None: their own
@@ -100,6 +126,7 @@ class OrchestratorConfig:
             assign_public_ip=assign,
             max_attempts=max_attempts,
             size_limits=size_limits_from_env(env),
+            shard_limits=shard_limits_from_env(env),
             task_cpu_architecture=env.get("Q4_TASK_ARCHITECTURE", "").strip().upper() or "X86_64",
             price_region=env.get("Q4_PRICE_REGION", "").strip() or None,
         )

@@ -1,8 +1,14 @@
 """What the orchestrator does: accept work messages and launch tasks; recover crashed tasks.
 
 Outcomes are returned as short words (``launched``, ``rejected``, ``duplicate``, ``in_flight``,
-``relaunched``, ``failed``, ``resent``, ``stale``, ``ignored``, ``reported``, ``running``) so callers and
-logs can tell what happened.
+``relaunched``, ``failed``, ``resent``, ``stale``, ``ignored``, ``reported``, ``running``; for the steps of a
+sharded run also ``advanced``: the next step launched, ``waiting``: a partial of the step is still missing)
+so callers and logs can tell what happened.
+
+A sharded run (docs/contract.md, "Sharded runs") is planned on accept (``plan.json``, once) and launched
+step by step: every pass-1 task with the plan, every pass-2 task when a pass-1 task's STOPPED event (exit 0)
+finds all pass-1 partials, the finish task when a pass-2 task's event finds all pass-2 partials. Each step
+of each shard has its own launch records, attempts and stop records under ``run=<id>/shards/``.
 
 The work queue also takes ECS Task State Change events *redriven* from the DLQ (``q4 dlq --redrive``):
 an event whose asynchronous delivery failed (say the relaunch's RunTask kept failing) lands in the DLQ,
@@ -25,8 +31,9 @@ from typing import Any
 
 import q4_contract as contract
 from botocore.exceptions import ClientError
-from q4_contract import Job, Rejection
+from q4_contract import Job, Rejection, shards
 from q4_contract import cost as costs
+from q4_contract import shard_records as records
 
 from q4_orchestrator.config import OrchestratorConfig
 
@@ -62,6 +69,8 @@ class Orchestrator:
             job = contract.validate_work_message(message, self.config.container_name)
             if job.task_cpu is not None:
                 self.config.size_limits.check_requested(job.task_cpu, job.run_id)
+            if job.shards is not None:
+                self.config.shard_limits.check_requested(job.shards, job.run_id)
         except Rejection as rejection:
             return self._reject(rejection, contract.mode_hint(body))
         run_id = job.run_id
@@ -89,12 +98,55 @@ class Orchestrator:
                 extra={"run_id": run_id, "outcome": "in_flight"},
             )
             return "in_flight"
+        plan = records.read_plan(self.store, run_id)
+        if plan is None:
+            objects = self._input_objects(job)
+            count, sized_by = shards.shard_count(objects, self.config.shard_limits, job.shards)
+            if count > 1:
+                plan = self._plan(job, objects, count, sized_by)
+        if plan is not None:
+            return self._accept_sharded(job, plan, cancel)
         if cancel is not None:
             return self._cancelled(job, 0, cancel, {}, {"run_id": run_id})
-        task_arn = self.launch(job, 1)
+        task_arn = self.launch(job, 1, input_bytes=sum(o.size for o in objects))
         self.logger.info(
             "Launched the task.",
             extra={"run_id": run_id, "attempt": 1, "task_arn": task_arn, "outcome": "launched"},
+        )
+        return "launched"
+
+    def _plan(self, job: Job, objects: list[shards.InputObject], count: int, sized_by: str) -> dict[str, Any]:
+        """Write the run's ``plan.json`` once; the plan in force (another delivery's, if it wrote first)."""
+        plan = shards.plan_document(job.run_id, objects, count, sized_by, job.shards)
+        if not self.store.put_json_once(shards.plan_key(job.run_id), plan):
+            plan = records.read_plan(self.store, job.run_id) or plan
+        self.logger.info(
+            "Planned a sharded run.",
+            extra={"run_id": job.run_id, "shards": plan.get("shards"), "sized_by": plan.get("sized_by")},
+        )
+        return plan
+
+    def _accept_sharded(self, job: Job, plan: Mapping[str, Any], cancel: Mapping[str, Any] | None) -> str:
+        """Launch pass 1 of every shard that has no launch record yet (a delivery that failed part way left
+        the others launched); ``in_flight`` when every shard has one."""
+        run_id, count = job.run_id, records.plan_shards(plan)
+        pass1 = records.step_records(self.store, run_id, shards.PASS1)
+        unlaunched = pass1.unlaunched(count)
+        if not unlaunched:
+            self.logger.info(
+                "Sharded run already launched; not launching it again.",
+                extra={"run_id": run_id, "shards": count, "outcome": "in_flight"},
+            )
+            return "in_flight"
+        if cancel is not None:
+            if len(unlaunched) < count:  # the launched shards' STOPPED events end the run
+                return "in_flight"
+            return self._cancelled(job, 0, cancel, {}, {"run_id": run_id})
+        for shard in unlaunched:
+            self.launch_step(job, plan, shards.Step(shards.PASS1, shard), 1)
+        self.logger.info(
+            "Launched pass 1 of a sharded run.",
+            extra={"run_id": run_id, "shards": count, "launched": len(unlaunched), "outcome": "launched"},
         )
         return "launched"
 
@@ -160,18 +212,58 @@ class Orchestrator:
 
     # ------------------------------------------------------------ launching
 
-    def launch(self, job: Job, attempt: int) -> str:
-        """Start attempt ``attempt`` of a run unless its launch record exists; returns the task ARN."""
+    def launch(self, job: Job, attempt: int, input_bytes: int | None = None) -> str:
+        """Start attempt ``attempt`` of a run unless its launch record exists; returns the task ARN.
+        ``input_bytes``: the input's size when the caller listed it (else it is listed here)."""
         record = self.store.attempt_record(job.run_id, attempt)
         if record is not None:
             return str(record.get("task_arn"))
+        if input_bytes is None:
+            input_bytes = sum(o.size for o in self._input_objects(job))
+        size = self._size(job, attempt, input_bytes)
+        return self._run_task(
+            job,
+            what=f"run {job.run_id!r} attempt {attempt}",
+            token=contract.client_token(job.run_id, attempt),
+            overrides=contract.task_overrides(job, attempt, self.config.container_name, size),
+            record_key=contract.attempt_key(job.run_id, attempt),
+            record={"run_id": job.run_id, "attempt": attempt},
+        )
+
+    def launch_step(self, job: Job, plan: Mapping[str, Any], step: shards.Step, attempt: int) -> str:
+        """Start attempt ``attempt`` of one step of a sharded run unless its launch record exists; sized from
+        the shard's slice (the finish step: from the whole input); returns the task ARN."""
+        run_id = job.run_id
+        record = self.store.read_json(shards.step_attempt_key(run_id, step.step, step.shard, attempt))
+        if record is not None:
+            return str(record.get("task_arn"))
+        size = self._size(job, attempt, _step_bytes(plan, step), step)
+        return self._run_task(
+            job,
+            what=f"run {run_id!r} step {step.step} shard {step.shard} attempt {attempt}",
+            token=shards.step_client_token(run_id, step.step, step.shard, attempt),
+            overrides=contract.task_overrides(job, attempt, self.config.container_name, size, step),
+            record_key=shards.step_attempt_key(run_id, step.step, step.shard, attempt),
+            record={"run_id": run_id, "step": step.step, "shard": step.shard, "attempt": attempt},
+        )
+
+    def _run_task(
+        self,
+        job: Job,
+        *,
+        what: str,
+        token: str,
+        overrides: dict[str, Any],
+        record_key: str,
+        record: dict[str, Any],
+    ) -> str:
+        """One RunTask (one task: each shard's task has its own environment), then its launch record once."""
         network: dict[str, Any] = {
             "subnets": list(self.config.subnets),
             "assignPublicIp": self.config.assign_public_ip,
         }
         if self.config.security_groups:
             network["securityGroups"] = list(self.config.security_groups)
-        size = self._size(job, attempt)
         try:
             response = self.ecs.run_task(
                 cluster=self.config.cluster,
@@ -179,41 +271,41 @@ class Orchestrator:
                 launchType="FARGATE",
                 count=1,
                 startedBy=contract.started_by(job.run_id),
-                clientToken=contract.client_token(job.run_id, attempt),
+                clientToken=token,
                 networkConfiguration={"awsvpcConfiguration": network},
-                overrides=contract.task_overrides(job, attempt, self.config.container_name, size),
+                overrides=overrides,
             )
         except ClientError as exc:
-            raise LaunchError(f"RunTask for run {job.run_id!r} attempt {attempt} failed: {exc}") from exc
+            raise LaunchError(f"RunTask for {what} failed: {exc}") from exc
         tasks = response.get("tasks") or []
         failures = response.get("failures") or []
         if failures or not tasks:
-            raise LaunchError(
-                f"RunTask for run {job.run_id!r} attempt {attempt} started no task: "
-                f"{json.dumps(failures, default=str)}"
-            )
+            raise LaunchError(f"RunTask for {what} started no task: {json.dumps(failures, default=str)}")
         task_arn = str(tasks[0]["taskArn"])
         self.store.put_json_once(
-            contract.attempt_key(job.run_id, attempt),
+            record_key,
             {
-                "run_id": job.run_id,
-                "attempt": attempt,
+                **record,
                 "task_arn": task_arn,
-                "client_token": contract.client_token(job.run_id, attempt),
+                "client_token": token,
                 "launched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
         )
         return task_arn
 
-    def _size(self, job: Job, attempt: int) -> contract.TaskSize:
+    def _size(
+        self, job: Job, attempt: int, input_bytes: int, step: shards.Step | None = None
+    ) -> contract.TaskSize:
         """The attempt's size (docs/contract.md, "Task size"): the job's ``task_cpu`` or the rule's CPU for
         its input bytes, the rule's ephemeral storage for them, within the deployment's limits."""
-        size = contract.size_for(self._input_bytes(job), self.config.size_limits, job.task_cpu)
+        size = contract.size_for(input_bytes, self.config.size_limits, job.task_cpu)
+        steps = {"shard_step": step.step, "shard": step.shard} if step is not None else {}
         self.logger.info(
             "Sized the task.",
             extra={
                 "run_id": job.run_id,
                 "attempt": attempt,
+                **steps,
                 "cpu": size.cpu,
                 "memory": size.memory,
                 "ephemeral_storage_gib": size.ephemeral_storage_gib,
@@ -223,10 +315,11 @@ class Orchestrator:
         )
         return size
 
-    def _input_bytes(self, job: Job) -> int:
-        """The bytes of the job's input: the input object, or every input object under the prefix."""
+    def _input_objects(self, job: Job) -> list[shards.InputObject]:
+        """The job's input objects in key order with their sizes: the input object, or every input object
+        under the prefix."""
         prefix = job.input_key if job.input_key is not None else job.input_prefix
-        total = 0
+        objects = []
         try:
             for page in self.s3.get_paginator("list_objects_v2").paginate(
                 Bucket=self.config.archive_bucket, Prefix=prefix
@@ -234,10 +327,10 @@ class Orchestrator:
                 for item in page.get("Contents", []):
                     key = str(item["Key"])
                     if key == job.input_key or (job.input_key is None and contract.is_input_object(key)):
-                        total += int(item.get("Size", 0))
+                        objects.append(shards.InputObject(key, int(item.get("Size", 0))))
         except ClientError as exc:
             raise LaunchError(f"Listing the input of run {job.run_id!r} failed: {exc}") from exc
-        return total
+        return objects
 
     # ------------------------------------------------------------ crash recovery
 
@@ -259,12 +352,20 @@ class Orchestrator:
         env = _override_env(detail, self.config.container_name)
         run_id = env.get(contract.ENV_RUN_ID, "")
         attempt = contract.attempt_from_env(env)
-        context = {"run_id": run_id, "attempt": attempt, "task_arn": task_arn, "redriven": True}
-        record = (
-            self.store.attempt_record(run_id, attempt)
-            if task_arn and contract.is_valid_run_id(run_id)
-            else None
-        )
+        step = shards.step_from_env(env)
+        context: dict[str, Any] = {
+            "run_id": run_id,
+            "attempt": attempt,
+            "task_arn": task_arn,
+            "redriven": True,
+        }
+        record = None
+        if task_arn and contract.is_valid_run_id(run_id):
+            if step is None:
+                record = self.store.attempt_record(run_id, attempt)
+            else:
+                context.update(shard_step=step.step, shard=step.shard)
+                record = self.store.read_json(shards.step_attempt_key(run_id, step.step, step.shard, attempt))
         if record is None or record.get("task_arn") != task_arn:
             self.logger.warning(
                 "Redriven task event names no task this orchestrator launched; ignored.",
@@ -294,6 +395,9 @@ class Orchestrator:
         if stopped is None:
             return "ignored"
         run_id, attempt, env, context = stopped
+        step = shards.step_from_env(env)
+        if step is not None:
+            return self._step_stopped(run_id, step, attempt, env, detail, context)
         self._record_stop(run_id, attempt, detail)
         if context["exit_code"] in TERMINAL_EXIT_CODES:
             self.logger.info(
@@ -314,11 +418,8 @@ class Orchestrator:
         if manifest is not None or error is not None:
             return self._notify_once(run_id, manifest, error, context)
 
-        job_doc = self.store.job(run_id)
-        try:
-            job = contract.parse_job(job_doc) if job_doc is not None else Job.from_env(env)
-        except Rejection:
-            self.logger.error("Cannot rebuild the job of a crashed task; ignored.", extra=context)
+        job = self._job(run_id, env, context)
+        if job is None:
             return "ignored"
 
         cancel = contract.cancel_requested(self.store, run_id)
@@ -336,28 +437,153 @@ class Orchestrator:
             return "relaunched"
         return self._crashed_for_good(job, attempt, detail, context)
 
-    def _record_stop(self, run_id: str, attempt: int, detail: Mapping[str, Any]) -> None:
+    def _step_stopped(
+        self,
+        run_id: str,
+        step: shards.Step,
+        attempt: int,
+        env: Mapping[str, str],
+        detail: Mapping[str, Any],
+        context: dict[str, Any],
+    ) -> str:
+        """A STOPPED event of a step of a sharded run: start the next step when this one's partials are all
+        there, relaunch a crashed step, or end the run (docs/contract.md, "Sharded runs")."""
+        context.update(shard_step=step.step, shard=step.shard)
+        self._record_stop(run_id, attempt, detail, step)
+        exit_code = context["exit_code"]
+        if exit_code == 2 or (exit_code == 0 and step.step == shards.FINISH):
+            self.logger.info(
+                "Step ended; its task reported the run.", extra={**context, "outcome": "reported"}
+            )
+            return "reported"
+        here = records.step_records(self.store, run_id, step.step)
+        if here.latest(step.shard) > attempt:
+            self.logger.info(
+                "Stale stop event of an older attempt of the step; ignored.",
+                extra={**context, "latest_attempt": here.latest(step.shard), "outcome": "stale"},
+            )
+            return "stale"
+        manifest = self.store.manifest(run_id)
+        error = None if manifest is not None else self.store.error(run_id)
+        if exit_code == 0 and (manifest is not None or error is not None):
+            self.logger.info("Step ended; the run already ended.", extra={**context, "outcome": "reported"})
+            return "reported"
+        if exit_code == 0 and step.shard in here.partials:
+            return self._advance(run_id, step, here, context)
+        if exit_code == 0:
+            # exit 0 promises the step's partial; without it the step did not complete: a crash
+            self.logger.error("Step exited 0 without its partial; treated as a crash.", extra=context)
+        if manifest is not None or error is not None:
+            if not _written_by(step, manifest, error):
+                # another step ended the run and sent its done message; this crash changes nothing
+                self.logger.info(
+                    "Step crashed after another step ended the run.", extra={**context, "outcome": "reported"}
+                )
+                return "reported"
+            return self._notify_once(run_id, manifest, error, context)
+        job = self._job(run_id, env, context)
+        if job is None:
+            return "ignored"
+        cancel = contract.cancel_requested(self.store, run_id)
+        if cancel is not None:
+            details = {**_stop_details(detail, self.config.container_name), **_step_details(step)}
+            return self._cancelled(job, attempt, cancel, details, context)
+        plan = records.read_plan(self.store, run_id)
+        if plan is None:
+            self.logger.error("A step of a run without plan.json stopped; ignored.", extra=context)
+            return "ignored"
+        if attempt < self.config.max_attempts:
+            task_arn = self.launch_step(job, plan, step, attempt + 1)
+            self.logger.warning(
+                "Step crashed; relaunched it.",
+                extra={**context, "new_task_arn": task_arn, "outcome": "relaunched"},
+            )
+            return "relaunched"
+        return self._crashed_for_good(job, attempt, detail, context, step)
+
+    def _advance(
+        self, run_id: str, step: shards.Step, here: records.StepRecords, context: Mapping[str, Any]
+    ) -> str:
+        """A pass-1 or pass-2 task completed: launch the next step once every partial of this step is there
+        (every shard of pass 2; the finish task), each shard that has no launch record yet."""
+        plan = records.read_plan(self.store, run_id)
+        if plan is None:
+            self.logger.error("A step of a run without plan.json stopped; ignored.", extra=context)
+            return "ignored"
+        count = records.plan_shards(plan)
+        missing = here.missing_partials(count)
+        if missing:
+            self.logger.info(
+                "Step's partial written; waiting for the other shards.",
+                extra={**context, "missing": len(missing), "outcome": "waiting"},
+            )
+            return "waiting"
+        job = self._job(run_id, {}, context)
+        if job is None:
+            return "ignored"
+        # read BEFORE listing the next step's launch records (see accept)
+        cancel = contract.cancel_requested(self.store, run_id)
+        following = records.NEXT_STEP[step.step]
+        unlaunched = records.step_records(self.store, run_id, following).unlaunched(count)
+        if not unlaunched:
+            self.logger.info(
+                "Next step already launched; duplicate event ignored.",
+                extra={**context, "next_step": following, "outcome": "stale"},
+            )
+            return "stale"
+        if cancel is not None:
+            return self._cancelled(job, 0, cancel, _step_details(step), context)
+        for shard in unlaunched:
+            self.launch_step(job, plan, shards.Step(following, shard), 1)
+        self.logger.info(
+            "Every partial of the step is written; launched the next step.",
+            extra={**context, "next_step": following, "launched": len(unlaunched), "outcome": "advanced"},
+        )
+        return "advanced"
+
+    def _job(self, run_id: str, env: Mapping[str, str], context: Mapping[str, Any]) -> Job | None:
+        """The run's job (job.json, else the task's environment); None when neither gives a valid one."""
+        job_doc = self.store.job(run_id)
+        try:
+            return contract.parse_job(job_doc) if job_doc is not None else Job.from_env(env)
+        except Rejection:
+            self.logger.error("Cannot rebuild the job of a stopped task; ignored.", extra=context)
+            return None
+
+    def _record_stop(
+        self, run_id: str, attempt: int, detail: Mapping[str, Any], step: shards.Step | None = None
+    ) -> None:
         """Keep what ECS says about the stopped attempt (billed time, size) once, for the run's cost: the
-        committing attempt's MANIFEST.json / ERROR.json sums the earlier attempts from these records."""
+        committing attempt's MANIFEST.json / ERROR.json sums the earlier attempts from these records (a
+        sharded run's finish task: every step's, ``q4_contract.shard_records.stopped_step_usage``)."""
         if not contract.is_valid_run_id(run_id):
             return
         record = costs.stopped_record(detail, run_id, attempt)
+        key = costs.stopped_key(run_id, attempt)
+        if step is not None:
+            record.update(step=step.step, shard=step.shard)
+            key = shards.step_stopped_key(run_id, step.step, step.shard, attempt)
         try:
-            self.store.put_json_once(costs.stopped_key(run_id, attempt), record)
+            self.store.put_json_once(key, record)
         except Exception as exc:  # the cost is an account, not a reason to stop recovering the run
             self.logger.warning(
                 "Could not record the stopped attempt's billed time.",
                 extra={"run_id": run_id, "attempt": attempt, "error": str(exc)},
             )
 
-    def _crash_cost(self, run_id: str, attempt: int, detail: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``cost`` of a run whose every attempt crashed: each attempt's ECS time (stopped records)."""
+    def _crash_cost(
+        self, run_id: str, attempt: int, detail: Mapping[str, Any], step: shards.Step | None = None
+    ) -> dict[str, Any]:
+        """The ``cost`` of a run whose every attempt crashed: each attempt's ECS time (stopped records); for a
+        sharded run every stopped attempt of every step."""
         record = costs.stopped_record(detail, run_id, attempt)
         prices = costs.prices_for(
             record["region"],
             record["architecture"] or self.config.task_cpu_architecture,
             price_region=self.config.price_region,
         )
+        if step is not None:
+            return costs.run_cost(records.stopped_step_usage(self.store, run_id), prices)
         return costs.run_cost(costs.earlier_attempts(self.store, run_id, range(1, attempt + 1)), prices)
 
     def _stopped_task(
@@ -385,18 +611,25 @@ class Orchestrator:
         return run_id, attempt, env, context
 
     def _crashed_for_good(
-        self, job: Job, attempt: int, detail: Mapping[str, Any], context: Mapping[str, Any]
+        self,
+        job: Job,
+        attempt: int,
+        detail: Mapping[str, Any],
+        context: Mapping[str, Any],
+        step: shards.Step | None = None,
     ) -> str:
-        """The last attempt crashed: ERROR.json ``task_crashed`` (once) and the failed done message."""
+        """The last attempt crashed: ERROR.json ``task_crashed`` (once) and the failed done message (a step
+        of a sharded run: its details name the shard and the step)."""
         run_id = job.run_id
         container = _container(detail, self.config.container_name) or {}
         reason = _stop_reason(detail, container)
+        which = "The task" if step is None else f"The {step.step} task of shard {step.shard}"
         error_doc = contract.error_document(
             run_id=run_id,
             code="task_crashed",
             mode=job.mode,
             attempts=attempt,
-            message=f"The task crashed on all {attempt} attempts (last stop reason: {reason}); check the "
+            message=f"{which} crashed on all {attempt} attempts (last stop reason: {reason}); check the "
             "task logs, then resubmit under a new run id.",
             details={
                 "stopped_reason": detail.get("stoppedReason"),
@@ -404,10 +637,11 @@ class Orchestrator:
                 "exit_code": container.get("exitCode"),
                 "container_reason": container.get("reason"),
                 "task_arn": detail.get("taskArn"),
+                **(_step_details(step) if step is not None else {}),
             },
             retryable=True,
         )
-        error_doc["cost"] = self._crash_cost(run_id, attempt, detail)
+        error_doc["cost"] = self._crash_cost(run_id, attempt, detail, step)
         if not self.store.put_json_once(contract.error_key(run_id), error_doc):
             error_doc = self.store.error(run_id) or error_doc
         self.logger.error(
@@ -501,6 +735,35 @@ def _stop_details(detail: Mapping[str, Any], container_name: str) -> dict[str, A
         "exit_code": container.get("exitCode"),
         "task_arn": detail.get("taskArn"),
     }
+
+
+def _written_by(
+    step: shards.Step, manifest: Mapping[str, Any] | None, error: Mapping[str, Any] | None
+) -> bool:
+    """Whether the run's terminal document may be this step's (so its done message may be unsent when the
+    step crashed): MANIFEST.json is the finish task's; an ERROR.json names the shard and step that wrote it
+    (one that names none may be anyone's)."""
+    if manifest is not None:
+        return step.step == shards.FINISH
+    details = (error or {}).get("details")
+    if not isinstance(details, Mapping) or "shard_step" not in details:
+        return True
+    return bool(details.get("shard_step") == step.step and details.get("shard") == step.shard)
+
+
+def _step_details(step: shards.Step) -> dict[str, Any]:
+    """What ERROR.json's ``details`` say of the step of a sharded run that ended it."""
+    return {"shard": step.shard, "shard_step": step.step}
+
+
+def _step_bytes(plan: Mapping[str, Any], step: shards.Step) -> int:
+    """The input bytes a step's task is sized from: its shard's slice, the finish task the whole input."""
+    if step.step == shards.FINISH:
+        return sum(int(item.get("size", 0)) for item in plan.get("inputs") or [])
+    for item in plan.get("slices") or []:
+        if item.get("index") == step.shard:
+            return int(item.get("bytes", 0))
+    return 0
 
 
 def _stop_reason(detail: Mapping[str, Any], container: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ CODES = {
     "invalid_json", "invalid_message", "unknown_field", "missing_field", "invalid_type", "invalid_run_id",
     "invalid_input", "path_traversal", "invalid_key", "wrong_prefix", "unknown_mode",
     "unknown_output_format", "invalid_model_key", "invalid_svd_k", "invalid_features", "too_many_features",
-    "job_too_large", "unsupported_input", "invalid_task_cpu",
+    "job_too_large", "unsupported_input", "invalid_task_cpu", "invalid_shards",
 }  # fmt: skip
 #: An SQS message (the done message) may carry at most 256 KiB.
 SQS_MAX_BYTES = 256 * 1024
@@ -129,6 +129,7 @@ def hostile_messages(draw: st.DrawFn) -> dict[str, Any]:
         "features": st.lists(st.text(max_size=12), max_size=6),
         "svd_k": st.integers() | st.sampled_from([True, 1.0, "10", 10**300]),
         "output_format": st.sampled_from([*contract.OUTPUT_FORMATS, "xlsx"]),
+        "shards": st.integers() | st.sampled_from([True, 1.0, "3", 10**300]),
     }
     for name, strategy in optional.items():
         if draw(st.booleans()):

@@ -150,6 +150,8 @@ def test_orchestrator_function_configuration(
         "Q4_TASK_STORAGE_MIN_GIB",
         "Q4_TASK_STORAGE_MAX_GIB",
         "Q4_TASK_ARCHITECTURE",
+        "Q4_SHARD_TARGET_BYTES",
+        "Q4_MAX_SHARDS",
         "POWERTOOLS_SERVICE_NAME",
         "POWERTOOLS_LOG_LEVEL",
     }
@@ -166,6 +168,8 @@ def test_orchestrator_function_configuration(
     sizes += ("Q4_TASK_STORAGE_MIN_GIB", "Q4_TASK_STORAGE_MAX_GIB")
     assert [env[name] for name in sizes] == ["1024", "4096", "4096", "21", "200"]
     assert env["Q4_TASK_ARCHITECTURE"] == "X86_64"
+    # the sharding settings (docs/contract.md, Sharded runs): 8 GiB per shard, at most 50
+    assert (env["Q4_SHARD_TARGET_BYTES"], env["Q4_MAX_SHARDS"]) == ("8589934592", "50")
 
     # Networking came from the emulator's default VPC: real subnet and security-group ids RunTask accepts.
     ec2 = aws("ec2")

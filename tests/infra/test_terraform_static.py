@@ -104,7 +104,14 @@ def test_out_of_range_inputs_are_refused_with_the_variables_own_message(
         "AWS_SECRET_ACCESS_KEY": "invalid",
         "AWS_EC2_METADATA_DISABLED": "true",
     }
-    bad = {"config_recording": "everything", "task_cpu": 300, "lambda_timeout": 901, "name": "Q4_Prod"}
+    bad = {
+        "config_recording": "everything",
+        "task_cpu": 300,
+        "lambda_timeout": 901,
+        "name": "Q4_Prod",
+        "max_shards": 1001,
+        "shard_target_bytes": 100,
+    }
     with pytest.raises(tf.TerraformError) as raised:
         tf.run(
             workdir,
@@ -117,3 +124,5 @@ def test_out_of_range_inputs_are_refused_with_the_variables_own_message(
     assert "task_cpu must be one of 256, 512, 1024, 2048, 4096, 8192, 16384." in stderr
     assert "lambda_timeout must be between 3 and 900 seconds." in stderr
     assert "The name must be 2-20 lowercase letters" in stderr
+    assert "max_shards must be a whole number from 1 to 1000." in stderr
+    assert "shard_target_bytes must be a whole number of bytes, at least 4096." in stderr

@@ -279,6 +279,65 @@ def test_orchestrator_duplicate_and_crash_recovery_with_its_own_role(
     ]
 
 
+def test_a_sharded_run_advances_with_each_roles_own_permissions(
+    enforcing_stack: EnforcingStack, pipeline: dict[str, Any], tmp_path: Path
+) -> None:
+    """A sharded run (docs/contract.md, "Sharded runs"): the orchestrator plans it and launches pass 1,
+    and on a STOPPED event lists the partials and launches pass 2, and relaunches a crashed step, with its
+    role; the task reads the plan and writes and reads a partial with its role."""
+    stack = enforcing_stack
+    run_id, bucket = "sec-shards", stack.outputs["artifacts_bucket"]
+    admin_s3, admin_sqs = stack.client("admin", "s3"), stack.client("admin", "sqs")
+    rows = "\n".join(f"{i},{i * 7 % 13},{i * 3 % 5}" for i in range(2000))
+    admin_s3.put_object(
+        Bucket=stack.outputs["archive_bucket"], Key=f"run={run_id}/input/data.csv", Body=f"a,b,c\n{rows}\n"
+    )
+    body = {"run_id": run_id, "input_key": f"run={run_id}/input/data.csv", "shards": 2}
+    admin_sqs.send_message(QueueUrl=stack.outputs["work_queue_url"], MessageBody=json.dumps(body))
+    orch_sqs = stack.client("orchestrator", "sqs")
+    messages = orch_sqs.receive_message(
+        QueueUrl=stack.outputs["work_queue_url"], AttributeNames=["All"], WaitTimeSeconds=2
+    )["Messages"]
+    assert run_orchestrator(stack, sqs_event(stack, messages), tmp_path) == {"batchItemFailures": []}
+    orch_sqs.delete_message(
+        QueueUrl=stack.outputs["work_queue_url"], ReceiptHandle=messages[0]["ReceiptHandle"]
+    )
+
+    def record(step: str, shard: int, attempt: int = 1) -> dict[str, Any]:
+        key = f"run={run_id}/shards/{step}/{shard:05d}/attempts/{attempt}.json"
+        return dict(json.loads(admin_s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+
+    # the task reads the plan and writes its partial (and reads it back) with its own role
+    task_s3 = stack.client("task", "s3")
+    plan = json.loads(task_s3.get_object(Bucket=bucket, Key=f"run={run_id}/plan.json")["Body"].read())
+    assert plan["shards"] == 2
+    for shard in (0, 1):
+        key = f"run={run_id}/shards/pass1/{shard:05d}/partial.json"
+        task_s3.put_object(Bucket=bucket, Key=key, Body=b'{"rows": 1}', IfNoneMatch="*")
+        assert task_s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b'{"rows": 1}'
+
+    def event(step: str, shard: int, exit_code: int, attempt: int = 1) -> dict[str, Any]:
+        arn = record(step, shard, attempt)["task_arn"]
+        task = stack.client("admin", "ecs").describe_tasks(cluster=stack.outputs["cluster_name"], tasks=[arn])
+        (found,) = task["tasks"]
+        return {
+            "detail-type": "ECS Task State Change",
+            "source": "aws.ecs",
+            "detail": {
+                "clusterArn": found["clusterArn"],
+                "taskArn": arn,
+                "lastStatus": "STOPPED",
+                "stopCode": "EssentialContainerExited",
+                "containers": [{"name": "q4", "exitCode": exit_code, "lastStatus": "STOPPED"}],
+                "overrides": found["overrides"],
+            },
+        }
+
+    assert run_orchestrator(stack, event("pass1", 1, 0), tmp_path) == {"outcome": "advanced"}
+    assert run_orchestrator(stack, event("pass2", 0, 1), tmp_path) == {"outcome": "relaunched"}
+    assert record("pass2", 1)["task_arn"] and record("pass2", 0, 2)["task_arn"]
+
+
 # ---------------------------------------------------------------- and is denied the rest
 
 
@@ -313,6 +372,14 @@ TASK_DENIED = [
      lambda c, o: c.put_object(Bucket=o["artifacts_bucket"], Key="run=sec-3/attempts/9.json", Body=b"{}")),
     ("write outside run prefixes", "s3",
      lambda c, o: c.put_object(Bucket=o["artifacts_bucket"], Key="index.html", Body=b"x")),
+    ("forge a sharded run's plan", "s3",
+     lambda c, o: c.put_object(Bucket=o["artifacts_bucket"], Key="run=sec-3/plan.json", Body=b"{}")),
+    ("forge a step's launch record", "s3",
+     lambda c, o: c.put_object(Bucket=o["artifacts_bucket"],
+                               Key="run=sec-3/shards/pass1/00000/attempts/9.json", Body=b"{}")),
+    ("read a step's launch record", "s3",
+     lambda c, o: c.get_object(Bucket=o["artifacts_bucket"],
+                               Key="run=sec-shards/shards/pass1/00000/attempts/1.json")),
     ("delete artifacts", "s3",
      lambda c, o: c.delete_object(Bucket=o["artifacts_bucket"], Key="run=sec-1/MANIFEST.json")),
     ("send to the work queue", "sqs",
@@ -340,6 +407,12 @@ ORCHESTRATOR_DENIED = [
      lambda c, o: c.put_object(Bucket=o["artifacts_bucket"], Key="run=sec-3/output/Q_keep.csv", Body=b"x")),
     ("forge a MANIFEST.json", "s3",
      lambda c, o: c.put_object(Bucket=o["artifacts_bucket"], Key="run=sec-3/MANIFEST.json", Body=b"{}")),
+    ("read a step's partial", "s3",
+     lambda c, o: c.get_object(Bucket=o["artifacts_bucket"],
+                               Key="run=sec-shards/shards/pass1/00000/partial.json")),
+    ("forge a step's partial", "s3",
+     lambda c, o: c.put_object(Bucket=o["artifacts_bucket"],
+                               Key="run=sec-3/shards/pass1/00000/partial.json", Body=b"{}")),
     ("delete artifacts", "s3",
      lambda c, o: c.delete_object(Bucket=o["artifacts_bucket"], Key="run=sec-1/MANIFEST.json")),
     ("send to the work queue", "sqs",

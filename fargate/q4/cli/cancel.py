@@ -1,10 +1,10 @@
 """``q4 cancel RUN_ID``: end a queued or running run as ``failed`` with code ``cancelled``.
 
 Writes the run's cancel request once (``run=<id>/cancel.json``, ``If-None-Match: *``), then stops each of the
-run's tasks that ECS still runs (``ecs:StopTask``; the tasks come from the launch records, the cluster from
-their ARNs). The orchestrator ends the run when its task has stopped, or when its queued work message
-arrives: ERROR.json ``cancelled`` and one failed done message (docs/contract.md, "Cancel"). A run that
-already ended is left as it is.
+run's tasks that ECS still runs (``ecs:StopTask``; the tasks come from the launch records, a sharded run's
+every step's too, the cluster from their ARNs). The orchestrator ends the run when its task has stopped,
+or when its queued work message arrives: ERROR.json ``cancelled`` and one failed done message
+(docs/contract.md, "Cancel"). A run that already ended is left as it is.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import q4_contract as contract
+from q4_contract import shard_records
 
 from q4 import aws
 from q4.cli.common import Pipeline, check_run_id, out, printable
@@ -50,21 +51,36 @@ def request_cancel(pipeline: Pipeline, run_id: str) -> tuple[bool, dict[str, Any
         return False, contract.cancel_requested(pipeline.store, run_id) or request
 
 
-def stop_tasks(pipeline: Pipeline, run_id: str, attempts: list[int]) -> list[dict[str, Any]]:
-    """Stop every task of the run's launch records that ECS has not stopped; what was stopped."""
-    arns = []
+def launched_tasks(pipeline: Pipeline, run_id: str, attempts: list[int]) -> list[dict[str, Any]]:
+    """Every task the run's launch records name: ``{attempt, task_arn}``, and for a sharded run's steps
+    (``run=<id>/shards/<step>/<k>/attempts/<n>.json``) also ``shard_step`` and ``shard``."""
+    found: list[dict[str, Any]] = []
     with aws.aws_errors(f"read the launch records of run {run_id}"):
         for attempt in attempts:
             record = pipeline.store.attempt_record(run_id, attempt) or {}
-            if isinstance(record.get("task_arn"), str) and ":task/" in record["task_arn"]:
-                arns.append((attempt, record["task_arn"]))
-    if not arns:
+            found.append({"attempt": attempt, "task_arn": record.get("task_arn")})
+        for step in shard_records.launch_records(pipeline.store, run_id):
+            found.append(
+                {
+                    "attempt": step.attempt,
+                    "task_arn": step.task_arn,
+                    "shard_step": step.step,
+                    "shard": step.shard,
+                }
+            )
+    return [item for item in found if isinstance(item["task_arn"], str) and ":task/" in item["task_arn"]]
+
+
+def stop_tasks(pipeline: Pipeline, run_id: str, launched: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stop every task of ``launched`` (:func:`launched_tasks`) that ECS has not stopped; what was stopped."""
+    if not launched:
         return []
     ecs = aws.client("ecs")
     stopped: list[dict[str, Any]] = []
-    for attempt, arn in arns:
+    for item in launched:
+        arn = item["task_arn"]
         cluster = arn.split(":task/", 1)[1].rsplit("/", 1)[0]  # arn:...:task/<cluster>/<id>
-        with aws.aws_errors(f"stop the task of run {run_id} attempt {attempt}"):
+        with aws.aws_errors(f"stop the task of run {run_id} attempt {item['attempt']}"):
             tasks = ecs.describe_tasks(cluster=cluster, tasks=[arn]).get("tasks") or []
             task = next((t for t in tasks if t.get("taskArn") == arn), None)
             # desiredStatus, not lastStatus: it is STOPPED as soon as anyone stopped the task (lastStatus lags
@@ -72,7 +88,7 @@ def stop_tasks(pipeline: Pipeline, run_id: str, attempts: list[int]) -> list[dic
             if task is None or task.get("desiredStatus") == "STOPPED":
                 continue
             ecs.stop_task(cluster=cluster, task=arn, reason=STOP_REASON)
-        stopped.append({"attempt": attempt, "task_arn": arn, "last_status": task.get("lastStatus")})
+        stopped.append({**item, "last_status": task.get("lastStatus")})
     return stopped
 
 
@@ -94,7 +110,8 @@ def handle_cancel(args: argparse.Namespace) -> int:
         doc["note"] = f"Run {run_id} already ended ({ended}); nothing to cancel, nothing changed."
         return _report(args, doc)
     written, request = request_cancel(pipeline, run_id)
-    stopped = stop_tasks(pipeline, run_id, state.attempts)
+    launched = launched_tasks(pipeline, run_id, state.attempts)
+    stopped = stop_tasks(pipeline, run_id, launched)
     doc.update(cancelled=True, requested_at=request.get("requested_at"), newly_requested=written)
     doc["stopped_tasks"] = stopped
     if stopped:
@@ -102,7 +119,7 @@ def handle_cancel(args: argparse.Namespace) -> int:
             f"Stopped {len(stopped)} task(s); the run ends failed (cancelled) once the stop is reported. "
             f"`q4 status {run_id}` shows it."
         )
-    elif state.attempts:
+    elif launched:
         doc["note"] = (
             "No task of the run is running; the run ends failed (cancelled) when its stopped task's event "
             f"is handled (see `q4 status {run_id}` and `q4 dlq`)."
@@ -122,7 +139,8 @@ def _report(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         when = "requested" if doc["newly_requested"] else "was already requested"
         out(f"Cancel of run {printable(doc['run_id'])} {when} at {printable(doc['requested_at'])}.")
         for task in doc["stopped_tasks"]:
-            out(f"Stopped task {printable(task['task_arn'])} (attempt {task['attempt']}).")
+            step = f"{task['shard_step']} of shard {task['shard']}, " if "shard_step" in task else ""
+            out(f"Stopped task {printable(task['task_arn'])} ({step}attempt {task['attempt']}).")
     out(printable(doc["note"]))
     return EXIT_OK
 

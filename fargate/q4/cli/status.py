@@ -10,11 +10,11 @@ import json
 import os
 from typing import Any
 
-from q4_contract import RunState
+from q4_contract import RunState, shard_records, shards
 
 from q4 import aws
 from q4.cli.common import Pipeline, check_run_id, out, printable
-from q4.cli.phase import cost_summary, describe_cost, describe_phase, phase
+from q4.cli.phase import cost_summary, describe_cost, describe_phase, max_attempts, phase
 from q4.errors import EXIT_OK, InputError
 
 
@@ -96,6 +96,30 @@ def _add_queue_findings(pipeline: Pipeline, state: RunState, doc: dict[str, Any]
             )
 
 
+def sharded_phase(pipeline: Pipeline, state: RunState, progress: dict[str, Any]) -> dict[str, Any]:
+    """The phase of a sharded run that has not ended: ``launching`` until a pass-1 task is launched, else
+    ``running`` in its latest launched step (ECS is not asked about each of its tasks: the step's partials
+    say how far it got)."""
+    doc: dict[str, Any] = {"phase": "launching", "attempt": None, "max_attempts": max_attempts()}
+    for step in reversed(shards.STEPS):
+        launched = shard_records.step_records(pipeline.store, state.run_id, step).attempts
+        if launched:
+            done = progress["steps"][step]
+            return {
+                **doc,
+                "phase": "running",
+                "step": step,
+                "note": f"sharded run, step {step}: {done['done']} of {done['total']} done",
+            }
+    return {**doc, "note": "sharded run; no task launched yet"}
+
+
+def describe_shards(progress: dict[str, Any]) -> str:
+    """``7 (pass1 7/7, pass2 3/7, finish 0/1)``: the shards and each step's partials done / total."""
+    steps = ", ".join(f"{step} {n['done']}/{n['total']}" for step, n in progress["steps"].items())
+    return f"{progress['shards']} ({steps})"
+
+
 def handle_status(args: argparse.Namespace) -> int:
     run_id = check_run_id(args.run_id)
     pipeline = Pipeline()
@@ -110,7 +134,14 @@ def handle_status(args: argparse.Namespace) -> int:
     doc = _summary(pipeline, state)
     _add_queue_findings(pipeline, state, doc)
     with aws.aws_errors(f"read the launch records of run {run_id}"):
-        doc["phase"] = phase(pipeline, state, rejected="rejection" in doc)
+        plan = shard_records.read_plan(pipeline.store, run_id) if state.state != "submitted" else None
+        if plan is not None:
+            doc["shards"] = shard_records.progress(pipeline.store, run_id, plan, state.manifest is not None)
+        doc["phase"] = (
+            sharded_phase(pipeline, state, doc["shards"])
+            if plan is not None and state.state == "accepted"
+            else phase(pipeline, state, rejected="rejection" in doc)
+        )
     if args.json:
         out(json.dumps(doc, indent=2))
         return EXIT_OK
@@ -118,6 +149,8 @@ def handle_status(args: argparse.Namespace) -> int:
         if doc.get(name) is not None:
             out(f"{name.replace('_', ' ') + ':':<10} {printable(doc[name])}")
     out(f"{'phase:':<10} {printable(describe_phase(doc['phase']))}")
+    if "shards" in doc:
+        out(f"{'shards:':<10} {printable(describe_shards(doc['shards']))}")
     if "cost" in doc:
         out(f"{'cost:':<10} {printable(describe_cost(doc['cost']))}")
     if doc.get("rows"):

@@ -85,6 +85,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="Fargate CPU units for the run's task: 256, 512, 1024, 2048, 4096, 8192 or 16384, within the "
         "deployment's limits (default: sized to the input)",
     )
+    submit.add_argument(
+        "--shards",
+        metavar="N",
+        help="spread the run over N Fargate tasks per step (1-1000, at most the deployment's max_shards; "
+        "default: decided from the input's size)",
+    )
     submit.add_argument("--wait", action="store_true", help="follow the run until it ends")
     submit.add_argument(
         "--timeout", type=float, default=3600.0, metavar="S", help="give up waiting after S seconds (3600)"
@@ -160,6 +166,8 @@ def _work_message(run_id: str, key: str, args: argparse.Namespace) -> dict[str, 
             message["model_key"] = contract.run_prefix(model) + "model/q4_model.json" if is_run_id else model
         if args.task_cpu is not None:
             message["task_cpu"] = _task_cpu(args.task_cpu)
+        if args.shards is not None:
+            message["shards"] = _shards(args.shards)
         contract.parse_job(message)
     except contract.Rejection as rejection:
         raise InputError(rejection.code, rejection.message) from None
@@ -175,6 +183,17 @@ def _task_cpu(text: str) -> int:
         raise InputError(
             "invalid_task_cpu",
             f"--task-cpu {contract.shown(text)} is not an integer; use a Fargate CPU step such as 1024.",
+        ) from None
+
+
+def _shards(text: str) -> int:
+    """``--shards`` as an integer; its range the contract judges (the deployment's ``max_shards`` is the
+    orchestrator's to check: more shards than it allows is a ``rejected`` run)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(
+            "invalid_shards", f"--shards {contract.shown(text)} is not an integer; use 1 to 1000."
         ) from None
 
 
