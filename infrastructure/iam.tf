@@ -11,8 +11,12 @@ locals {
   # A sharded run (docs/contract.md, "Sharded runs"): its plan (the orchestrator writes it once, the tasks read
   # it), each step's partial and pass 2's parts of the row outputs (the tasks write and read them), and each
   # step's launch and stop records (the orchestrator's; the tasks read only the stop records, for the cost).
-  shard_plan             = "${local.artifacts_run}/plan.json"
-  shard_task_objects     = ["${local.artifacts_run}/shards/*/partial.json", "${local.artifacts_run}/shards/pass2/*/output/*"]
+  shard_plan = "${local.artifacts_run}/plan.json"
+  shard_task_objects = [
+    "${local.artifacts_run}/shards/*/partial.json",
+    "${local.artifacts_run}/shards/*/data.npz",
+    "${local.artifacts_run}/shards/pass2/*/output/*",
+  ]
   shard_attempt_records  = "${local.artifacts_run}/shards/*/attempts/*"
   shard_stopped_attempts = "${local.artifacts_run}/shards/*/attempts/*.stopped.json"
   # What the task writes: its artifacts (q4.job.OUTPUT_DIRS), the terminal document, a sharded run's partials.

@@ -14,7 +14,7 @@ import os
 import platform
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from q4_contract import cost as costs
@@ -79,9 +79,12 @@ def task_cost(
     attempt: int,
     compute: Mapping[str, Any] | None,
     environ: Mapping[str, str] | None = None,
+    earlier: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any] | None:
     """The run's ``cost`` as this attempt ends it: earlier attempts (ECS) plus this one (its clock); None
-    when it cannot be worked out (the run still ends; the cost is an account, not a step of the run)."""
+    when it cannot be worked out (the run still ends; the cost is an account, not a step of the run).
+    ``earlier``: the earlier attempts' usage entries (a sharded run's every step), instead of the run's
+    ``attempts/<n>.stopped.json``."""
     environ = os.environ if environ is None else environ
     compute = compute or {}
     try:
@@ -95,7 +98,9 @@ def task_cost(
             costs.architecture_name(platform.machine()),
             price_region=environ.get("Q4_PRICE_REGION") or None,
         )
-        attempts = costs.earlier_attempts(store, run_id, range(1, attempt))
+        attempts = (
+            earlier() if earlier is not None else costs.earlier_attempts(store, run_id, range(1, attempt))
+        )
         return costs.run_cost([*attempts, this_attempt(environ, attempt, compute)], prices)
     except Exception as exc:  # S3 trouble reading an earlier record must not stop a finished run's commit
         logger.warning("Could not work out the run's cost.", extra={"error": str(exc)})

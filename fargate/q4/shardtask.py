@@ -234,7 +234,12 @@ class ShardStep:
         manifest["sharding"] = {k: plan.get(k) for k in ("shards", "requested", "sized_by")}
         manifest["shards"] = self._shard_entries(plan, first_pass)
         manifest["cost"] = task_cost(
-            self.task.store, self.run_id, self.task.attempt, self.task.compute, self.task.environ
+            self.task.store,
+            self.run_id,
+            self.task.attempt,
+            self.task.compute,
+            self.task.environ,
+            earlier=self._earlier_usage,
         )
         return self.task.commit(manifest, len(artifacts), result.rows, started)
 
@@ -284,29 +289,51 @@ class ShardStep:
             )
         return artifacts
 
+    def _records(self) -> dict[str, Any]:
+        """Each step's launch, stop and partial records (from one listing per step; never read)."""
+        from q4_contract import shard_records
+
+        with aws.aws_errors(f"list the shard records of run {self.run_id}"):
+            return {
+                step: shard_records.step_records(self.task.store, self.run_id, step)
+                for step in plan_rules.STEPS
+            }
+
+    def _stop_record(self, step: str, shard: int, attempt: int) -> dict[str, Any] | None:
+        try:
+            return self.task.store.read_json(plan_rules.step_stopped_key(self.run_id, step, shard, attempt))
+        except Exception:  # unreadable or S3 trouble: that attempt is unknown (the cost says incomplete)
+            return None
+
+    def _earlier_usage(self) -> list[dict[str, Any]]:
+        """Usage entries of every earlier attempt of every step: its stop record (ECS times and size), or an
+        unknown entry for an attempt launched whose STOPPED event the orchestrator has not recorded yet."""
+        from q4_contract import cost as costs
+
+        entries = []
+        for step, records in self._records().items():
+            for shard, attempts in sorted(records.attempts.items()):
+                for attempt in attempts:
+                    if step == plan_rules.FINISH and attempt >= self.task.attempt:
+                        continue  # this attempt: its own clock
+                    stopped = attempt in records.stopped.get(shard, ())
+                    record = self._stop_record(step, shard, attempt) if stopped else None
+                    entries.append({**costs.usage_of_stopped(record, attempt), "step": step, "shard": shard})
+        return entries
+
     def _shard_entries(self, plan: Mapping[str, Any], first_pass: Sequence[Partial]) -> list[dict[str, Any]]:
-        """MANIFEST.json's ``shards``: per shard its bytes, rows and each step's task and attempts."""
+        """MANIFEST.json's ``shards``: per shard its bytes, rows and, per pass, its attempts and the task of
+        the latest one (from its stop record: the task does not read launch records)."""
+        records = self._records()
         entries = []
         for index, (slice_, partial) in enumerate(zip(plan["slices"], first_pass, strict=True)):
             steps = {}
             for step in (plan_rules.PASS1, plan_rules.PASS2):
-                records = self._launch_records(step, index)
-                if records:
-                    steps[step] = {"task_arn": records[-1].get("task_arn"), "attempts": len(records)}
+                latest = records[step].latest(index)
+                if latest:
+                    record = self._stop_record(step, index, latest) or {}
+                    steps[step] = {"task_arn": record.get("task_arn"), "attempts": latest}
             entries.append(
                 {"index": index, "bytes": slice_["bytes"], "rows": partial.meta.get("rows"), "steps": steps}
             )
         return entries
-
-    def _launch_records(self, step: str, shard: int) -> list[dict[str, Any]]:
-        records = []
-        with aws.aws_errors(f"read the launch records of run {self.run_id}"):
-            attempt = 1
-            while (
-                record := self.task.store.read_json(
-                    plan_rules.step_attempt_key(self.run_id, step, shard, attempt)
-                )
-            ) is not None:
-                records.append(record)
-                attempt += 1
-        return records
