@@ -654,6 +654,7 @@ def _write_documents(
             projected.quadrant_stats, model.std, model.eigenvalues, model.projectors
         )
     output = run_dir / "output"
+    output.mkdir(exist_ok=True)  # row outputs streamed to sinks leave it uncreated
     _write_json(output / "er.json", er)
     _write_json(output / "Q_study.json", study)
     if projected.enhanced:
