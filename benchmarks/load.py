@@ -224,8 +224,10 @@ BAD_INPUTS: dict[str, bytes] = {
 }
 
 
-def plan(n: int, seed: int, prefix: str) -> list[Planned]:
-    """N runs: ~4 % bad inputs (end failed), ~4 % bad messages (end rejected), the rest mixed valid runs."""
+def plan(n: int, seed: int, prefix: str, shards: int | None = None) -> list[Planned]:
+    """N runs: ~4 % bad inputs (end failed), ~4 % bad messages (end rejected), the rest mixed valid runs.
+    ``shards``: every valid message asks for that many shards (docs/contract.md, "Sharded runs"; an input
+    too small for them gets fewer)."""
     rng = np.random.default_rng(seed)
     sizes = [size for size, _ in SIZES]
     weights = np.array([weight for _, weight in SIZES], dtype=float)
@@ -245,6 +247,8 @@ def plan(n: int, seed: int, prefix: str) -> list[Planned]:
             if large_left == 0:
                 rows = min(rows, 10_000)
             body: dict[str, Any] = {"run_id": run_id, "input_key": key, "mode": mode}
+            if shards is not None:
+                body["shards"] = shards
             if i % 7 == 0 and mode != "full":
                 body["output_format"] = "parquet"
             runs.append(Planned(run_id, kind, body, rows=rows, mode=mode, data=f"rows-{rows}"))
@@ -253,6 +257,8 @@ def plan(n: int, seed: int, prefix: str) -> list[Planned]:
                 len([r for r in runs if r.expect == kind]) % 3
             ]
             body = {"run_id": run_id, "input_key": key, "mode": mode}
+            if shards is not None:
+                body["shards"] = shards
             data = variant
             if variant == "missing_feature":
                 body["features"] = ["f_1", "no_such_column"]
@@ -389,9 +395,33 @@ def audit_run(s3: Any, bucket: str, run_id: str, expect: str, problems: list[str
                 problems.append(f"{run_id}: manifest lists missing {artifact['key']}")
                 continue
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            if len(body) != artifact["bytes"] or hashlib.sha256(body).hexdigest() != artifact["sha256"]:
+            if len(body) != artifact["bytes"] or not _matches(body, artifact):
                 problems.append(f"{run_id}: {artifact['key']} does not match the manifest")
     return terminal
+
+
+def _matches(body: bytes, artifact: dict[str, Any]) -> bool:
+    """The artifact's sha256, or (a sharded run's assembled CSV) each of its parts' sha256, in order."""
+    if "parts" not in artifact:
+        return hashlib.sha256(body).hexdigest() == artifact["sha256"]
+    offset = 0
+    for part in artifact["parts"]:
+        if hashlib.sha256(body[offset : offset + part["bytes"]]).hexdigest() != part["sha256"]:
+            return False
+        offset += part["bytes"]
+    return offset == len(body)
+
+
+def expected_tasks(s3: Any, bucket: str, run: Planned) -> tuple[int, int]:
+    """How many tasks an accepted run without crashes runs (least, most): 1, or for a sharded run (its
+    plan.json) every shard's pass 1 and pass 2 and one finish; a failed sharded run stops after the step
+    whose tasks found the bad input (pass 1, or pass 2 where a cut CSV's bad rows and the fit show up)."""
+    try:
+        plan_doc = json.loads(s3.get_object(Bucket=bucket, Key=f"run={run.run_id}/plan.json")["Body"].read())
+    except s3.exceptions.NoSuchKey:
+        return 1, 1
+    n = int(plan_doc["shards"])
+    return (2 * n + 1, 2 * n + 1) if run.expect == "succeeded" else (n, 2 * n)
 
 
 def check_done(run: Planned, bodies: list[dict[str, Any]], problems: list[str]) -> None:
@@ -443,12 +473,13 @@ def run_load(
     timeout: float = 1800,
     settle: float = 15,
     exclusive: bool = True,
+    shards: int | None = None,
     log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True),
 ) -> LoadResult:
     c = clients(aws)
     s3, sqs = c["s3"], c["sqs"]
     prefix = prefix or f"load{int(time.time())}"
-    runs = plan(n, seed, prefix)
+    runs = plan(n, seed, prefix, shards)
     dlq = json.loads((state_dir / "stack.json").read_text())["outputs"].get("dlq_url")
     dlq_before = _count(sqs, dlq) if dlq else 0
     log(f"load: {n} runs ({Counter(r.expect for r in runs)}), uploading inputs")
@@ -499,8 +530,11 @@ def run_load(
         count = result.tasks_per_run[run.run_id]
         if run.expect == "rejected" and count:
             result.problems.append(f"{run.run_id}: rejected but {count} task(s) ran")
-        if run.expect != "rejected" and count != 1:
-            result.problems.append(f"{run.run_id}: {count} tasks ran (want 1: nothing crashed)")
+        if run.expect != "rejected":
+            least, most = expected_tasks(s3, aws["Q4_ARTIFACTS_BUCKET"], run)
+            if not least <= count <= most:
+                want = least if least == most else f"{least}-{most}"
+                result.problems.append(f"{run.run_id}: {count} tasks ran (want {want}: nothing crashed)")
     for name in ("Q4_WORK_QUEUE_URL",):
         attributes = sqs.get_queue_attributes(
             QueueUrl=aws[name],
@@ -542,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         "--settle", type=float, default=20, help="seconds to keep draining after the last one"
     )
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--shards", type=int, help="every valid message asks for this many shards")
     parser.add_argument("--json", type=Path, help="write the summary and per-run details here")
     parser.add_argument("--note", help="recorded in the result file, e.g. 'shared machine: ...'")
     parser.add_argument("--result", type=Path, help="result file (default benchmarks/results/load.json)")
@@ -553,7 +588,15 @@ def main(argv: list[str] | None = None) -> int:
     stack_s = time.monotonic() - clock
     print(f"load: stack {'started' if started else 'reused'} in {stack_s:.0f} s", file=sys.stderr)
     try:
-        result = run_load(aws, state_dir, args.runs, seed=args.seed, timeout=args.timeout, settle=args.settle)
+        result = run_load(
+            aws,
+            state_dir,
+            args.runs,
+            seed=args.seed,
+            timeout=args.timeout,
+            settle=args.settle,
+            shards=args.shards,
+        )
     finally:
         if not args.keep and started:
             stack_down(state_dir)
@@ -568,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         parameters={
             "runs": args.runs,
             "seed": args.seed,
+            "shards": args.shards,
             "max_tasks": args.max_tasks,
             "timeout_s": args.timeout,
             "settle_s": args.settle,

@@ -7,7 +7,8 @@ one multipart upload: a piece object of at least :data:`MIN_PART_BYTES` is copie
 but the last to be at least 5 MiB, so small pieces are gathered here first: bytes and small objects go
 into a buffer that is uploaded as a part once it holds 5 MiB; a large object that follows a partly
 filled buffer lends the buffer its first bytes (one ranged GET) and is copied from there. The task thus
-downloads at most about 5 MiB per piece, whatever the sizes, and holds at most about 10 MiB.
+downloads at most about 5 MiB per piece, whatever the sizes, and holds at most about 10 MiB; up to
+:data:`COPIES_IN_FLIGHT` copies run at once.
 
 :func:`concat` returns the object's size and its pieces' ``{bytes, sha256}`` in order (the sha256 of each
 object piece as its writer counted it): MANIFEST.json lists them, since hashing the assembled object would
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,8 @@ from q4 import aws
 #: S3's smallest part (all but the last) and largest copied range.
 MIN_PART_BYTES = 5 << 20
 MAX_COPY_BYTES = 5 << 30
+#: Server-side copies running at once.
+COPIES_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True)
@@ -48,14 +52,16 @@ class Piece:
 
 
 class _Upload:
-    """The multipart upload being built: parts numbered in order, a buffer of small bytes."""
+    """The multipart upload being built: parts numbered in order, a buffer of small bytes. Server-side copies
+    run on a small pool (a copy of a 5 GiB range takes tens of seconds; one run may have hundreds)."""
 
     def __init__(self, s3: Any, bucket: str, key: str, content_type: str, min_part: int) -> None:
         self.s3, self.bucket, self.key, self.content_type = s3, bucket, key, content_type
         self.min_part = min_part
         self.buffer = bytearray()
         self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
+        self.parts: list[dict[str, Any] | Future[dict[str, Any]]] = []
+        self.pool: ThreadPoolExecutor | None = None
 
     def _start(self) -> str:
         if self.upload_id is None:
@@ -86,17 +92,24 @@ class _Upload:
         """Copy bytes ``[start, end)`` of ``key`` as parts (the buffer is empty)."""
         count = math.ceil((end - start) / max_copy)
         step = math.ceil((end - start) / count)
+        upload_id = self._start()
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(max_workers=COPIES_IN_FLIGHT, thread_name_prefix="q4-s3-copy")
         for first in range(start, end, step):
             number = len(self.parts) + 1
-            response = self.s3.upload_part_copy(
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=self._start(),
-                PartNumber=number,
-                CopySource={"Bucket": self.bucket, "Key": key},
-                CopySourceRange=f"bytes={first}-{min(end, first + step) - 1}",
-            )
-            self.parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]})
+            byte_range = f"bytes={first}-{min(end, first + step) - 1}"
+            self.parts.append(self.pool.submit(self._copy_part, upload_id, number, key, byte_range))
+
+    def _copy_part(self, upload_id: str, number: int, key: str, byte_range: str) -> dict[str, Any]:
+        response = self.s3.upload_part_copy(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource={"Bucket": self.bucket, "Key": key},
+            CopySourceRange=byte_range,
+        )
+        return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
 
     def read(self, key: str, start: int, end: int) -> bytes:
         response = self.s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}")
@@ -113,11 +126,19 @@ class _Upload:
             return
         if self.buffer or not self.parts:
             self.flush()  # the last part may be small
+        parts = [part.result() if isinstance(part, Future) else part for part in self.parts]
         self.s3.complete_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+            Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
         )
+        self.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
     def abort(self) -> None:
+        self.close()
         if self.upload_id is not None:
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
 

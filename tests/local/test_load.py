@@ -50,3 +50,25 @@ def test_twenty_runs_at_once_each_end_exactly_once(stack):
     summary = result.summary()
     assert summary["ended"] == 20 and summary["latency_s"]["p95"] > 0
     print(f"\nload (20 runs): {summary['throughput_runs_per_min']} runs/min, latency {summary['latency_s']}")
+
+
+def test_sharded_runs_at_once_each_end_exactly_once(stack):
+    """Issue #12: sharded runs under load (every valid message asks for 3 shards): 0 lost, 0 duplicated,
+    each run's tasks exactly its plan's steps (`benchmarks/load.py --shards 3` is the 50-run version)."""
+    bench = load_bench()
+    result = bench.run_load(
+        stack["aws"],
+        stack["state_dir"],
+        12,
+        seed=13,
+        prefix="loadshard",
+        timeout=300,
+        settle=5,
+        exclusive=False,
+        shards=3,
+    )
+    plans = {plan["run_id"]: plan for plan in result.planned}
+    for run_id, plan in plans.items():
+        assert [message["status"] for message in result.done[run_id]] == [plan["expect"]], run_id
+    assert result.problems == []  # includes: tasks per run as the plan's steps (2 x 3 + 1 when sharded)
+    assert 7 in result.tasks_per_run.values()  # runs were really sharded

@@ -218,4 +218,4 @@ def test_bad_input_in_one_shard_fails_the_run_once_naming_the_shard(stack, tmp_p
         "pass2",
     )
     status = json.loads(_q4(stack, "status", run_id, "--json").stdout)
-    assert status["status"] == "failed"
+    assert status["state"] == "failed"
