@@ -59,7 +59,7 @@ def test_sharded_runs_at_once_each_end_exactly_once(stack):
     result = bench.run_load(
         stack["aws"],
         stack["state_dir"],
-        12,
+        10,
         seed=13,
         prefix="loadshard",
         timeout=300,
