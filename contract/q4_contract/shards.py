@@ -94,10 +94,11 @@ class ShardLimits:
 
 @dataclass(frozen=True)
 class InputObject:
-    """One input object as listed: its key and size in bytes."""
+    """One input object as listed: its key, size in bytes and (when known) ETag."""
 
     key: str
     size: int
+    etag: str | None = None
 
     @property
     def splittable(self) -> bool:
@@ -165,7 +166,7 @@ def plan_document(
         "shards": shards,
         "requested": requested,
         "sized_by": sized_by,
-        "inputs": [{"key": o.key, "size": o.size} for o in objects],
+        "inputs": [{"key": o.key, "size": o.size, **({"etag": o.etag} if o.etag else {})} for o in objects],
         "slices": [
             {"index": i, "bytes": sum(r["end"] - r["start"] for r in ranges), "ranges": ranges}
             for i, ranges in enumerate(slices)
@@ -212,7 +213,10 @@ def step_stopped_key(run_id: str, step: str, shard: int, attempt: int) -> str:
 def step_client_token(run_id: str, step: str, shard: int, attempt: int) -> str:
     """ECS RunTask idempotency token for one attempt of a shard step (<= 64 ASCII characters)."""
     digest = hashlib.sha256(f"{run_id}\n{step}\n{shard}\n{attempt}".encode()).hexdigest()[:40]
-    return f"q4-{step[0]}{shard}-{attempt}-{digest}"[:MAX_CLIENT_TOKEN_LENGTH]
+    return f"q4-{_STEP_MARK[step]}{shard}-{attempt}-{digest}"[:MAX_CLIENT_TOKEN_LENGTH]
+
+
+_STEP_MARK = {PASS1: "1", PASS2: "2", FINISH: "f"}
 
 
 @dataclass(frozen=True)
