@@ -10,6 +10,7 @@ the same thing. :func:`step_records_from_keys` is the pure part; the rest lists 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,10 +53,31 @@ class StepRecords:
         """The shards of this step (of a run of ``shards``) without any launch record."""
         return [shard for shard in range(step_total(self.step, shards)) if not self.attempts.get(shard)]
 
+    def unstopped(self) -> list[tuple[int, int]]:
+        """``(shard, attempt)`` of every launched attempt without a stop record (its STOPPED event not
+        handled yet: the task may still run), in shard and attempt order."""
+        return [
+            (shard, attempt)
+            for shard, attempts in sorted(self.attempts.items())
+            for attempt in attempts
+            if attempt not in self.stopped.get(shard, ())
+        ]
+
+    def running(self) -> list[tuple[int, int]]:
+        """``(shard, attempt)`` of the launched attempts that may still run: no stop record, and the shard's
+        partial of this step not written (a step whose partial exists has done its work)."""
+        return [(shard, attempt) for shard, attempt in self.unstopped() if shard not in self.partials]
+
 
 def step_total(step: str, shards: int) -> int:
     """How many tasks a step has: one per shard, the finish one."""
     return 1 if step == FINISH else shards
+
+
+def _number(text: str) -> int | None:
+    """A shard or attempt number as the keys spell it: ASCII digits only (``"²".isdigit()`` is true and
+    ``int("²")`` raises; ``int("٣")`` is 3), else None."""
+    return int(text) if re.fullmatch(r"[0-9]+", text) else None
 
 
 def step_records_from_keys(run_id: str, step: str, keys: Iterable[str]) -> StepRecords:
@@ -69,23 +91,33 @@ def step_records_from_keys(run_id: str, step: str, keys: Iterable[str]) -> StepR
         if not key.startswith(prefix):
             continue
         parts = key[len(prefix) :].split("/")
-        if not parts[0].isdigit():
+        shard = _number(parts[0])
+        if shard is None:
             continue
-        shard = int(parts[0])
         if parts[1:] == [PARTIAL_NAME]:
             partials.add(shard)
         elif len(parts) == 3 and parts[1] == "attempts":
             name = parts[2]
-            if name.endswith(".stopped.json") and name.removesuffix(".stopped.json").isdigit():
-                stopped.setdefault(shard, set()).add(int(name.removesuffix(".stopped.json")))
-            elif name.endswith(".json") and name.removesuffix(".json").isdigit():
-                attempts.setdefault(shard, set()).add(int(name.removesuffix(".json")))
+            if name.endswith(".stopped.json"):
+                number = _number(name.removesuffix(".stopped.json"))
+                if number is not None:
+                    stopped.setdefault(shard, set()).add(number)
+            elif name.endswith(".json"):
+                number = _number(name.removesuffix(".json"))
+                if number is not None:
+                    attempts.setdefault(shard, set()).add(number)
     return StepRecords(
         step,
         {shard: tuple(sorted(numbers)) for shard, numbers in attempts.items()},
         {shard: tuple(sorted(numbers)) for shard, numbers in stopped.items()},
         frozenset(partials),
     )
+
+
+def run_step_records(store: S3Store, run_id: str) -> dict[str, StepRecords]:
+    """Every step's records (pass1, pass2, finish), from one listing of ``run=<id>/shards/``."""
+    keys = list(listed_keys(store, shards_prefix(run_id)))
+    return {step: step_records_from_keys(run_id, step, keys) for step in STEPS}
 
 
 def listed_keys(store: S3Store, prefix: str) -> Iterator[str]:
@@ -142,26 +174,46 @@ def launch_records(store: S3Store, run_id: str) -> list[LaunchRecord]:
         records = step_records_from_keys(run_id, step, keys)
         for shard, attempts in sorted(records.attempts.items()):
             for attempt in attempts:
-                doc = store.read_json(step_attempt_key(run_id, step, shard, attempt)) or {}
-                arn = doc.get("task_arn")
-                found.append(LaunchRecord(step, shard, attempt, arn if isinstance(arn, str) else None))
+                found.append(_launch_record(store, run_id, step, shard, attempt))
     return found
 
 
+def unstopped_launch_records(store: S3Store, run_id: str) -> list[LaunchRecord]:
+    """The launch records of every step's attempts that have no stop record (:meth:`StepRecords.unstopped`:
+    the tasks that may still run), from one listing; only those records are read."""
+    keys = list(listed_keys(store, shards_prefix(run_id)))
+    return [
+        _launch_record(store, run_id, step, shard, attempt)
+        for step in STEPS
+        for shard, attempt in step_records_from_keys(run_id, step, keys).unstopped()
+    ]
+
+
+def _launch_record(store: S3Store, run_id: str, step: str, shard: int, attempt: int) -> LaunchRecord:
+    doc = store.read_json(step_attempt_key(run_id, step, shard, attempt)) or {}
+    arn = doc.get("task_arn")
+    return LaunchRecord(step, shard, attempt, arn if isinstance(arn, str) else None)
+
+
 def stopped_step_usage(store: S3Store, run_id: str) -> list[dict[str, Any]]:
-    """The cost usage entries (``q4_contract.cost``) of every stopped attempt of every step of a sharded run,
-    from its stop records ``run=<id>/shards/<step>/<k>/attempts/<n>.stopped.json``, each with its ``step``
-    and ``shard``; the finish task adds its own running attempt (source ``task_clock``) and sums them with
-    :func:`q4_contract.cost.run_cost`. An unreadable record is an unknown entry (``complete`` false)."""
+    """The cost usage entries (``q4_contract.cost``) of every attempt of every step of a sharded run, each
+    with its ``step`` and ``shard``: one per launched attempt (launch record) or stopped one (stop record
+    ``run=<id>/shards/<step>/<k>/attempts/<n>.stopped.json``), summed with
+    :func:`q4_contract.cost.run_cost`. An attempt without a stop record (its task may still run, or its
+    STOPPED event was not handled yet) or with an unreadable one is an unknown entry (``complete`` false):
+    the cost never claims to be complete while a launched task's time is unknown."""
     keys = list(listed_keys(store, shards_prefix(run_id)))
     entries = []
     for step in STEPS:
         records = step_records_from_keys(run_id, step, keys)
-        for shard, attempts in sorted(records.stopped.items()):
-            for attempt in attempts:
-                try:
-                    record = store.read_json(step_stopped_key(run_id, step, shard, attempt))
-                except Exception:  # unreadable, denied, S3 trouble: this attempt's time is unknown
-                    record = None
+        for shard in sorted(set(records.attempts) | set(records.stopped)):
+            stopped = records.stopped.get(shard, ())
+            for attempt in sorted(set(records.attempts.get(shard, ())) | set(stopped)):
+                record = None
+                if attempt in stopped:
+                    try:
+                        record = store.read_json(step_stopped_key(run_id, step, shard, attempt))
+                    except Exception:  # unreadable, denied, S3 trouble: this attempt's time is unknown
+                        record = None
                 entries.append({**usage_of_stopped(record, attempt), "step": step, "shard": shard})
     return entries

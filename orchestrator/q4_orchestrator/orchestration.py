@@ -128,20 +128,30 @@ class Orchestrator:
 
     def _accept_sharded(self, job: Job, plan: Mapping[str, Any], cancel: Mapping[str, Any] | None) -> str:
         """Launch pass 1 of every shard that has no launch record yet (a delivery that failed part way left
-        the others launched); ``in_flight`` when every shard has one."""
+        the others launched); ``in_flight`` when every shard has one. With a cancel request nothing is
+        launched: the run ends ``cancelled`` when none of its launched attempts may still run (each has a
+        stop record or its step's partial), else ``in_flight`` (their STOPPED events end it)."""
         run_id, count = job.run_id, records.plan_shards(plan)
+        context = {"run_id": run_id, "shards": count}
+        if cancel is not None:
+            steps = records.run_step_records(self.store, run_id)
+            running = sum(len(here.running()) for here in steps.values())
+            if running:
+                self.logger.info(
+                    "Cancel requested; the run's launched tasks end it when they stop.",
+                    extra={**context, "running": running, "outcome": "in_flight"},
+                )
+                return "in_flight"
+            latest = max((_latest_attempt(here) for here in steps.values()), default=0)
+            return self._cancelled(job, latest, cancel, {}, context, sharded=True)
         pass1 = records.step_records(self.store, run_id, shards.PASS1)
         unlaunched = pass1.unlaunched(count)
         if not unlaunched:
             self.logger.info(
                 "Sharded run already launched; not launching it again.",
-                extra={"run_id": run_id, "shards": count, "outcome": "in_flight"},
+                extra={**context, "outcome": "in_flight"},
             )
             return "in_flight"
-        if cancel is not None:
-            if len(unlaunched) < count:  # the launched shards' STOPPED events end the run
-                return "in_flight"
-            return self._cancelled(job, 0, cancel, {}, {"run_id": run_id})
         for shard in unlaunched:
             self.launch_step(job, plan, shards.Step(shards.PASS1, shard), 1)
         self.logger.info(
@@ -316,8 +326,8 @@ class Orchestrator:
         return size
 
     def _input_objects(self, job: Job) -> list[shards.InputObject]:
-        """The job's input objects in key order with their sizes: the input object, or every input object
-        under the prefix."""
+        """The job's input objects in key order with their sizes and ETags (as listed, without the quotes):
+        the input object, or every input object under the prefix."""
         prefix = job.input_key if job.input_key is not None else job.input_prefix
         objects = []
         try:
@@ -327,7 +337,7 @@ class Orchestrator:
                 for item in page.get("Contents", []):
                     key = str(item["Key"])
                     if key == job.input_key or (job.input_key is None and contract.is_input_object(key)):
-                        objects.append(shards.InputObject(key, int(item.get("Size", 0))))
+                        objects.append(shards.InputObject(key, int(item.get("Size", 0)), _etag(item)))
         except ClientError as exc:
             raise LaunchError(f"Listing the input of run {job.run_id!r} failed: {exc}") from exc
         return objects
@@ -451,7 +461,16 @@ class Orchestrator:
         context.update(shard_step=step.step, shard=step.shard)
         self._record_stop(run_id, attempt, detail, step)
         exit_code = context["exit_code"]
-        if exit_code == 2 or (exit_code == 0 and step.step == shards.FINISH):
+        if exit_code == 2:
+            error = self.store.error(run_id)
+            if error is not None and _written_by(step, None, error):
+                # the step failed the run: what the other steps' tasks compute is not needed any more
+                self._stop_run_tasks(run_id, error.get("code"), context)
+            self.logger.info(
+                "Step ended; its task reported the run.", extra={**context, "outcome": "reported"}
+            )
+            return "reported"
+        if exit_code == 0 and step.step == shards.FINISH:
             self.logger.info(
                 "Step ended; its task reported the run.", extra={**context, "outcome": "reported"}
             )
@@ -465,29 +484,42 @@ class Orchestrator:
             return "stale"
         manifest = self.store.manifest(run_id)
         error = None if manifest is not None else self.store.error(run_id)
-        if exit_code == 0 and (manifest is not None or error is not None):
-            self.logger.info("Step ended; the run already ended.", extra={**context, "outcome": "reported"})
-            return "reported"
-        if exit_code == 0 and step.shard in here.partials:
-            return self._advance(run_id, step, here, context)
-        if exit_code == 0:
-            # exit 0 promises the step's partial; without it the step did not complete: a crash
-            self.logger.error("Step exited 0 without its partial; treated as a crash.", extra=context)
         if manifest is not None or error is not None:
+            if exit_code == 0:
+                self.logger.info(
+                    "Step ended; the run already ended.", extra={**context, "outcome": "reported"}
+                )
+                return "reported"
             if not _written_by(step, manifest, error):
-                # another step ended the run and sent its done message; this crash changes nothing
+                # another step ended the run and sent its done message (a task the orchestrator stopped
+                # then, too); this crash changes nothing
                 self.logger.info(
                     "Step crashed after another step ended the run.", extra={**context, "outcome": "reported"}
                 )
                 return "reported"
             return self._notify_once(run_id, manifest, error, context)
+        if step.shard in here.partials:
+            if exit_code != 0:
+                # the step's work is done and written once: a crash after it (while exiting) needs no rerun
+                self.logger.warning("Step crashed after writing its partial; treated as done.", extra=context)
+            return self._advance(run_id, step, here, context)
+        cancel = contract.cancel_requested(self.store, run_id)
+        if exit_code == 0:
+            # exit 0 promises the step's partial; without it the step did not complete: a crash, unless the
+            # run has a cancel request (the task found it and stopped without writing)
+            if cancel is not None:
+                self.logger.warning(
+                    "Step exited 0 without its partial; it stopped for the run's cancel request.",
+                    extra=context,
+                )
+            else:
+                self.logger.error("Step exited 0 without its partial; treated as a crash.", extra=context)
         job = self._job(run_id, env, context)
         if job is None:
             return "ignored"
-        cancel = contract.cancel_requested(self.store, run_id)
         if cancel is not None:
             details = {**_stop_details(detail, self.config.container_name), **_step_details(step)}
-            return self._cancelled(job, attempt, cancel, details, context)
+            return self._cancelled(job, attempt, cancel, details, context, sharded=True)
         plan = records.read_plan(self.store, run_id)
         if plan is None:
             self.logger.error("A step of a run without plan.json stopped; ignored.", extra=context)
@@ -513,6 +545,15 @@ class Orchestrator:
         count = records.plan_shards(plan)
         missing = here.missing_partials(count)
         if missing:
+            # a cancelled run launches no more shards: it ends once none of this step's launched attempts
+            # may still run (an earlier step is complete; the next one is not launched)
+            cancel = contract.cancel_requested(self.store, run_id)
+            if cancel is not None and not here.running():
+                job = self._job(run_id, {}, context)
+                if job is None:
+                    return "ignored"
+                details = _step_details(step)
+                return self._cancelled(job, _latest_attempt(here), cancel, details, context, sharded=True)
             self.logger.info(
                 "Step's partial written; waiting for the other shards.",
                 extra={**context, "missing": len(missing), "outcome": "waiting"},
@@ -532,7 +573,8 @@ class Orchestrator:
             )
             return "stale"
         if cancel is not None:
-            return self._cancelled(job, 0, cancel, _step_details(step), context)
+            details = _step_details(step)
+            return self._cancelled(job, _latest_attempt(here), cancel, details, context, sharded=True)
         for shard in unlaunched:
             self.launch_step(job, plan, shards.Step(following, shard), 1)
         self.logger.info(
@@ -648,6 +690,8 @@ class Orchestrator:
             "Task crashed on its last attempt; the run failed.", extra={**context, "outcome": "failed"}
         )
         self._notify_once(run_id, None, error_doc, context)
+        if step is not None:
+            self._stop_run_tasks(run_id, error_doc.get("code"), context)
         return "failed"
 
     def _cancelled(
@@ -657,9 +701,11 @@ class Orchestrator:
         request: Mapping[str, Any],
         details: Mapping[str, Any],
         context: Mapping[str, Any],
+        *,
+        sharded: bool = False,
     ) -> str:
         """A cancelled run with nothing of it running: ERROR.json ``cancelled`` (once) and one failed done
-        message (docs/contract.md, "Cancel")."""
+        message (docs/contract.md, "Cancel"); a sharded run's tasks that may still run are stopped."""
         run_id = job.run_id
         error_doc = contract.cancelled_error(
             run_id=run_id,
@@ -677,7 +723,50 @@ class Orchestrator:
             "Run cancelled; it ends failed (cancelled).", extra={**context, "outcome": "cancelled"}
         )
         self._notify_once(run_id, None, error_doc, context)
+        if sharded:
+            self._stop_run_tasks(run_id, error_doc.get("code"), context)
         return "cancelled"
+
+    def _stop_run_tasks(self, run_id: str, code: Any, context: Mapping[str, Any]) -> int:
+        """The sharded run failed: StopTask (reason ``Run failed: <code>``) every launched attempt of every
+        step that has no stop record (the launch records name the tasks); how many were asked to stop.
+
+        Stopping only saves the tasks' time: a task that is not stopped finds ERROR.json itself before it
+        writes anything and exits 2, so a listing or StopTask that fails is logged and not retried. The
+        stopped tasks exit 143; their STOPPED events find ERROR.json and send nothing."""
+        try:
+            launched = records.unstopped_launch_records(self.store, run_id)
+        except Exception as exc:  # the run has ended either way; see above
+            self.logger.warning(
+                "Could not list the failed run's tasks to stop them.", extra={**context, "error": str(exc)}
+            )
+            return 0
+        reason = f"Run failed: {code}"
+        stopped = 0
+        for record in launched:
+            if record.task_arn is None:
+                continue
+            try:
+                self.ecs.stop_task(cluster=self.config.cluster, task=record.task_arn, reason=reason)
+            except ClientError as exc:  # already gone, throttled, denied: that task finds ERROR.json
+                self.logger.warning(
+                    "Could not stop a task of the failed run.",
+                    extra={
+                        **context,
+                        "stop_task_arn": record.task_arn,
+                        "stop_shard_step": record.step,
+                        "stop_shard": record.shard,
+                        "error": str(exc),
+                    },
+                )
+                continue
+            stopped += 1
+        if launched:
+            self.logger.info(
+                "Stopped the failed run's other tasks.",
+                extra={**context, "stopped_tasks": stopped, "reason": reason},
+            )
+        return stopped
 
     def _notify_once(
         self,
@@ -749,6 +838,18 @@ def _written_by(
     if not isinstance(details, Mapping) or "shard_step" not in details:
         return True
     return bool(details.get("shard_step") == step.step and details.get("shard") == step.shard)
+
+
+def _latest_attempt(here: records.StepRecords) -> int:
+    """The highest attempt launched of any shard of a step (0: none): ERROR.json ``attempts`` of a sharded
+    run that is cancelled."""
+    return max((max(attempts) for attempts in here.attempts.values() if attempts), default=0)
+
+
+def _etag(item: Mapping[str, Any]) -> str | None:
+    """A listed object's ETag without its quotes (None when the listing gives none)."""
+    etag = str(item.get("ETag") or "").strip('"')
+    return etag or None
 
 
 def _step_details(step: shards.Step) -> dict[str, Any]:

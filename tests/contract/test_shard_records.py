@@ -39,6 +39,37 @@ def test_step_records_read_launch_records_stop_records_and_partials() -> None:
     assert finish.unlaunched(7) == [] and finish.missing_partials(7) == [0]
 
 
+def test_shard_and_attempt_numbers_are_ascii_digits_only() -> None:
+    # "²".isdigit() is true and int("²") raises; int("٣") is 3: neither is a number the keys spell
+    prefix = f"run={RUN}/shards/pass1/"
+    keys = [
+        f"{prefix}²/partial.json",
+        f"{prefix}٣/partial.json",
+        f"{prefix}00001/attempts/².json",
+        f"{prefix}00001/attempts/٣.stopped.json",
+        f"{prefix}00001/attempts/1.json",
+        f"{prefix}00001/attempts/1.stopped.json",
+        f"{prefix}00002/attempts/2.json",
+    ]
+    records = step_records_from_keys(RUN, "pass1", keys)
+    assert dict(records.attempts) == {1: (1,), 2: (2,)}
+    assert dict(records.stopped) == {1: (1,)} and records.partials == frozenset()
+
+
+def test_unstopped_and_running_attempts() -> None:
+    keys = [
+        shards.step_attempt_key(RUN, "pass2", 0, 1),
+        shards.step_stopped_key(RUN, "pass2", 0, 1),
+        shards.step_attempt_key(RUN, "pass2", 0, 2),  # runs
+        shards.step_attempt_key(RUN, "pass2", 1, 1),  # wrote its partial, not stopped yet
+        shards.partial_key(RUN, "pass2", 1),
+        shards.step_stopped_key(RUN, "pass2", 2, 1),  # a stop without a launch record
+    ]
+    records = step_records_from_keys(RUN, "pass2", keys)
+    assert records.unstopped() == [(0, 2), (1, 1)]
+    assert records.running() == [(0, 2)]
+
+
 def test_shards_is_a_job_field_that_travels_in_every_form() -> None:
     job = contract.parse_job({"run_id": RUN, "input_key": f"run={RUN}/input/a.csv", "shards": 12})
     assert job.shards == 12 and job.to_dict()["shards"] == 12

@@ -84,6 +84,39 @@ def stopped(pipeline: Pipeline, task: dict[str, Any], exit_code: int | None, **e
     return outcome
 
 
+def stop_reasons(pipeline: Pipeline, *tasks: dict[str, Any]) -> list[str | None]:
+    """What ECS says of each task: the reason it was stopped with (None: not asked to stop)."""
+    described = boto3.client("ecs").describe_tasks(
+        cluster=pipeline.cluster, tasks=[t["taskArn"] for t in tasks]
+    )
+    by_arn = {t["taskArn"]: t for t in described["tasks"]}
+    return [
+        by_arn[t["taskArn"]].get("stoppedReason")
+        if by_arn[t["taskArn"]]["desiredStatus"] == "STOPPED"
+        else None
+        for t in tasks
+    ]
+
+
+def request_cancel(pipeline: Pipeline) -> None:
+    """The cancel request `q4 cancel` writes (without stopping the tasks)."""
+    request = contract.cancel_request(RUN_ID, requested_at="2026-01-01T00:00:00Z")
+    put(pipeline.artifacts_bucket, contract.cancel_key(RUN_ID), json.dumps(request).encode())
+
+
+def fail_run_task_for_shard(boto_hooks: Any, shard: str) -> None:
+    """RunTask answers with a failures entry (no task) for every launch of that shard's steps."""
+
+    def hook(**kwargs: Any) -> Any:
+        request = json.loads(kwargs["params"]["body"])
+        env = {e["name"]: e["value"] for e in request["overrides"]["containerOverrides"][0]["environment"]}
+        if env.get("Q4_SHARD") != shard:
+            return None
+        return AWSResponse("https://ecs", 200, {}, None), {"tasks": [], "failures": [{"reason": "AGENT"}]}
+
+    boto_hooks("before-call.ecs.RunTask", hook)
+
+
 # ---------------------------------------------------------------- accept: the plan and pass 1
 
 
@@ -100,6 +133,13 @@ def test_shards_3_writes_the_plan_and_launches_one_pass1_task_per_slice(pipeline
         "requested",
     )
     assert [i["key"] for i in plan["inputs"]] == [f"{PREFIX}part-{i}.csv" for i in range(3)]
+    # AND each input carries its ETag as S3 lists it, without the quotes
+    s3 = boto3.client("s3")
+    for item in plan["inputs"]:
+        etag = s3.head_object(Bucket=pipeline.archive_bucket, Key=item["key"])["ETag"]
+        assert item["etag"] == etag.strip('"') and item["size"] == len(
+            read(pipeline.archive_bucket, item["key"])
+        )
     assert sum(s["bytes"] for s in plan["slices"]) == total
     assert max(s["bytes"] for s in plan["slices"]) - min(s["bytes"] for s in plan["slices"]) <= 1
     ranges = [(r["key"], r["start"], r["end"]) for s in plan["slices"] for r in s["ranges"]]
@@ -320,27 +360,148 @@ def test_a_crashed_step_is_relaunched_then_fails_the_run_once(pipeline: Pipeline
     error = json.loads(read(pipeline.artifacts_bucket, contract.error_key(RUN_ID)))
     assert (error["details"]["shard"], error["details"]["shard_step"]) == (1, "pass1")
     assert error["details"]["exit_code"] == 1
-    # AND its cost counts the shard's stopped attempts (those of every step)
-    attempts = error["cost"]["attempts"]
-    assert sorted((a["step"], a["shard"], a["attempt"]) for a in attempts) == [
+    # AND its cost counts every launched attempt of every step: the shard's stopped ones, and the other
+    # shards' tasks, not stopped when the run failed, as unknown
+    attempts = {(a["step"], a["shard"], a["attempt"]): a for a in error["cost"]["attempts"]}
+    assert sorted(attempts) == [
+        ("pass1", 0, 1),
         ("pass1", 1, 1),
         ("pass1", 1, 2),
         ("pass1", 1, 3),
+        ("pass1", 2, 1),
     ]
-    # AND a later clean stop of another shard launches nothing
+    assert attempts[("pass1", 1, 3)]["task_arn"] == third["taskArn"]
+    assert attempts[("pass1", 0, 1)]["task_arn"] is None and attempts[("pass1", 0, 1)]["billed_s"] is None
+    assert error["cost"]["complete"] is False and error["cost"]["usd"] is None
+    # AND the other shards' tasks were stopped, naming the run's failure
+    assert stop_reasons(pipeline, pass1[(0, 1)], pass1[(2, 1)], third) == ["Run failed: task_crashed"] * 2 + [
+        None
+    ]
+    # AND a later clean stop of another shard launches nothing; their stops (exit 143) neither
     put_partial(pipeline, "pass1", 0)
     assert stopped(pipeline, pass1[(0, 1)], 0) == "reported"
+    assert stopped(pipeline, pass1[(2, 1)], 143, stopCode="UserInitiated") == "reported"
     assert len(tasks_of(pipeline)) == 5 and drain(pipeline.done_queue_url) == []
 
 
-def test_exit_0_without_the_partial_is_a_crash_and_exit_2_is_reported(pipeline: Pipeline) -> None:
+def test_exit_0_without_the_partial_is_a_crash_and_exit_2_is_reported(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
     put_parts(pipeline)
     accept(pipeline, message(shards=2))
     pass1 = step_tasks(pipeline, "pass1")
+    caplog.clear()
     assert stopped(pipeline, pass1[(0, 1)], 0) == "relaunched"
+    assert ("ERROR", "Step exited 0 without its partial; treated as a crash.") in log_lines(caplog)
     assert sorted(step_tasks(pipeline, "pass1")) == [(0, 1), (0, 2), (1, 1)]
     assert stopped(pipeline, pass1[(1, 1)], 2) == "reported"
     assert len(tasks_of(pipeline)) == 3
+
+
+def log_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """The orchestrator's log lines so far: (level, message)."""
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "q4-orchestrator"]
+
+
+def test_exit_0_without_the_partial_after_a_cancel_request_is_logged_as_a_stop_for_the_cancel(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN a cancel request: a task that finds it exits without writing its partial
+    put_parts(pipeline)
+    accept(pipeline, message(shards=2))
+    pass1 = step_tasks(pipeline, "pass1")
+    request_cancel(pipeline)
+    caplog.clear()
+    # WHEN shard 0's task exits 0 without its partial: the run ends cancelled, logged as a warning, no error
+    assert stopped(pipeline, pass1[(0, 1)], 0) == "cancelled"
+    lines = log_lines(caplog)
+    assert ("WARNING", "Step exited 0 without its partial; it stopped for the run's cancel request.") in lines
+    assert [line for line in lines if line[0] == "ERROR"] == []
+    assert len(tasks_of(pipeline)) == 2
+    (done,) = drain(pipeline.done_queue_url)
+    assert done["error"]["code"] == "cancelled"
+
+
+def test_exit_2_of_the_step_that_failed_the_run_stops_the_other_tasks(pipeline: Pipeline) -> None:
+    # GIVEN 3 shards in pass 1; shard 0 found bad input: its ERROR.json names it, it exits 2
+    put_parts(pipeline)
+    accept(pipeline, message(shards=3))
+    pass1 = step_tasks(pipeline, "pass1")
+    error = contract.error_document(
+        run_id=RUN_ID,
+        code="malformed_csv",
+        mode="standard",
+        attempts=1,
+        message="Row 3 is not CSV.",
+        details={"shard": 0, "shard_step": "pass1"},
+        retryable=False,
+    )
+    put(pipeline.artifacts_bucket, contract.error_key(RUN_ID), json.dumps(error).encode())
+    assert stopped(pipeline, pass1[(0, 1)], 2) == "reported"
+    # THEN the other shards' tasks are stopped (not shard 0's: its stop is recorded), naming the failure
+    assert stop_reasons(pipeline, pass1[(0, 1)], pass1[(1, 1)], pass1[(2, 1)]) == [
+        None,
+        "Run failed: malformed_csv",
+        "Run failed: malformed_csv",
+    ]
+    # AND their stops (exit 143) and a shard that found ERROR.json itself (exit 2) send and launch nothing
+    assert stopped(pipeline, pass1[(1, 1)], 143, stopCode="UserInitiated") == "reported"
+    assert stopped(pipeline, pass1[(2, 1)], 2) == "reported"
+    assert stopped(pipeline, pass1[(2, 1)], 143, stopCode="UserInitiated") == "reported"
+    assert len(tasks_of(pipeline)) == 3 and drain(pipeline.done_queue_url) == []
+
+
+def test_exit_2_of_a_step_that_found_another_steps_error_stops_nothing(pipeline: Pipeline) -> None:
+    # GIVEN shard 0's ERROR.json; shard 1 found it and exits 2 before shard 0's own event
+    put_parts(pipeline)
+    accept(pipeline, message(shards=3))
+    pass1 = step_tasks(pipeline, "pass1")
+    error = contract.error_document(
+        run_id=RUN_ID,
+        code="malformed_csv",
+        mode="standard",
+        attempts=1,
+        message="Row 3 is not CSV.",
+        details={"shard": 0, "shard_step": "pass1"},
+        retryable=False,
+    )
+    put(pipeline.artifacts_bucket, contract.error_key(RUN_ID), json.dumps(error).encode())
+    # THEN only the event of the step that failed the run stops the others (one round of StopTask)
+    assert stopped(pipeline, pass1[(1, 1)], 2) == "reported"
+    assert stop_reasons(pipeline, pass1[(0, 1)], pass1[(1, 1)], pass1[(2, 1)]) == [None, None, None]
+
+
+def test_a_crash_of_a_step_whose_partial_exists_counts_as_done(pipeline: Pipeline) -> None:
+    put_parts(pipeline)
+    accept(pipeline, message(shards=2))
+    pass1 = step_tasks(pipeline, "pass1")
+    # a stray key whose shard is not ASCII digits ("²".isdigit() is true) is not a record and breaks nothing
+    put(pipeline.artifacts_bucket, f"run={RUN_ID}/shards/pass1/²/partial.json", b"{}")
+    # WHEN shard 0 wrote its partial, then its task was killed while exiting: not relaunched, waiting
+    put_partial(pipeline, "pass1", 0)
+    assert stopped(pipeline, pass1[(0, 1)], 137, stoppedReason="OutOfMemoryError") == "waiting"
+    # AND shard 1 the same: the step is complete, pass 2 is launched
+    put_partial(pipeline, "pass1", 1)
+    assert stopped(pipeline, pass1[(1, 1)], None, stopCode="SpotInterruption") == "advanced"
+    assert sorted(step_tasks(pipeline, "pass1")) == [(0, 1), (1, 1)]
+    pass2 = step_tasks(pipeline, "pass2")
+    assert sorted(pass2) == [(0, 1), (1, 1)]
+    # WHEN the run ended (pass 2 shard 1 failed it), a crash after a partial advances nothing
+    put_partial(pipeline, "pass2", 0)
+    put_partial(pipeline, "pass2", 1)
+    error = contract.error_document(
+        run_id=RUN_ID,
+        code="malformed_csv",
+        mode="standard",
+        attempts=1,
+        message="Row 3 is not CSV.",
+        details={"shard": 1, "shard_step": "pass2"},
+        retryable=False,
+    )
+    put(pipeline.artifacts_bucket, contract.error_key(RUN_ID), json.dumps(error).encode())
+    assert stopped(pipeline, pass2[(0, 1)], 137) == "reported"
+    assert step_tasks(pipeline, "finish") == {} and len(tasks_of(pipeline)) == 4
+    assert drain(pipeline.done_queue_url) == []
 
 
 def test_a_crash_after_another_step_failed_the_run_resends_only_that_steps_done_message(
@@ -401,6 +562,8 @@ def test_a_stopped_shard_of_a_cancelled_run_ends_it(pipeline: Pipeline) -> None:
         json.dumps(contract.cancel_request(RUN_ID, requested_at="2026-01-01T00:00:00Z")).encode(),
     )
     assert stopped(pipeline, pass1[(0, 1)], 143, stopCode="UserInitiated") == "cancelled"
+    # the other shard's task, still running, is stopped by the orchestrator
+    assert stop_reasons(pipeline, pass1[(0, 1)], pass1[(1, 1)]) == [None, "Run failed: cancelled"]
     assert stopped(pipeline, pass1[(1, 1)], 143, stopCode="UserInitiated") == "reported"
     assert stopped(pipeline, pass1[(0, 1)], 143, stopCode="UserInitiated") == "stale"
     assert len(tasks_of(pipeline)) == 2
@@ -435,6 +598,99 @@ def test_a_work_message_of_a_cancelled_planned_run_launches_nothing(
     assert deliver_batches(pipeline.work_queue_url, lambda_handler).deleted == 1
     (done,) = drain(pipeline.done_queue_url)
     assert done["error"]["code"] == "cancelled" and tasks_of(pipeline) == []
+
+
+def test_a_cancel_after_a_partial_launch_ends_the_run_once_its_launched_shards_stopped(
+    pipeline: Pipeline, boto_hooks: Any
+) -> None:
+    # GIVEN 3 shards whose pass-1 launch failed part way: shards 0 and 1 run, shard 2's RunTask keeps failing
+    fail_run_task_for_shard(boto_hooks, "2")
+    put_parts(pipeline)
+    send_work(pipeline, message(shards=3))
+    assert deliver_batches(pipeline.work_queue_url, lambda_handler, max_rounds=1).failed == 1
+    pass1 = step_tasks(pipeline, "pass1")
+    assert sorted(pass1) == [(0, 1), (1, 1)]
+    # AND shard 0 completed before the cancel request: waiting for the shards that have no partial yet
+    put_partial(pipeline, "pass1", 0)
+    assert stopped(pipeline, pass1[(0, 1)], 0) == "waiting"
+    request_cancel(pipeline)
+    # WHEN the message comes again while shard 1 still runs: nothing launched, nothing sent yet
+    assert deliver_batches(pipeline.work_queue_url, lambda_handler).deleted == 1
+    assert len(tasks_of(pipeline)) == 2 and drain(pipeline.done_queue_url) == []
+    # WHEN shard 1 completes too: nothing of the run runs and shard 2 will never start: cancelled, once
+    put_partial(pipeline, "pass1", 1)
+    assert stopped(pipeline, pass1[(1, 1)], 0) == "cancelled"
+    assert stopped(pipeline, pass1[(1, 1)], 0) == "reported"
+    (done,) = drain(pipeline.done_queue_url)
+    assert done["status"] == "failed" and done["error"]["code"] == "cancelled"
+    error = json.loads(read(pipeline.artifacts_bucket, contract.error_key(RUN_ID)))
+    assert error["attempts"] == 1 and (error["details"]["shard"], error["details"]["shard_step"]) == (
+        1,
+        "pass1",
+    )
+    assert len(tasks_of(pipeline)) == 2 and step_tasks(pipeline, "pass2") == {}
+
+
+def test_a_cancel_after_the_launched_shards_finished_ends_the_run_on_the_redelivery(
+    pipeline: Pipeline, boto_hooks: Any
+) -> None:
+    # GIVEN pass 1 launched part way (shard 2's RunTask fails) and shards 0 and 1 finished before the request
+    fail_run_task_for_shard(boto_hooks, "2")
+    put_parts(pipeline)
+    send_work(pipeline, message(shards=3))
+    assert deliver_batches(pipeline.work_queue_url, lambda_handler, max_rounds=1).failed == 1
+    pass1 = step_tasks(pipeline, "pass1")
+    for shard in (0, 1):
+        put_partial(pipeline, "pass1", shard)
+        assert stopped(pipeline, pass1[(shard, 1)], 0) == "waiting"
+    request_cancel(pipeline)
+    # WHEN the message is delivered again: nothing of the run runs, so it ends cancelled (not in flight)
+    assert deliver_batches(pipeline.work_queue_url, lambda_handler).deleted == 1
+    (done,) = drain(pipeline.done_queue_url)
+    assert done["status"] == "failed" and done["error"]["code"] == "cancelled"
+    error = json.loads(read(pipeline.artifacts_bucket, contract.error_key(RUN_ID)))
+    assert error["attempts"] == 1 and error["details"].get("shard") is None
+    assert len(tasks_of(pipeline)) == 2
+    # AND another copy of the message gets the duplicate done message
+    accept(pipeline, message(shards=3))
+    (duplicate,) = drain(pipeline.done_queue_url)
+    assert duplicate["duplicate"] is True and duplicate["error"]["code"] == "cancelled"
+
+
+def timed(seconds: int) -> dict[str, Any]:
+    """What a STOPPED event says of a task's time and size (1 vCPU, 4 GiB, 21 GiB)."""
+    return {
+        "startedAt": "2026-01-01T00:00:00Z",
+        "stoppedAt": f"2026-01-01T00:{seconds // 60:02d}:{seconds % 60:02d}Z",
+        "cpu": "1024",
+        "memory": "4096",
+        "ephemeralStorage": {"sizeInGiB": 21},
+    }
+
+
+@pytest.mark.parametrize("other_stopped", [False, True])
+def test_task_crashed_cost_counts_every_launched_attempt(pipeline: Pipeline, other_stopped: bool) -> None:
+    # GIVEN 2 shards; shard 0 completed pass 1 (its stop recorded) or still runs
+    put_parts(pipeline)
+    accept(pipeline, message(shards=2))
+    pass1 = step_tasks(pipeline, "pass1")
+    if other_stopped:
+        put_partial(pipeline, "pass1", 0)
+        assert stopped(pipeline, pass1[(0, 1)], 0, **timed(90)) == "waiting"
+    # WHEN shard 1 crashes on every attempt (each stop with its times)
+    for attempt in (1, 2, 3):
+        task = step_tasks(pipeline, "pass1")[(1, attempt)]
+        assert stopped(pipeline, task, 1, **timed(120)) == ("failed" if attempt == 3 else "relaunched")
+    # THEN ERROR.json's cost has an entry per launched attempt; it is complete only when every one stopped
+    error = json.loads(read(pipeline.artifacts_bucket, contract.error_key(RUN_ID)))
+    cost = error["cost"]
+    entries = {(a["step"], a["shard"], a["attempt"]): a for a in cost["attempts"]}
+    assert sorted(entries) == [("pass1", 0, 1), ("pass1", 1, 1), ("pass1", 1, 2), ("pass1", 1, 3)]
+    assert [entries[("pass1", 1, n)]["billed_s"] for n in (1, 2, 3)] == [120, 120, 120]
+    assert entries[("pass1", 0, 1)]["billed_s"] == (90 if other_stopped else None)
+    assert cost["complete"] is other_stopped
+    assert (cost["usd"] is not None) is other_stopped
+    assert cost["vcpu_seconds"] == 360 + (90 if other_stopped else 0)
 
 
 def test_a_redriven_stop_of_a_shard_step_is_checked_and_recovered(pipeline: Pipeline) -> None:
