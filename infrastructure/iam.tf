@@ -291,6 +291,20 @@ data "aws_iam_policy_document" "orchestrator" {
   }
 
   statement {
+    # A sharded run that failed (a step's ERROR.json, task_crashed, cancelled): the run's other tasks are
+    # stopped (their launch records name them); only this cluster's tasks.
+    sid       = "StopFailedRunsTasks"
+    actions   = ["ecs:StopTask"]
+    resources = ["arn:${local.partition}:ecs:${var.region}:${local.account_id}:task/${aws_ecs_cluster.this.name}/*"]
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.this.arn]
+    }
+  }
+
+  statement {
     sid       = "PassTaskRoles"
     actions   = ["iam:PassRole"]
     resources = [aws_iam_role.task.arn, aws_iam_role.task_execution.arn]

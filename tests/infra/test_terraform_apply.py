@@ -330,6 +330,10 @@ def test_orchestrator_role_launches_only_this_family_and_passes_only_the_task_ro
         rf"arn:aws:ecs:us-east-1:\d{{12}}:task/{outputs['cluster_name']}/\*", describe["Resource"]
     )
     assert describe["Condition"] == {"ArnEquals": {"ecs:cluster": cluster_arn}}
+    # StopTask (a failed sharded run's other tasks): only this cluster's tasks
+    stop = statements["StopFailedRunsTasks"]
+    assert stop["Action"] == "ecs:StopTask" and stop["Resource"] == describe["Resource"]
+    assert stop["Condition"] == {"ArnEquals": {"ecs:cluster": cluster_arn}}
 
     pass_role = statements["PassTaskRoles"]
     assert pass_role["Action"] == "iam:PassRole"

@@ -337,6 +337,19 @@ def test_a_sharded_run_advances_with_each_roles_own_permissions(
     assert run_orchestrator(stack, event("pass2", 0, 1), tmp_path) == {"outcome": "relaunched"}
     assert record("pass2", 1)["task_arn"] and record("pass2", 0, 2)["task_arn"]
 
+    # pass 2's shard 1 fails the run (its ERROR.json) and exits 2: the orchestrator reads ERROR.json and stops
+    # the run's tasks that may still run (StopTask on this cluster's tasks) with its role
+    error = {"schema": "q4.error/v1", "run_id": run_id, "status": "failed", "code": "malformed_csv",
+             "message": "Row 3 is not CSV.", "details": {"shard": 1, "shard_step": "pass2"}}  # fmt: skip
+    admin_s3.put_object(Bucket=bucket, Key=f"run={run_id}/ERROR.json", Body=json.dumps(error).encode())
+    assert run_orchestrator(stack, event("pass2", 1, 2), tmp_path) == {"outcome": "reported"}
+    admin_ecs = stack.client("admin", "ecs")
+    arns = [record("pass2", 0, 2)["task_arn"], record("pass2", 1)["task_arn"]]
+    described = admin_ecs.describe_tasks(cluster=stack.outputs["cluster_name"], tasks=arns)["tasks"]
+    reasons = {t["taskArn"]: (t["desiredStatus"], t.get("stoppedReason")) for t in described}
+    assert reasons[arns[0]] == ("STOPPED", "Run failed: malformed_csv")
+    assert reasons[arns[1]][0] != "STOPPED"  # the step that failed the run: its stop is recorded
+
 
 # ---------------------------------------------------------------- and is denied the rest
 
@@ -424,6 +437,9 @@ ORCHESTRATOR_DENIED = [
          f"arn:aws:ecs:us-east-1:{o['work_queue_url'].split('/')[-2]}:task/other/0a1b"])),
     ("describe tasks by bare id", "ecs",
      lambda c, o: c.describe_tasks(cluster=o["cluster_name"], tasks=["0a1b"])),
+    ("stop another cluster's tasks", "ecs",
+     lambda c, o: c.stop_task(cluster="other", task=(
+         f"arn:aws:ecs:us-east-1:{o['work_queue_url'].split('/')[-2]}:task/other/0a1b"))),
 ]  # fmt: skip
 
 
