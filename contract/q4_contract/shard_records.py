@@ -2,10 +2,10 @@
 and per step and shard the launch records, stop records and partials under ``run=<id>/shards/``.
 
 One listing of ``run=<id>/shards/<step>/`` answers for every shard of a step, so the orchestrator (is every
-partial there? which shards have no task yet? which attempt is the latest?), ``q4 status`` (partials done /
-total), ``q4 cancel`` (every task of the run) and the finish task's cost (every step's stop records) read
-the same thing. :func:`step_records_from_keys` is the pure part; the rest lists and reads through an
-:class:`~q4_contract.store.S3Store`.
+partial there? which shards have no task yet? which attempt is the latest? which attempts may still run?),
+``q4 status`` (partials done / total), ``q4 cancel`` (every task of the run) and the costs (every step's
+launch and stop records) read the same thing. :func:`step_records_from_keys` is the pure part; the rest
+lists and reads through an :class:`~q4_contract.store.S3Store`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ so callers and logs can tell what happened.
 A sharded run (docs/contract.md, "Sharded runs") is planned on accept (``plan.json``, once) and launched
 step by step: every pass-1 task with the plan, every pass-2 task when a pass-1 task's STOPPED event (exit 0)
 finds all pass-1 partials, the finish task when a pass-2 task's event finds all pass-2 partials. Each step
-of each shard has its own launch records, attempts and stop records under ``run=<id>/shards/``.
+of each shard has its own launch records, attempts and stop records under ``run=<id>/shards/``. When a
+sharded run fails (a step's ERROR.json, ``task_crashed``, ``cancelled``) its tasks that may still run are
+stopped (StopTask).
 
 The work queue also takes ECS Task State Change events *redriven* from the DLQ (``q4 dlq --redrive``):
 an event whose asynchronous delivery failed (say the relaunch's RunTask kept failing) lands in the DLQ,

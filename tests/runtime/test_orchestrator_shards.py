@@ -451,6 +451,33 @@ def test_exit_2_of_the_step_that_failed_the_run_stops_the_other_tasks(pipeline: 
     assert len(tasks_of(pipeline)) == 3 and drain(pipeline.done_queue_url) == []
 
 
+def test_a_stop_task_that_fails_is_logged_and_the_others_are_still_stopped(
+    pipeline: Pipeline, boto_hooks: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    put_parts(pipeline)
+    accept(pipeline, message(shards=3))
+    pass1 = step_tasks(pipeline, "pass1")
+    refused = pass1[(1, 1)]["taskArn"]
+
+    def hook(**kwargs: Any) -> Any:
+        if json.loads(kwargs["params"]["body"])["task"] != refused:
+            return None
+        error = {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}
+        return AWSResponse("https://ecs", 400, {}, None), error
+
+    boto_hooks("before-call.ecs.StopTask", hook)
+    # WHEN shard 0 crashes on every attempt while StopTask of shard 1's task is refused
+    caplog.clear()
+    for attempt in (1, 2, 3):
+        task = step_tasks(pipeline, "pass1")[(0, attempt)]
+        assert stopped(pipeline, task, 1) == ("failed" if attempt == 3 else "relaunched")
+    # THEN the run failed all the same, shard 2's task was stopped and the refusal is a warning
+    assert stop_reasons(pipeline, pass1[(1, 1)], pass1[(2, 1)]) == [None, "Run failed: task_crashed"]
+    assert ("WARNING", "Could not stop a task of the failed run.") in log_lines(caplog)
+    (done,) = drain(pipeline.done_queue_url)
+    assert done["error"]["code"] == "task_crashed"
+
+
 def test_exit_2_of_a_step_that_found_another_steps_error_stops_nothing(pipeline: Pipeline) -> None:
     # GIVEN shard 0's ERROR.json; shard 1 found it and exits 2 before shard 0's own event
     put_parts(pipeline)
