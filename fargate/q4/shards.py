@@ -216,8 +216,8 @@ def _kept_error(exc: InputError, reads: Sequence[RangeRead], sliced: InputTable)
     """Bad input found reading a slice with a cut CSV range, as pass 1 keeps it for pass 2: the error, the
     position of the range it names (``range``, in the partial's ``ranges``; None if it names none) and, for
     a cut range, the file offset where the slice's rows begin (``slice_start``, also in the details): its
-    line numbers count from there (line 1 is the header line, line 2 the line at ``slice_start``), and a
-    ``byte_offset`` in the details becomes the file's."""
+    line numbers count from there (line 1 is the slice's header line, line 2 the line at ``slice_start``),
+    and a ``byte_offset`` in the details becomes the file's."""
     details = dict(exc.details or {})
     label = details.get("input")
     position = next((i for i, s in enumerate(sliced.sources) if label is not None and s.label == label), None)
@@ -228,19 +228,20 @@ def _kept_error(exc: InputError, reads: Sequence[RangeRead], sliced: InputTable)
         offset = details.get("byte_offset")
         if isinstance(offset, int) and offset >= cut.header_end:
             details["byte_offset"] = cut.body_start + offset - cut.header_end
-        error["lines_from_slice"] = "line" in details
+        # the unclosed-quote check counts lines over the slice; pyarrow's parse errors number its rows
+        error["lines_from_slice"] = "line" in details or "Row #" in exc.message
     return error
 
 
 def _raise_kept(error: Mapping[str, Any], shard: int) -> None:
     """Raise the error pass-1 shard ``shard`` kept, its details naming the shard (``found_in_shard``); its
-    message says where its line numbers count from when they count from a slice's start."""
+    message says where its line (or row) numbers count from when they count from a slice's start."""
     details = {**(error.get("details") or {}), "found_in_shard": shard}
     message = str(error["message"])
     if error.get("lines_from_slice"):
         message = (
-            f"{message.rstrip('.')} (line numbers count within shard {shard}'s slice: line 1 is the header, "
-            f"line 2 the line at byte {int(error['slice_start']):,} of the file)."
+            f"{message.rstrip('.')} (line and row numbers count within shard {shard}'s slice, whose header "
+            f"is line 1 and whose rows begin at byte {int(error['slice_start']):,} of the file)."
         )
     raise InputError(str(error["code"]), message, details)
 
