@@ -114,7 +114,23 @@ class ShardStep:
             return self.task.store.put_json_once(key, {"schema": plan_rules.PARTIAL_SCHEMA, **partial.meta})
 
     def _read_partials(self, step: str, shards: int) -> list[Partial]:
-        from q4.shards import Partial
+        """Every shard's ``step`` partial, in shard order: the metas read now; each ``data.npz`` downloaded
+        (to a scratch file, then loaded) only when a merge reaches it, and again on every access, so a task
+        holds one partial's arrays at a time (:class:`q4.shards.Partial`), never its bytes beside them."""
+        import functools
+        import shutil
+
+        from q4.shards import Partial, load_arrays
+
+        def load(shard: int, data_key: str) -> dict[str, Any]:
+            with (
+                aws.aws_errors(f"read the {step} partial of shard {shard} of run {self.run_id}"),
+                tempfile.TemporaryFile(prefix="q4-partial-", dir=self.task.settings.scratch_dir) as f,
+            ):
+                body = self.s3.get_object(Bucket=self.bucket, Key=data_key)["Body"]
+                shutil.copyfileobj(body, f, 8 << 20)
+                f.seek(0)
+                return load_arrays(f)
 
         partials = []
         with aws.aws_errors(f"read the {step} partials of run {self.run_id}"):
@@ -128,8 +144,7 @@ class ShardStep:
                         "step was launched; retried.",
                     )
                 data_key = key.rsplit("/", 1)[0] + "/" + DATA_NAME
-                data = self.s3.get_object(Bucket=self.bucket, Key=data_key)["Body"].read()
-                partials.append(Partial.from_bytes(meta, data))
+                partials.append(Partial.deferred(meta, functools.partial(load, shard, data_key)))
         return partials
 
     # ------------------------------------------------------------ steps
