@@ -151,6 +151,13 @@ data "aws_iam_policy_document" "task" {
   }
 
   statement {
+    # A sharded run's finish task deletes pass 2's parts of the row outputs once the run is committed.
+    sid       = "DeleteShardParts"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${local.artifacts_run}/shards/pass2/*/output/*"]
+  }
+
+  statement {
     sid       = "WriteRunArtifacts"
     actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
     resources = local.task_written_objects

@@ -46,7 +46,8 @@ DEFAULT_MAX_SHARDS = 50
 ENV_SHARD_STEP = "Q4_SHARD_STEP"  # pass1 | pass2 | finish
 ENV_SHARD = "Q4_SHARD"  # the shard's index, 0-based (finish: 0)
 
-#: The suffixes of inputs that cannot be split by bytes (compressed CSV).
+#: The suffixes of inputs that cannot be split by bytes (compressed CSV). The one list: the task's reader
+#: (``q4.tables.CSV_CODECS``) derives its codecs from it.
 UNSPLITTABLE_SUFFIXES = (".csv.gz", ".csv.bz2", ".csv.zst")
 
 SIZED_BY_REQUEST = "requested"

@@ -25,12 +25,12 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -67,21 +67,47 @@ from q4.moments import Moments
 from q4.outputs import OpenSink, csv_header, row_output_schemas
 from q4.progress import Progress
 from q4.projectors import Standardization
-from q4.slices import check_boundaries, finish_counts, slice_table
+from q4.slices import CsvSlice, RangeRead, check_boundaries, check_parquet_rows, finish_counts, slice_table
 from q4.sources import LocalSource, Source, as_sources
 from q4.study import QuadrantStats
+from q4.tables import InputTable
 
 _MOMENTS = ("shift", "offset", "comoment", "minimum", "maximum")
 _QUADRANTS = ("rows", "sums", "squares", "minimum", "maximum")
 
 
-@dataclass
+#: Loads a stored partial's arrays (a new copy on every call).
+ArraysLoader = Callable[[], dict[str, NDArray[Any]]]
+
+
 class Partial:
     """A step's result: ``meta`` (small, JSON: ``partial.json``) and ``arrays`` (``data.npz``, exact
-    floats)."""
+    floats).
 
-    meta: dict[str, Any]
-    arrays: dict[str, NDArray[Any]] = field(default_factory=dict)
+    The arrays are held (``Partial(meta, arrays)``, a step's own result) or loaded from where they are
+    stored on every access to :attr:`arrays`, never cached (:meth:`deferred`: the partials a step reads
+    back). Merging reads each partial's arrays once, in shard order, and drops them before the next: a
+    step holds one partial's arrays at a time, however many shards (a pass-1 partial holds a d x d
+    co-moment: d = 5000 is 200 MB, 50 shards would be 10 GB)."""
+
+    __slots__ = ("_arrays", "_load", "meta")
+
+    def __init__(self, meta: dict[str, Any], arrays: dict[str, NDArray[Any]] | None = None) -> None:
+        self.meta = meta
+        self._arrays: dict[str, NDArray[Any]] = {} if arrays is None else arrays
+        self._load: ArraysLoader | None = None
+
+    @classmethod
+    def deferred(cls, meta: Mapping[str, Any], load: ArraysLoader) -> Partial:
+        """A stored partial: ``meta`` now, the arrays from ``load()`` on every access to :attr:`arrays`."""
+        partial = cls(dict(meta))
+        partial._load = load
+        return partial
+
+    @property
+    def arrays(self) -> dict[str, NDArray[Any]]:
+        """The arrays: held, or (a deferred partial) loaded now; read it once per use."""
+        return self._arrays if self._load is None else self._load()
 
     def to_bytes(self) -> bytes:
         """The arrays as an ``.npz`` file (no pickles; floats as their exact bits)."""
@@ -91,10 +117,15 @@ class Partial:
 
     @classmethod
     def from_bytes(cls, meta: Mapping[str, Any], data: bytes) -> Partial:
-        """A partial from its meta and the bytes of :meth:`to_bytes`."""
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-        return cls(dict(meta), arrays)
+        """A partial holding its arrays, from its meta and the bytes of :meth:`to_bytes`."""
+        return cls(dict(meta), load_arrays(io.BytesIO(data)))
+
+
+def load_arrays(file: IO[bytes] | Path) -> dict[str, NDArray[Any]]:
+    """Every array of an ``.npz`` file written by :meth:`Partial.to_bytes` (a seekable file or a path; no
+    pickles)."""
+    with np.load(file, allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
 
 
 @dataclass(frozen=True)
@@ -165,7 +196,7 @@ def pass1(
         except InputError as exc:
             if not any(r.slice is not None for r in reads):
                 raise
-            error = {"code": exc.code, "message": exc.message, "details": exc.details}
+            error = _kept_error(exc, reads, sliced)
             finish_counts(reads, recount=True)
             head = {"head_rows": 0, "head_key": None}
     meta = {
@@ -179,6 +210,40 @@ def pass1(
     }
     arrays = {f"moments_{name}": getattr(moments, name) for name in _MOMENTS}
     return Partial(meta, {**arrays, **head_arrays})
+
+
+def _kept_error(exc: InputError, reads: Sequence[RangeRead], sliced: InputTable) -> dict[str, Any]:
+    """Bad input found reading a slice with a cut CSV range, as pass 1 keeps it for pass 2: the error, the
+    position of the range it names (``range``, in the partial's ``ranges``; None if it names none) and, for
+    a cut range, the file offset where the slice's rows begin (``slice_start``, also in the details): its
+    line numbers count from there (line 1 is the slice's header line, line 2 the line at ``slice_start``),
+    and a ``byte_offset`` in the details becomes the file's."""
+    details = dict(exc.details or {})
+    label = details.get("input")
+    position = next((i for i, s in enumerate(sliced.sources) if label is not None and s.label == label), None)
+    cut = sliced.sources[position] if position is not None else None
+    error: dict[str, Any] = {"code": exc.code, "message": exc.message, "details": details, "range": position}
+    if position is not None and isinstance(cut, CsvSlice) and reads[position].slice is cut:
+        details["slice_start"] = error["slice_start"] = cut.body_start
+        offset = details.get("byte_offset")
+        if isinstance(offset, int) and offset >= cut.header_end:
+            details["byte_offset"] = cut.body_start + offset - cut.header_end
+        # the unclosed-quote check counts lines over the slice; pyarrow's parse errors number its rows
+        error["lines_from_slice"] = "line" in details or "Row #" in exc.message
+    return error
+
+
+def _raise_kept(error: Mapping[str, Any], shard: int) -> None:
+    """Raise the error pass-1 shard ``shard`` kept, its details naming the shard (``found_in_shard``); its
+    message says where its line (or row) numbers count from when they count from a slice's start."""
+    details = {**(error.get("details") or {}), "found_in_shard": shard}
+    message = str(error["message"])
+    if error.get("lines_from_slice"):
+        message = (
+            f"{message.rstrip('.')} (line and row numbers count within shard {shard}'s slice, whose header "
+            f"is line 1 and whose rows begin at byte {int(error['slice_start']):,} of the file)."
+        )
+    raise InputError(str(error["code"]), message, details)
 
 
 def _counting_run(values: NDArray[np.float64]) -> NDArray[np.int64]:
@@ -198,53 +263,74 @@ class _Merged:
     warnings: list[dict[str, str]]  # the input's, then the row-id check's
 
 
-def _merge_pass1(pass1: Sequence[Partial], features: list[str], by_default: bool, spec: JobSpec) -> _Merged:
-    """Check the cut boundaries (``unshardable_csv``), raise the first shard's kept error, merge the moments
-    and redo the first chunk's row-id check over the whole input's first chunk."""
-    check_boundaries([r for p in pass1 for r in p.meta["ranges"]])
-    for partial in pass1:
+@dataclass(frozen=True)
+class _Head:
+    """A pass-1 shard's first chunk, for the row-id check (copies: d values each)."""
+
+    rows: int
+    key: str | None
+    first: NDArray[np.float64]
+    run: NDArray[np.int64]
+
+
+def _merge_pass1(
+    pass1: Sequence[Partial], table: InputTable, features: list[str], by_default: bool, spec: JobSpec
+) -> _Merged:
+    """Check the cut boundaries (``unshardable_csv``), raise the first shard's kept error, check the Parquet
+    inputs' rows, merge the moments and redo the first chunk's row-id check over the whole input's first
+    chunk. Each partial's arrays are loaded once, in shard order, and dropped before the next."""
+    ranges = [r for p in pass1 for r in p.meta["ranges"]]
+    check_boundaries(ranges)
+    for shard, partial in enumerate(pass1):
         error = partial.meta.get("error")
         if error:
-            raise InputError(error["code"], error["message"], error.get("details"))
+            _raise_kept(error, shard)
+    check_parquet_rows(ranges, dict(zip(table.names, (s.label for s in table.sources), strict=True)))
     d = len(features)
     moments = Moments(d)
-    for partial in pass1:
-        moments.merge(_moments(partial, d))
+    heads = [_merge_moments(moments, partial, d) for partial in pass1]
     n_input = sum(int(p.meta["rows"]) for p in pass1)
     warnings: list[dict[str, str]] = []
     if by_default and n_input:
         chunk_rows = effective_chunk_rows(spec.chunk_rows, d)
-        warnings = row_id_warnings_from(features, _counting_starts(pass1, d, chunk_rows))
+        warnings = row_id_warnings_from(features, _counting_starts(heads, d, chunk_rows))
     return _Merged(moments, n_input, warnings)
 
 
-def _moments(partial: Partial, d: int) -> Moments:
+def _merge_moments(moments: Moments, partial: Partial, d: int) -> _Head | None:
+    """Merge one pass-1 partial's moments into ``moments`` (its arrays loaded once, dropped on return) and
+    return its first chunk's row-id values (None: it read no rows)."""
+    arrays = partial.arrays
     m = Moments(d)
     m.n = int(partial.meta["valid"])
     for name in _MOMENTS:
-        setattr(m, name, np.asarray(partial.arrays[f"moments_{name}"], dtype=np.float64))
-    return m
+        setattr(m, name, np.asarray(arrays[f"moments_{name}"], dtype=np.float64))
+    moments.merge(m)
+    rows = int(partial.meta["head_rows"])
+    if not rows:
+        return None
+    first = np.array(arrays["head_first"], dtype=np.float64)
+    return _Head(rows, partial.meta["head_key"], first, np.array(arrays["head_run"], dtype=np.int64))
 
 
-def _counting_starts(pass1: Sequence[Partial], d: int, chunk_rows: int) -> list[float | None]:
+def _counting_starts(heads: Sequence[_Head | None], d: int, chunk_rows: int) -> list[float | None]:
     """What run_job's first chunk shows (``q4.features.counts_up`` per feature): the first ``chunk_rows``
     rows of the first file with rows, pieced together from the shards' first chunks."""
     v0: NDArray[np.float64] | None = None
     key: str | None = None
     taken = 0
     ok = np.ones(d, dtype=bool)
-    for partial in pass1:
-        rows = int(partial.meta["head_rows"])
-        if not rows:
+    for head in heads:
+        if head is None:
             continue
         if v0 is None:
-            v0, key = np.asarray(partial.arrays["head_first"], dtype=np.float64), partial.meta["head_key"]
-        elif partial.meta["head_key"] != key:
+            v0, key = head.first, head.key
+        elif head.key != key:
             break  # run_job's first chunk ends with its file
         else:
-            ok &= partial.arrays["head_first"] == v0 + np.float64(taken)
-        take = min(chunk_rows - taken, rows)
-        ok &= partial.arrays["head_run"] >= take
+            ok &= head.first == v0 + np.float64(taken)
+        take = min(chunk_rows - taken, head.rows)
+        ok &= head.run >= take
         taken += take
         if taken >= chunk_rows:
             break
@@ -274,7 +360,7 @@ def pass2(
     spec.validate()
     setup = setup_job(sources, spec, input_names)
     table, features = setup.table, setup.features
-    merged = _merge_pass1(pass1, features, setup.by_default, spec)
+    merged = _merge_pass1(pass1, table, features, setup.by_default, spec)
     warnings = [*setup.warnings, *merged.warnings]
     read = _Read(merged.moments, merged.n_input, None, effective_chunk_rows(spec.chunk_rows, len(features)))
     model, source = _fit(spec, table, features, read, setup.model, warnings)
@@ -389,12 +475,11 @@ def _finish(
     setup = setup_job(sources, spec, input_names)
     table, features = setup.table, setup.features
     d = len(features)
-    merged = _merge_pass1(pass1, features, setup.by_default, spec)
+    merged = _merge_pass1(pass1, table, features, setup.by_default, spec)
     read = _Read(merged.moments, merged.n_input, None, effective_chunk_rows(spec.chunk_rows, d))
     first = pass2[0]
-    model = _model(first)
     warnings = list(first.meta["warnings"])
-    tallies = _merge_pass2(pass2, d, spec)
+    tallies, model = _merge_pass2(pass2, d, spec)
     sha = list(input_sha256) if input_sha256 is not None else _hash_all(table.sources)
     input_doc = {"keys": list(table.names), "bytes": table.bytes, "format": table.format, "sha256": sha}
     (run_dir / "output").mkdir(exist_ok=True)
@@ -433,8 +518,7 @@ def _finish(
     )
 
 
-def _model(partial: Partial) -> Q4Model:
-    a, meta = partial.arrays, partial.meta["model"]
+def _model(meta: Mapping[str, Any], a: Mapping[str, NDArray[Any]]) -> Q4Model:
     std = Standardization(
         np.asarray(a["model_shift"], dtype=np.float64),
         np.asarray(a["model_offset"], dtype=np.float64),
@@ -451,24 +535,37 @@ def _model(partial: Partial) -> Q4Model:
     )
 
 
-def _merge_pass2(pass2: Sequence[Partial], d: int, spec: JobSpec) -> Tallies:
+def _merge_pass2(pass2: Sequence[Partial], d: int, spec: JobSpec) -> tuple[Tallies, Q4Model]:
+    """The pass-2 partials' tallies merged in shard order, and the model (shard 0's). Each partial's arrays
+    are loaded once and dropped before the next (the plot sample's pieces are kept: bounded)."""
     energy = EnergyTally()
     stats = QuadrantStats(d) if spec.mode == "full" else None
     sample = _Sample(stride=1)
-    for partial in pass2:
-        a = partial.arrays
-        energy.merge(EnergyTally(a["energy_rows"], a["energy_energy"], a["energy_projected"]))
-        if stats is not None:
-            part = QuadrantStats(d)
-            for name in _QUADRANTS:
-                setattr(part, name, a[f"quadrant_{name}"])
-            stats.merge(part)
-        sample.scores.append(a["sample_scores"])
-        sample.labels.append(a["sample_labels"])
-        if "sample_svd" in a:
-            sample.svd.append(a["sample_svd"])
+    models = [_merge_tallies(partial, d, energy, stats, sample) for partial in pass2]
+    model = models[0] if models else None
+    if model is None:
+        raise ValueError("finish needs the pass-2 partial of shard 0 (it carries the model)")
     k = int(pass2[0].meta["k"])
-    return Tallies(energy, stats, sample, k, spec.mode in ("enhanced", "full"))
+    return Tallies(energy, stats, sample, k, spec.mode in ("enhanced", "full")), model
+
+
+def _merge_tallies(
+    partial: Partial, d: int, energy: EnergyTally, stats: QuadrantStats | None, sample: _Sample
+) -> Q4Model | None:
+    """Merge one pass-2 partial (its arrays loaded once, dropped on return but for the sample's pieces);
+    returns the model it carries (shard 0's), else None."""
+    a = partial.arrays
+    energy.merge(EnergyTally(a["energy_rows"], a["energy_energy"], a["energy_projected"]))
+    if stats is not None:
+        part = QuadrantStats(d)
+        for name in _QUADRANTS:
+            setattr(part, name, a[f"quadrant_{name}"])
+        stats.merge(part)
+    sample.scores.append(a["sample_scores"])
+    sample.labels.append(a["sample_labels"])
+    if "sample_svd" in a:
+        sample.svd.append(a["sample_svd"])
+    return _model(partial.meta["model"], a) if "model" in partial.meta else None
 
 
 def _hash_all(sources: Sequence[Source]) -> list[str]:
@@ -516,7 +613,10 @@ def _run_sharded(
     with tempfile.TemporaryDirectory(prefix="q4-shards-", dir=scratch_dir()) as scratch:
         parts = Path(scratch)
         clock = time.perf_counter()
-        first = [_stored(pass1(sources, names, ranges, spec)) for ranges in slices]
+        first = [
+            _stored(pass1(sources, names, ranges, spec), parts / plan.PASS1 / f"{shard:05d}")
+            for shard, ranges in enumerate(slices)
+        ]
         timings["pass1"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -525,7 +625,8 @@ def _run_sharded(
             folder = parts / f"{shard:05d}"
             (folder / "output").mkdir(parents=True)
             sinks = _file_sinks(folder)
-            second.append(_stored(pass2(sources, names, ranges, spec, first, shard, sinks)))
+            partial = pass2(sources, names, ranges, spec, first, shard, sinks)
+            second.append(_stored(partial, parts / plan.PASS2 / f"{shard:05d}"))
         timings["pass2"] = time.perf_counter() - clock
 
         result = finish(sources, names, spec, first, second, run_dir)
@@ -560,7 +661,12 @@ def _file_sinks(folder: Path) -> OpenSink:
     return lambda key, _content_type: pa.OSFile(str(folder / key), "wb")
 
 
-def _stored(partial: Partial) -> Partial:
-    """The partial as the next step reads it back: meta through JSON, arrays through ``.npz``."""
-    meta = json.loads(json.dumps(partial.meta, allow_nan=False))
-    return Partial.from_bytes(meta, partial.to_bytes())
+def _stored(partial: Partial, folder: Path) -> Partial:
+    """The partial stored in ``folder`` (``partial.json``, ``data.npz``) and as the next step reads it back:
+    meta through JSON, the arrays loaded from ``data.npz`` when a merge reaches them (one at a time)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(partial.meta, allow_nan=False)
+    (folder / "partial.json").write_text(text, encoding="utf-8")
+    data = folder / "data.npz"
+    data.write_bytes(partial.to_bytes())
+    return Partial.deferred(json.loads(text), lambda: load_arrays(data))

@@ -78,16 +78,23 @@ class ShardStep:
         return plan
 
     def _check_inputs(self, plan: Mapping[str, Any]) -> None:
-        """The inputs are still those the plan cut (same keys, same sizes)."""
-        planned = [(str(i["key"]), int(i["size"])) for i in plan.get("inputs") or []]
-        listed = [(str(i["key"]), int(i["size"])) for i in self.task.inputs]
-        if planned != listed:
+        """The inputs are still those the plan cut: the same keys, sizes and (where the plan has them) ETags;
+        a replaced object of the same size would mix two versions across shards."""
+        planned = [(str(i["key"]), int(i["size"]), i.get("etag")) for i in plan.get("inputs") or []]
+        listed = [
+            (str(i["key"]), int(i["size"]), i.get("etag") if planned_etag else None)
+            for i, (_, _, planned_etag) in zip(self.task.inputs, planned, strict=False)
+        ]
+        if len(planned) != len(self.task.inputs) or planned != listed:
             raise InputError(
                 "input_changed",
                 f"The inputs of run {self.run_id} changed after the run was planned (objects added, "
                 "removed or replaced under its input); leave a run's inputs alone and submit again under a "
                 "new run id.",
-                {"planned": [k for k, _ in planned][:20], "listed": [k for k, _ in listed][:20]},
+                {
+                    "planned": [k for k, _, _ in planned][:20],
+                    "listed": [i["key"] for i in self.task.inputs][:20],
+                },
             )
 
     def _ranges(self, plan: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -107,7 +114,23 @@ class ShardStep:
             return self.task.store.put_json_once(key, {"schema": plan_rules.PARTIAL_SCHEMA, **partial.meta})
 
     def _read_partials(self, step: str, shards: int) -> list[Partial]:
-        from q4.shards import Partial
+        """Every shard's ``step`` partial, in shard order: the metas read now; each ``data.npz`` downloaded
+        (to a scratch file, then loaded) only when a merge reaches it, and again on every access, so a task
+        holds one partial's arrays at a time (:class:`q4.shards.Partial`), never its bytes beside them."""
+        import functools
+        import shutil
+
+        from q4.shards import Partial, load_arrays
+
+        def load(shard: int, data_key: str) -> dict[str, Any]:
+            with (
+                aws.aws_errors(f"read the {step} partial of shard {shard} of run {self.run_id}"),
+                tempfile.TemporaryFile(prefix="q4-partial-", dir=self.task.settings.scratch_dir) as f,
+            ):
+                body = self.s3.get_object(Bucket=self.bucket, Key=data_key)["Body"]
+                shutil.copyfileobj(body, f, 8 << 20)
+                f.seek(0)
+                return load_arrays(f)
 
         partials = []
         with aws.aws_errors(f"read the {step} partials of run {self.run_id}"):
@@ -121,8 +144,7 @@ class ShardStep:
                         "step was launched; retried.",
                     )
                 data_key = key.rsplit("/", 1)[0] + "/" + DATA_NAME
-                data = self.s3.get_object(Bucket=self.bucket, Key=data_key)["Body"].read()
-                partials.append(Partial.from_bytes(meta, data))
+                partials.append(Partial.deferred(meta, functools.partial(load, shard, data_key)))
         return partials
 
     # ------------------------------------------------------------ steps
@@ -239,9 +261,32 @@ class ShardStep:
             self.task.attempt,
             self.task.compute,
             self.task.environ,
-            earlier=self._earlier_usage,
+            earlier=self.earlier_usage,
         )
-        return self.task.commit(manifest, len(artifacts), result.rows, started)
+        code = self.task.commit(manifest, len(artifacts), result.rows, started)
+        self._drop_parts()
+        return code
+
+    def _drop_parts(self) -> None:
+        """Delete pass 2's parts of the row outputs once the run is committed (they are the outputs' bytes a
+        second time; the bucket's versioning keeps them as noncurrent versions until its expiry). A failure
+        only costs storage: logged, not raised."""
+        prefix = plan_rules.shards_prefix(self.run_id) + plan_rules.PASS2 + "/"
+        try:
+            keys = [
+                item["Key"]
+                for page in self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=prefix
+                )
+                for item in page.get("Contents", [])
+                if "/output/" in item["Key"]
+            ]
+            for first in range(0, len(keys), 1000):
+                batch = [{"Key": key} for key in keys[first : first + 1000]]
+                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            logger.info("Deleted the row outputs' parts.", extra={"parts": len(keys)})
+        except Exception as exc:  # the run is committed; the parts are only storage
+            logger.warning("Could not delete the row outputs' parts.", extra={"error": str(exc)})
 
     def _assemble(self, second_pass: Sequence[Partial], result: ShardedResult) -> list[dict[str, Any]]:
         """The row outputs at their usual keys, from every shard's parts in shard order: CSV assembled in
@@ -305,16 +350,17 @@ class ShardStep:
         except Exception:  # unreadable or S3 trouble: that attempt is unknown (the cost says incomplete)
             return None
 
-    def _earlier_usage(self) -> list[dict[str, Any]]:
-        """Usage entries of every earlier attempt of every step: its stop record (ECS times and size), or an
-        unknown entry for an attempt launched whose STOPPED event the orchestrator has not recorded yet."""
+    def earlier_usage(self) -> list[dict[str, Any]]:
+        """Usage entries of every other attempt of every step: its stop record (ECS times and size), or an
+        unknown entry for an attempt launched whose STOPPED event the orchestrator has not recorded yet (it
+        may still run). This attempt is left out: its own clock counts it (q4.cost.this_attempt)."""
         from q4_contract import cost as costs
 
         entries = []
         for step, records in self._records().items():
             for shard, attempts in sorted(records.attempts.items()):
                 for attempt in attempts:
-                    if step == plan_rules.FINISH and attempt >= self.task.attempt:
+                    if (step, shard, attempt) == (self.step.step, self.step.shard, self.task.attempt):
                         continue  # this attempt: its own clock
                     stopped = attempt in records.stopped.get(shard, ())
                     record = self._stop_record(step, shard, attempt) if stopped else None

@@ -16,7 +16,12 @@ A row belongs to the range that holds its first byte:
   (:func:`check_boundaries`) instead of giving a wrong answer. A boundary inside a quoted value without a
   line break after it on that line is fine.
 - **compressed CSV**: the whole file is one range (it cannot be cut by bytes).
-- **Parquet**: the row groups whose first column chunk's first byte lies in the range.
+- **Parquet**: the row groups whose first column chunk's first byte lies in the range. Those first bytes
+  must increase strictly from row group to row group and lie within the file, else the file is
+  ``malformed_parquet`` (:func:`row_group_starts`): out of order, the slices would reorder rows; outside
+  the file, lose them. Each range reports its rows and the file's footer row count, and once every shard's
+  counts are in, a file whose ranges do not add up to its footer's rows fails the run
+  (:func:`check_parquet_rows`).
 
 So the slices partition the rows; a slice may hold none.
 """
@@ -35,7 +40,7 @@ import pyarrow.parquet as pq
 
 from q4.errors import InputError
 from q4.sources import Source
-from q4.tables import InputTable, csv_codec
+from q4.tables import InputTable, csv_codec, malformed_parquet
 
 #: Bytes per read when scanning for a line start or counting quotes.
 SCAN_BYTES = 1 << 16
@@ -56,6 +61,8 @@ class RangeRead:
     header_end: int | None = None
     lead_quotes: int | None = None  # the quotes between ``start`` and the line end where its rows begin
     slice: CsvSlice | None = None  # the rows read (a cut CSV); their quotes are counted as they are read
+    rows: int | None = None  # Parquet: the rows of the range's row groups (the read checks them)
+    file_rows: int | None = None  # Parquet: the rows the file's footer declares
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +72,8 @@ class RangeRead:
             "quotes": self.quotes,
             "header_end": self.header_end,
             "lead_quotes": self.lead_quotes,
+            "rows": self.rows,
+            "file_rows": self.file_rows,
         }
 
 
@@ -87,8 +96,11 @@ def slice_table(table: InputTable, ranges: Sequence[Mapping[str, Any]]) -> tuple
         reads.append(read)
         names.append(key)
         if table.format == "parquet":
+            layout = parquet_layout(source)
+            chosen = layout.groups_in(start, end)
+            read.rows, read.file_rows = sum(layout.rows[i] for i in chosen), layout.num_rows
             sources.append(source)
-            groups.append(_row_groups_in(source, start, end))
+            groups.append(chosen)
         elif (start == 0 and end >= source.size) or csv_codec(source) is not None:
             sources.append(source)  # the whole file (a compressed one always is)
         else:
@@ -145,23 +157,85 @@ def check_boundaries(reads: Sequence[Mapping[str, Any]]) -> None:
 # ---------------------------------------------------------------- Parquet
 
 
-def row_group_starts(source: Source) -> list[int]:
-    """The first byte of each row group: its first column chunk's dictionary page, else its first data
-    page."""
+@dataclass(frozen=True)
+class ParquetLayout:
+    """Where a Parquet file's row groups begin (checked: strictly increasing, within the file) and the rows
+    each declares; ``num_rows``: the footer's row count."""
+
+    starts: tuple[int, ...]
+    rows: tuple[int, ...]
+    num_rows: int
+
+    def groups_in(self, start: int, end: int) -> tuple[int, ...]:
+        """The row groups whose first byte lies in ``[start, end)``, in file order."""
+        return tuple(i for i, first in enumerate(self.starts) if start <= first < end)
+
+
+def parquet_layout(source: Source) -> ParquetLayout:
+    """The file's :class:`ParquetLayout` from its footer (read once already by ``open_inputs``, which
+    reported a bad one); ``malformed_parquet``, naming the file, when its row groups' first bytes do not
+    increase strictly or lie outside the file (:func:`row_group_starts_problem`)."""
     with source.arrow_file() as f:
         meta = pq.ParquetFile(f).metadata
-        starts = []
+        starts, rows = [], []
         for i in range(meta.num_row_groups):
-            chunk = meta.row_group(i).column(0)
+            group = meta.row_group(i)
+            chunk = group.column(0)
             first = chunk.data_page_offset
-            if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+            # a dictionary page comes first; 0 is not one (some writers store 0 for "none")
+            if chunk.has_dictionary_page and chunk.dictionary_page_offset:
                 first = min(first, chunk.dictionary_page_offset)
             starts.append(int(first))
-    return starts
+            rows.append(int(group.num_rows))
+        num_rows = int(meta.num_rows)
+    problem = row_group_starts_problem(starts, source.size)
+    if problem is not None:
+        raise malformed_parquet(source.name, source.label, problem)
+    return ParquetLayout(tuple(starts), tuple(rows), num_rows)
 
 
-def _row_groups_in(source: Source, start: int, end: int) -> tuple[int, ...]:
-    return tuple(i for i, first in enumerate(row_group_starts(source)) if start <= first < end)
+def row_group_starts(source: Source) -> list[int]:
+    """The first byte of each row group: its first column chunk's dictionary page, else its first data
+    page (checked as :func:`parquet_layout` does)."""
+    return list(parquet_layout(source).starts)
+
+
+def row_group_starts_problem(starts: Sequence[int], size: int) -> str | None:
+    """What is wrong with row groups beginning at ``starts`` in a file of ``size`` bytes, else None: each
+    must lie in ``[0, size)`` and after the one before it (strictly), or slicing by bytes would lose or
+    reorder rows."""
+    previous: int | None = None
+    for i, first in enumerate(starts):
+        if not 0 <= first < size:
+            return f"row group {i + 1:,} begins at byte {first:,}, outside the file's {size:,} bytes"
+        if previous is not None and first <= previous:
+            return (
+                f"row group {i + 1:,} begins at byte {first:,}, not after row group {i:,}, "
+                f"which begins at byte {previous:,}"
+            )
+        previous = first
+    return None
+
+
+def check_parquet_rows(reads: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | None = None) -> None:
+    """``malformed_parquet`` when a Parquet input's ranges (``reads``: every shard's
+    :meth:`RangeRead.to_dict`, any order) do not hold, together, the rows its footer declares: rows would
+    be lost or counted twice. ``labels``: each key's label for the error's details (else the key)."""
+    found: dict[str, int] = {}
+    declared: dict[str, int] = {}
+    for r in reads:
+        if r.get("file_rows") is None:
+            continue
+        key = str(r["key"])
+        found[key] = found.get(key, 0) + int(r.get("rows") or 0)
+        declared[key] = int(r["file_rows"])
+    for key, rows in found.items():
+        if rows != declared[key]:
+            raise malformed_parquet(
+                key.rsplit("/", 1)[-1],
+                (labels or {}).get(key, key),
+                f"its footer declares {declared[key]:,} rows but the slices' row groups hold {rows:,}",
+            )
 
 
 # ---------------------------------------------------------------- CSV

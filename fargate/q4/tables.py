@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+from q4_contract.shards import UNSPLITTABLE_SUFFIXES
 
 from q4 import csvsplit
 from q4.cpus import available_cpus
@@ -42,8 +43,13 @@ from q4.features import FeatureBlock, is_number_text, looks_numeric
 from q4.parallel import ordered_map
 from q4.sources import Source, as_source, as_sources
 
-#: Compressed CSV files, read as streams through pyarrow's codecs: suffix (case-insensitive) -> codec.
-CSV_CODECS = {".csv.gz": "gzip", ".csv.bz2": "bz2", ".csv.zst": "zstd"}
+#: The pyarrow codec of each compression suffix.
+_CODEC_OF_SUFFIX = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
+#: Compressed CSV files, read as streams through pyarrow's codecs: suffix (case-insensitive) -> codec. The
+#: suffixes are the contract's (``q4_contract.shards.UNSPLITTABLE_SUFFIXES``: the plan gives such a file
+#: whole to one slice), so the two cannot disagree; a suffix added there without a codec here fails on
+#: import.
+CSV_CODECS = {suffix: _CODEC_OF_SUFFIX[suffix.removeprefix(".csv")] for suffix in UNSPLITTABLE_SUFFIXES}
 CSV_SUFFIXES = (".csv", *CSV_CODECS)
 _CODEC_NAMES = {"gzip": "gzip", "bz2": "bzip2", "zstd": "Zstandard"}
 #: RFC 4180: a quoted value may span lines (q4's own CSV outputs hold such values). Without this,
@@ -571,11 +577,17 @@ def _check_parquet_values(source: Source, meta: pq.FileMetaData, groups: Sequenc
 
 
 def _parquet_lie(source: Source, problem: str) -> InputError:
+    return malformed_parquet(source.name, source.label, problem)
+
+
+def malformed_parquet(name: str, label: str, problem: str) -> InputError:
+    """``malformed_parquet`` for a file whose footer contradicts itself or its file (``name``: the file's
+    name for the message, ``label``: for the details)."""
     return InputError(
         "malformed_parquet",
-        f"The Parquet file {source.name} contradicts itself ({problem}); "
+        f"The Parquet file {name} contradicts itself ({problem}); "
         "the file is corrupt: write it again from its source.",
-        {"input": source.label, "problem": problem},
+        {"input": label, "problem": problem},
     )
 
 

@@ -398,8 +398,12 @@ class Task:
         """End the run as failed: ERROR.json (once) and the failed done message; exit 2. A shard step's
         failure names the shard and the step in ``details``."""
         self.stop.check()
+        earlier = None
         if self.step is not None:
+            from q4.shardtask import ShardStep
+
             exc.details = {**(exc.details or {}), "shard": self.step.shard, "shard_step": self.step.step}
+            earlier = ShardStep(self, self.step).earlier_usage  # the cost of every step so far
         return fail_run(
             self.store,
             self.sqs,
@@ -411,6 +415,7 @@ class Task:
             inputs=self.inputs,
             compute=self.compute,
             started=started,
+            earlier=earlier,
         )
 
     # ------------------------------------------------------------ S3 and SQS
@@ -495,8 +500,10 @@ def fail_run(
     inputs: Sequence[Mapping[str, Any]] = (),
     compute: Mapping[str, Any] | None = None,
     started: float,
+    earlier: Callable[[], Sequence[Mapping[str, Any]]] | None = None,
 ) -> int:
-    """Write ERROR.json once and send the failed done message; the exit code to end with."""
+    """Write ERROR.json once and send the failed done message; the exit code to end with. ``earlier``: the
+    usage of the run's earlier attempts when not the run's own (a sharded run's steps; q4.cost.task_cost)."""
     from q4.manifest import build_error
 
     logger.error("Run failed.", extra={"code": exc.code, "reason": exc.message, "details": exc.details})
@@ -504,7 +511,7 @@ def fail_run(
         run_id=run_id, error=exc, attempts=attempt, job=job, inputs=inputs, compute=compute or None
     )
     error_doc["duration_s"] = round(time.perf_counter() - started, 3)
-    error_doc["cost"] = task_cost(store, run_id, attempt, compute)
+    error_doc["cost"] = task_cost(store, run_id, attempt, compute, earlier=earlier)
     with aws.aws_errors(f"record the failure of run {run_id}"):
         if store.exists(contract.manifest_key(run_id)):
             logger.info("Another task committed this run meanwhile; no ERROR.json written.")

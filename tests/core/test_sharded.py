@@ -2,12 +2,19 @@
 in each row output, numbered alike, the same columns, er.json and the model to 1e-12, for CSV and Parquet,
 with rejected rows, quoted text, a 1e9 offset, empty slices, compressed and multi-file inputs; and a CSV cut
 where a quoted line break crosses a slice boundary fails ``unshardable_csv`` instead of giving another
-answer."""
+answer. The merges hold one stored partial's arrays at a time; a Parquet file whose row groups are out of
+order or whose slices miss rows fails ``malformed_parquet``; bad input kept by pass 1 names where it was
+found."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import struct
+import weakref
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +23,12 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+from q4 import tables
 from q4.assemble import assemble_csv, assemble_parquet
 from q4.errors import InputError
 from q4.job import JobSpec, RunResult, run_job
-from q4.shards import Partial, pass1, pass2, run_sharded
+from q4.shards import Partial, finish, load_arrays, pass1, pass2, run_sharded
+from q4.slices import check_parquet_rows, row_group_starts, row_group_starts_problem
 from q4.sources import LocalSource
 from q4_contract import shards as plan
 from support.tables import read_json
@@ -229,31 +238,319 @@ def test_partials_round_trip_exactly() -> None:
 
 def test_pass2_parts_assemble_into_the_outputs(tmp_path: Path, rng: np.random.Generator) -> None:
     """The steps as the pipeline calls them: CSV parts have no header, Parquet parts are whole files, and
-    the assembly helpers join them."""
+    the assembly helpers join them; every output's rows, counted by the shards, are run_job's."""
     source = _csv(tmp_path / "t.csv", _table(rng, 1000))
     names = [str(source)]
     objects = [plan.InputObject(str(source), source.stat().st_size)]
     slices = plan.plan_slices(objects, 3)
+    outputs = {"Q_keep": "keep", "Q_discard": "discard", "Q_rejected": "rejected"}
     for fmt in ("csv", "parquet"):
         spec = JobSpec(run_id="r", output_format=fmt)
+        whole = run_job([source], tmp_path / f"whole-{fmt}", spec)
         first = [pass1([source], names, s, spec) for s in slices]
+        counted: Counter[str] = Counter()
         for k, s in enumerate(slices):
             folder = tmp_path / fmt / str(k)
             (folder / "output").mkdir(parents=True)
             partial = pass2(
                 [source], names, s, spec, first, k, lambda key, _t, f=folder: pa.OSFile(str(f / key), "wb")
             )
-            assert sum(partial.meta["outputs"].values()) >= partial.meta["rows"]
-        key = f"output/Q_keep.{fmt}"
-        parts = [LocalSource(tmp_path / fmt / str(k) / key) for k in range(3)]
-        out = tmp_path / f"keep.{fmt}"
-        with pa.OSFile(str(out), "wb") as sink:
+            assert sorted(partial.meta["outputs"]) == sorted(f"output/{n}.{fmt}" for n in outputs)
+            counted.update(partial.meta["outputs"])
+        for name, rows in outputs.items():
+            key = f"output/{name}.{fmt}"
+            assert counted[key] == whole.rows[rows] > 0, name
+            parts = [LocalSource(tmp_path / fmt / str(k) / key) for k in range(3)]
+            out = tmp_path / f"{name}.{fmt}"
+            with pa.OSFile(str(out), "wb") as sink:
+                if fmt == "csv":
+                    assert not parts[1].path.read_bytes().startswith(b"a,")  # no header in a part
+                    header = (whole.run_dir / key).read_bytes().split(b"\n", 1)[0] + b"\n"
+                    assemble_csv(header, parts, sink)
+                else:
+                    assemble_parquet(parts, sink)
+            expected = _rows(whole.run_dir, name, fmt)["q4_row"].to_pylist()
             if fmt == "csv":
-                assert not parts[1].path.read_bytes().startswith(b"a,")  # no header in a part
-                assemble_csv(b"a,b,c,d,note,q4_row,q4_quadrant,q4_score1,q4_score2\n", parts, sink)
+                got = pcsv.read_csv(out, parse_options=pcsv.ParseOptions(newlines_in_values=True))["q4_row"]
             else:
-                assemble_parquet(parts, sink)
-        whole = run_job([source], tmp_path / f"whole-{fmt}", spec)
-        expected = _rows(whole.run_dir, "Q_keep", fmt)["q4_row"].to_pylist()
-        got = (pcsv.read_csv(out) if fmt == "csv" else pq.read_table(out))["q4_row"].to_pylist()
-        assert got == expected
+                got = pq.read_table(out)["q4_row"]
+            got = got.to_pylist()
+            assert got == expected, name
+            assert len(got) == whole.rows[rows], name
+
+
+# ---------------------------------------------------------------- memory: one partial's arrays at a time
+
+
+class _Loads:
+    """Stored partials whose arrays are loaded from their ``.npz`` bytes on every access, counting the loads
+    of each and how many earlier loads' tracked arrays were still alive when another load began."""
+
+    def __init__(self) -> None:
+        self.count: Counter[str] = Counter()
+        self.alive_at_load: list[int] = []
+        self._refs: list[weakref.ref[np.ndarray]] = []
+
+    def alive(self) -> int:
+        return sum(1 for ref in self._refs if ref() is not None)
+
+    def stored(self, partial: Partial, name: str, tracked: Callable[[str], bool]) -> Partial:
+        data = partial.to_bytes()
+        meta = json.loads(json.dumps(partial.meta))
+
+        def load() -> dict[str, Any]:
+            self.alive_at_load.append(self.alive())
+            arrays = load_arrays(io.BytesIO(data))
+            self._refs += [weakref.ref(a) for n, a in arrays.items() if tracked(n)]
+            self.count[name] += 1
+            return arrays
+
+        return Partial.deferred(meta, load)
+
+
+def _every_array(_name: str) -> bool:
+    return True
+
+
+def _merged_array(name: str) -> bool:
+    """A pass-2 array merged into a running tally (not the plot sample's pieces nor shard 0's model)."""
+    return not name.startswith(("sample_", "model_"))
+
+
+def test_merges_hold_one_partials_arrays_at_a_time(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Pass 2 and finish load each stored partial's arrays once, in shard order, and drop them before the
+    next load (a pass-1 partial holds a d x d co-moment: 200 MB at d = 5000): no array of an earlier load
+    is alive when the next load begins. The plot sample (bounded) and the model (shard 0's) are kept."""
+    source = _csv(tmp_path / "t.csv", _table(rng, 1200))
+    names = [str(source)]
+    objects = [plan.InputObject(str(source), source.stat().st_size)]
+    slices = plan.plan_slices(objects, 4)
+    spec = JobSpec(run_id="r", mode="full", chunk_rows=256)
+    loads = _Loads()
+    first = [
+        loads.stored(pass1([source], names, s, spec), f"p1-{k}", _every_array) for k, s in enumerate(slices)
+    ]
+    assert loads.count == Counter()  # nothing loaded until a merge reaches it
+    second = []
+    for k, s in enumerate(slices):
+        folder = tmp_path / "parts" / str(k)
+        (folder / "output").mkdir(parents=True)
+        partial = pass2(
+            [source], names, s, spec, first, k, lambda key, _t, f=folder: pa.OSFile(str(f / key), "wb")
+        )
+        assert loads.count == Counter({f"p1-{j}": k + 1 for j in range(4)})  # each once per pass 2
+        second.append(loads.stored(partial, f"p2-{k}", _merged_array))
+    assert loads.alive() == 0
+    result = finish([source], names, spec, first, second, tmp_path / "run")
+    assert loads.count == Counter({**{f"p1-{j}": 5 for j in range(4)}, **{f"p2-{j}": 1 for j in range(4)}})
+    assert len(loads.alive_at_load) == 4 * 5 + 4
+    assert max(loads.alive_at_load) == 0  # never two partials' arrays at once
+    whole = run_job([source], tmp_path / "whole", JobSpec(run_id="w", mode="full", chunk_rows=256))
+    assert result.rows == whole.rows
+    _close(read_json(whole.run_dir / "output" / "er.json"), read_json(result.run_dir / "output" / "er.json"))
+
+
+def test_the_local_driver_stores_partials_and_loads_them_when_merged(tmp_path: Path) -> None:
+    """``q4 run --shards`` keeps no partial's arrays in memory between steps: each is stored (partial.json,
+    data.npz) and read back when a merge reaches it."""
+    partial = Partial({"rows": 2, "x": [1.5]}, {"v": np.array([0.1, 1e9 + 1 / 3])})
+    from q4.shards import _stored
+
+    again = _stored(partial, tmp_path / "p")
+    assert json.loads((tmp_path / "p" / "partial.json").read_text()) == partial.meta
+    assert again.meta == partial.meta
+    one, two = again.arrays, again.arrays
+    assert one["v"].tobytes() == partial.arrays["v"].tobytes()
+    assert one["v"] is not two["v"]  # loaded anew on each access: never cached
+    (tmp_path / "p" / "data.npz").unlink()
+    with pytest.raises(FileNotFoundError):
+        again.arrays  # noqa: B018
+
+
+# ---------------------------------------------------------------- Parquet row groups
+
+
+def test_row_group_starts_must_increase_within_the_file() -> None:
+    assert row_group_starts_problem([], 100) is None
+    assert row_group_starts_problem([4, 50, 99], 100) is None
+    assert "row group 3 begins at byte 50, not after row group 2, which begins at byte 50" in str(
+        row_group_starts_problem([4, 50, 50], 100)
+    )
+    assert "row group 2 begins at byte 4, not after row group 1" in str(
+        row_group_starts_problem([40, 4], 100)
+    )
+    assert "row group 2 begins at byte 100, outside the file's 100 bytes" in str(
+        row_group_starts_problem([4, 100], 100)
+    )
+    assert "outside" in str(row_group_starts_problem([-1, 4], 100))
+
+
+def _parquet_with_group_start(
+    path: Path, rng: np.random.Generator, group: int, start: int | None
+) -> list[int]:
+    """A 3-row-group Parquet file whose footer says row group ``group`` begins at ``start`` (its first
+    column chunk's ``data_page_offset``, patched in the footer's Thrift, same varint length); the true
+    starts. ``start`` None: unpatched."""
+    table = pa.table({"a": rng.normal(size=3000), "b": rng.normal(size=3000)})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=1000, use_dictionary=False, write_statistics=False)
+    data = bytearray(buffer.getvalue())
+    meta = pq.ParquetFile(io.BytesIO(bytes(data))).metadata
+    starts = [meta.row_group(i).column(0).data_page_offset for i in range(meta.num_row_groups)]
+    if start is not None:
+        length = struct.unpack("<I", data[-8:-4])[0]
+        footer_at = len(data) - 8 - length
+
+        def varint(n: int) -> bytes:
+            z, out = n << 1, b""  # zigzag of a non-negative i64
+            while z >= 0x80:
+                out, z = out + bytes([z & 0x7F | 0x80]), z >> 7
+            return out + bytes([z])
+
+        old, new = varint(starts[group]), varint(start)
+        footer = bytes(data[footer_at:])
+        # the chunk's offsets (data_page_offset, and file_offset where the writer sets it): same-size patches
+        assert len(old) == len(new) and 1 <= footer.count(old) <= 2
+        data[footer_at:] = footer.replace(old, new)
+    path.write_bytes(bytes(data))
+    return starts
+
+
+@pytest.mark.parametrize("where", ["not_after", "outside"])
+def test_a_parquet_file_with_row_groups_out_of_order_is_malformed(
+    tmp_path: Path, rng: np.random.Generator, where: str
+) -> None:
+    path = tmp_path / "bad.parquet"
+    starts = _parquet_with_group_start(tmp_path / "good.parquet", rng, 2, None)
+    assert starts[1] >= 8192  # 3-byte varints: the patch keeps the footer's size
+    patched = starts[1] if where == "not_after" else 1_000_000
+    _parquet_with_group_start(path, np.random.default_rng(20250825), 2, patched)
+    with pytest.raises(InputError) as caught:
+        row_group_starts(LocalSource(path))
+    assert caught.value.code == "malformed_parquet"
+    assert "bad.parquet" in caught.value.message and "row group 3 begins at byte" in caught.value.message
+    objects = [plan.InputObject(str(path), path.stat().st_size)]
+    with pytest.raises(InputError) as caught:  # a shard's pass 1 fails the run instead of losing rows
+        pass1([path], [str(path)], plan.plan_slices(objects, 3)[1], JobSpec(run_id="r"))
+    assert caught.value.code == "malformed_parquet"
+
+
+def test_slices_that_miss_a_parquet_files_rows_fail_the_run(tmp_path: Path, rng: np.random.Generator) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(_table(rng, 900), path, row_group_size=100)
+    names = [str(path)]
+    objects = [plan.InputObject(str(path), path.stat().st_size)]
+    slices = plan.plan_slices(objects, 3)
+    spec = JobSpec(run_id="r")
+    first = [pass1([path], names, s, spec) for s in slices]
+    ranges = [r for p in first for r in p.meta["ranges"]]
+    assert sum(r["rows"] for r in ranges) == 900 and {r["file_rows"] for r in ranges} == {900}
+    check_parquet_rows(ranges)  # the slices hold every row once
+    first[1].meta["ranges"][0]["rows"] -= 100  # as if a row group had fallen between the slices
+    with pytest.raises(InputError) as caught:
+        pass2([path], names, slices[0], spec, first, 0, lambda key, _t: pa.OSFile(str(tmp_path / "x"), "wb"))
+    assert caught.value.code == "malformed_parquet"
+    assert caught.value.message.startswith(
+        "The Parquet file t.parquet contradicts itself (its footer declares 900"
+    )
+    assert caught.value.details == {"input": str(path), "problem": caught.value.details["problem"]}
+
+
+def test_parquet_row_id_warnings_with_row_groups_smaller_than_a_chunk(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Row groups of 40 rows, chunks of 500: run_job's first chunk spans row groups and shards; the sharded
+    run pieces it together alike (a counter broken after the first chunk warns, one broken inside it does
+    not)."""
+    n = 1500
+    x = rng.normal(size=(n, 2))
+    counter = np.arange(n, dtype=np.float64) + 7
+    late = counter.copy()
+    late[700:] += 1000  # counts up through the first chunk: a row id to run_job
+    early = counter.copy()
+    early[300:] += 5  # breaks inside the first chunk, in a later shard than its first row
+    table = pa.table({"counter": counter, "late": late, "early": early, "a": x[:, 0], "b": x[:, 1]})
+    path = tmp_path / "ids.parquet"
+    pq.write_table(table, path, row_group_size=40)
+    objects = [plan.InputObject(str(path), path.stat().st_size)]
+    slices = plan.plan_slices(objects, 5)
+    spec = JobSpec(run_id="r", chunk_rows=500)
+    heads = [pass1([path], [str(path)], s, spec).meta["head_rows"] for s in slices]
+    assert heads[0] < 500 and sum(heads) >= 500  # the first chunk really spreads over shards
+    a = run_job([path], tmp_path / "a", spec)
+    b = run_sharded([path], tmp_path / "b", spec, 5)
+    warned = sorted(w["message"].split("'")[1] for w in a.warnings if w["code"] == "row_id_feature")
+    assert warned == ["counter", "late"]
+    assert a.warnings == b.warnings
+    _same_answer(a, b, "csv")
+
+
+# ---------------------------------------------------------------- bad input kept by pass 1
+
+
+def test_bad_input_found_in_a_cut_slice_says_where(tmp_path: Path, rng: np.random.Generator) -> None:
+    """An unclosed quote in the last slice: the error names the pass-1 shard that found it, the byte where
+    its slice's rows begin, the quote's offset in the file (run_job's), and its line counted within the
+    slice, as its message says."""
+    pad = "p" * 100  # over 1 MiB: the reader's first look (the first 1 MiB) finds nothing wrong
+    values = rng.normal(size=(12000, 2)).tolist()
+    lines = ["a,b,note"] + [f"{v[0]!r},{v[1]!r},{pad}{i}" for i, v in enumerate(values)]
+    text = "\n".join(lines) + '\n1.5,2.5,"never closed\n3.5,4.5,x\n'
+    source = tmp_path / "q.csv"
+    source.write_text(text)
+    spec = JobSpec(run_id="r", features=("a", "b"))
+    with pytest.raises(InputError) as whole:
+        run_job([source], tmp_path / "a", spec)
+    with pytest.raises(InputError) as sharded:
+        run_sharded([source], tmp_path / "b", spec, 4)
+    error, details = sharded.value, sharded.value.details
+    assert error.code == whole.value.code == "malformed_csv"
+    assert details["problem"] == "unclosed_quote" and details["found_in_shard"] == 3
+    start = details["slice_start"]
+    data = text.encode()
+    assert 0 < start < len(data) and data[start - 1 : start] == b"\n"
+    assert details["byte_offset"] == whole.value.details["byte_offset"]  # the file's offset of the quote
+    assert whole.value.details["line"] == details["line"] - 1 + data[:start].count(b"\n")
+    assert f"line {details['line']:,} is never closed" in error.message
+    note = (
+        f"(line and row numbers count within shard 3's slice, whose header is line 1 and whose rows begin at "
+        f"byte {start:,} of the file)."
+    )
+    assert error.message.endswith(note)
+
+
+def test_a_parse_error_in_a_middle_slice_names_its_shard(tmp_path: Path, rng: np.random.Generator) -> None:
+    pad = "p" * 100  # over 1 MiB: the reader's first look (the first 1 MiB) finds nothing wrong
+    values = rng.normal(size=(16000, 2)).tolist()
+    lines = ["a,b,note"] + [f"{v[0]!r},{v[1]!r},{pad}{i}" for i, v in enumerate(values)]
+    lines[12000] += ",extra"  # a row with a field too many, past the first MiB
+    source = tmp_path / "bad.csv"
+    source.write_text("\n".join(lines) + "\n")
+    spec = JobSpec(run_id="r", features=("a", "b"))
+    objects = [plan.InputObject(str(source), source.stat().st_size)]
+    slices = plan.plan_slices(objects, 4)
+    kept = [pass1([source], [str(source)], s, spec).meta["error"] for s in slices]
+    assert [k for k, e in enumerate(kept) if e] == [2]
+    with pytest.raises(InputError) as caught:
+        run_sharded([source], tmp_path / "b", spec, 4)
+    error = caught.value
+    assert error.code == "malformed_csv" and error.details["found_in_shard"] == 2
+    start = error.details["slice_start"]
+    bad_row = source.read_bytes().index(lines[12000].encode())
+    assert start == kept[2]["slice_start"] and slices[2][0]["start"] <= start <= bad_row < slices[2][0]["end"]
+    assert "Row #" in error.message  # pyarrow's row number, within the slice, as the message says:
+    assert (
+        f"numbers count within shard 2's slice, whose header is line 1 and whose rows begin at byte {start:,}"
+        in (error.message)
+    )
+
+
+# ---------------------------------------------------------------- compressed suffixes
+
+
+def test_the_reader_and_the_plan_agree_on_compressed_csv() -> None:
+    """One list: the plan gives whole to one slice exactly the files the reader decompresses."""
+    assert set(tables.CSV_CODECS) == set(plan.UNSPLITTABLE_SUFFIXES)
+    for name in ("a.csv", "b.CSV.GZ", "c.csv.bz2", "d.Csv.Zst", "e.parquet", "f.csv.xz", "g.gz", "h.tar.gz"):
+        compressed = tables.csv_codec(LocalSource(Path(name))) is not None
+        assert compressed == (not plan.InputObject(f"in/{name}", 1).splittable), name

@@ -294,11 +294,15 @@ def test_task_role_reads_only_run_inputs_writes_only_artifacts_sends_only_done(
         if any(a.startswith("sqs:") for a in actions):
             assert actions == ["sqs:SendMessage"] and resources == [done_arn]
     writes = [s for s in statements if "s3:PutObject" in _as_list(s["Action"])]
+    written = ("output/*", "model/*", "viz/*", "MANIFEST.json", "ERROR.json")
+    shard_objects = ("shards/*/partial.json", "shards/*/data.npz", "shards/pass2/*/output/*")
     assert [sorted(_as_list(s["Resource"])) for s in writes] == [
-        sorted(
-            f"{artifacts}/run=*/{k}" for k in ("output/*", "model/*", "viz/*", "MANIFEST.json", "ERROR.json")
-        )
-    ], "the task writes its artifacts and terminal document, never job.json or launch records"
+        sorted(f"{artifacts}/run=*/{k}" for k in (*written, *shard_objects))
+    ], "the task writes its artifacts, terminal document and shard partials, never job.json or launch records"
+    deletes = [s for s in statements if any("Delete" in a for a in _as_list(s["Action"]))]
+    assert [(_as_list(s["Action"]), _as_list(s["Resource"])) for s in deletes] == [
+        (["s3:DeleteObject"], [f"{artifacts}/run=*/shards/pass2/*/output/*"])
+    ], "the task deletes nothing but a sharded run's parts of its row outputs"
     listing = _by_sid(statements)["ListRunInputs"]
     assert listing["Condition"] == {"StringLike": {"s3:prefix": "run=*/input/*"}}
 

@@ -66,7 +66,11 @@ def test_task_and_orchestrator_lines_reach_their_log_groups(stack):
     assert "Run succeeded." in [line["message"] for line in lines]
     # AND the orchestrator's lines are in /aws/lambda/<function>, a stream per invocation named as Lambda does
     group = f"/aws/lambda/{outputs['orchestrator_function_name']}"
-    streams = [s["logStreamName"] for s in logs.describe_log_streams(logGroupName=group)["logStreams"]]
+    streams = [  # every page: the shared stack's other tests add streams (50 a page)
+        s["logStreamName"]
+        for page in logs.get_paginator("describe_log_streams").paginate(logGroupName=group)
+        for s in page["logStreams"]
+    ]
     assert streams and all(re.fullmatch(r"\d{4}/\d{2}/\d{2}/\[\$LATEST\][0-9a-f]{32}", s) for s in streams)
     launched = [
         json.loads(message)

@@ -94,6 +94,8 @@ def test_the_steps_commit_the_one_task_answer(pipeline: Pipeline, aws_env, tmp_p
             assert hashlib.sha256(data).hexdigest() == artifact["sha256"], name
     (done,) = drain(pipeline.done_queue_url)
     assert done["status"] == "succeeded" and done["run_id"] == "sharded-1"
+    # the parts were the outputs' bytes a second time: gone once the run is committed
+    assert not [k for k in keys(pipeline.artifacts_bucket, "run=sharded-1/shards/") if "/output/" in k]
 
 
 def test_a_step_that_is_done_does_nothing_again(pipeline: Pipeline, aws_env) -> None:
@@ -125,6 +127,28 @@ def test_bad_input_in_one_shard_fails_the_run_once_naming_the_shard(pipeline: Pi
     put(pipeline.archive_bucket, key, body)
     job = accept(pipeline, {"run_id": "sharded-3", "input_key": key})
     _plan(pipeline, job, key, len(body), 3)
+    # the orchestrator's records of pass 1: three launches, two of them stopped (ECS times and size)
+    for shard in range(3):
+        arn = f"arn:aws:ecs:us-east-1:123456789012:task/q4/p1-{shard}"
+        launch = {"run_id": "sharded-3", "attempt": 1, "task_arn": arn}
+        put(
+            pipeline.artifacts_bucket,
+            rules.step_attempt_key("sharded-3", "pass1", shard, 1),
+            json.dumps(launch).encode(),
+        )
+        if shard < 2:
+            stop = {
+                "seconds": 61.0,
+                "vcpu": 1.0,
+                "memory_mib": 4096.0,
+                "ephemeral_gib": 21.0,
+                "task_arn": arn,
+            }
+            put(
+                pipeline.artifacts_bucket,
+                rules.step_stopped_key("sharded-3", "pass1", shard, 1),
+                json.dumps(stop).encode(),
+            )
     codes = [_step(pipeline, aws_env, job, rules.PASS1, shard).returncode for shard in range(3)]
     codes += [_step(pipeline, aws_env, job, rules.PASS2, shard).returncode for shard in range(3)]
     # a cut CSV's bad rows surface in pass 2 (after the quote check at every boundary): one ERROR.json
@@ -132,6 +156,10 @@ def test_bad_input_in_one_shard_fails_the_run_once_naming_the_shard(pipeline: Pi
     error = json.loads(read(pipeline.artifacts_bucket, contract.error_key("sharded-3")))
     assert error["code"] == "malformed_csv" and error["details"]["shard_step"] == "pass2"
     assert "shard" in error["details"]
+    # its cost counts every step so far: two stopped pass-1 attempts, one not yet stopped (unknown), its own
+    cost = error["cost"]
+    sources = sorted(str(a["source"]) for a in cost["attempts"])
+    assert sources == ["None", "ecs", "ecs", "task_clock"] and cost["complete"] is False
     (done,) = drain(pipeline.done_queue_url)
     assert done["status"] == "failed"
     finish = _step(pipeline, aws_env, job, rules.FINISH, 0)
