@@ -7,9 +7,10 @@ It brings a local stack up in its own state dir (``q4 local up --detach --max-ta
 uploads one CSV table once, and runs it as a separate run per shard count (the same object copied under
 each run's input prefix; a work message with ``shards``). For each run it records the wall time from the
 work message to MANIFEST.json, and per step (pass1, pass2, finish) the span from its first launch record to
-its last partial (finish: to MANIFEST.json), from the objects' own times. It checks that every shard count
-gives the one-task answer (rows per quadrant equal, er.json within 1e-12) and writes the figures with the
-machine and date to benchmarks/results/bench_shards.json.
+its last partial (finish: to MANIFEST.json), from the objects' own times. It also times `q4 run` in one
+process on the same table, unsharded and with ``--shards N`` (the computation's own cost, without the
+stack). It checks that every shard count gives the one-task answer (rows per quadrant equal, er.json
+within 1e-12) and writes the figures with the machine and date to benchmarks/results/bench_shards.json.
 
 On this machine every "Fargate task" is a local process on the same cores, so more shards cannot run
 faster than the cores allow: the figures show the per-step overhead (process start, reading the partials,
@@ -71,7 +72,7 @@ def _times(s3: Any, bucket: str, prefix: str) -> dict[str, float]:
     return found
 
 
-def step_spans(s3: Any, bucket: str, run_id: str, launched: dict[str, float]) -> dict[str, float]:
+def step_spans(s3: Any, bucket: str, run_id: str) -> dict[str, float]:
     """Seconds from each step's first launch record to its last partial (finish: MANIFEST.json)."""
     objects = _times(s3, bucket, f"run={run_id}/")
     spans: dict[str, float] = {}
@@ -103,6 +104,28 @@ def agrees(one: dict[str, Any], other: dict[str, Any]) -> bool:
     return True
 
 
+def local_runs(body: bytes, counts: list[int], mode: str) -> dict[str, float]:
+    """Seconds of `q4 run` (one process, no AWS) on the same table, unsharded and with ``--shards N``: the
+    sharded computation's own cost (re-reading the slices, merging partials, assembling), without the
+    stack's launches and the emulator's I/O."""
+    import subprocess
+    import tempfile
+
+    from load import Q4
+
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="q4-bench-shards-") as tmp:
+        src = Path(tmp) / "table.csv"
+        src.write_bytes(body)
+        for n in [0, *counts]:
+            out = Path(tmp) / f"out{n}"
+            args = [Q4, "run", str(src), "--out", str(out), "--mode", mode]
+            clock = time.monotonic()
+            subprocess.run([*args, *(["--shards", str(n)] if n else [])], check=True, capture_output=True)
+            timings["unsharded" if n == 0 else str(n)] = round(time.monotonic() - clock, 2)
+    return timings
+
+
 def main(argv: list[str] | None = None) -> int:
     from record import begin, write_result
 
@@ -120,11 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.shards.split(",")]
     start = begin()
+    body = make_table(args.rows, args.cols, seed=7)
+    in_process = local_runs(body, counts, args.mode)
+    print(f"q4 run (one process): {in_process}", file=sys.stderr)
     aws, started = stack_up(args.state_dir.resolve(), args.max_tasks)
     try:
         s3, sqs = clients(aws)["s3"], clients(aws)["sqs"]
         archive, artifacts = aws["Q4_ARCHIVE_BUCKET"], aws["Q4_ARTIFACTS_BUCKET"]
-        body = make_table(args.rows, args.cols, seed=7)
         stamp = uuid.uuid4().hex[:6]
         first_key = f"run=bench-shards-{stamp}-src/input/table.csv"
         s3.put_object(Bucket=archive, Key=first_key, Body=body)
@@ -142,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 "run_id": run_id,
                 "shards": (manifest.get("sharding") or {}).get("shards", 1),
                 "wall_s": round(wall, 2),
-                "steps_s": step_spans(s3, artifacts, run_id, {}),
+                "steps_s": step_spans(s3, artifacts, run_id),
                 "rows": manifest["rows"],
             }
             print(f"shards {n}: {wall:.1f} s  {runs[n]['steps_s']}", file=sys.stderr)
@@ -152,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if started and not args.keep:
             stack_down(args.state_dir.resolve())
-    figures = {"input_bytes": len(body), "runs": {str(n): r for n, r in runs.items()}}
+    figures = {
+        "input_bytes": len(body),
+        "runs": {str(n): r for n, r in runs.items()},
+        "q4_run_in_one_process_s": in_process,
+    }
     print(json.dumps(figures, indent=1))
     path = write_result(
         "bench_shards",
