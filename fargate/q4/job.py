@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,9 +259,16 @@ def run_job(
     are aborted).
     """
     spec.validate()
+    with leaving_nothing_on_failure(run_dir):
+        return _run(list(inputs), run_dir, spec, progress, input_names, sinks, scratch_limit)
+
+
+@contextmanager
+def leaving_nothing_on_failure(run_dir: Path) -> Iterator[None]:
+    """Create ``run_dir``; if the block fails, remove what a job writes under it (:data:`OUTPUT_DIRS`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(list(inputs), run_dir, spec, progress, input_names, sinks, scratch_limit)
+        yield
     except BaseException:
         for name in OUTPUT_DIRS:
             shutil.rmtree(run_dir / name, ignore_errors=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +41,6 @@ from q4.energy import EnergyTally
 from q4.errors import InputError, contract_errors
 from q4.features import ID_MIN_ROWS, row_id_warnings_from
 from q4.job import (
-    OUTPUT_DIRS,
     Artifact,
     JobSpec,
     RunResult,
@@ -59,6 +57,7 @@ from q4.job import (
     _Sample,
     _write_documents,
     effective_chunk_rows,
+    leaving_nothing_on_failure,
     scratch_dir,
     setup_job,
 )
@@ -452,13 +451,8 @@ def finish(
 
     On failure nothing it wrote is left behind."""
     spec.validate()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with leaving_nothing_on_failure(run_dir):
         return _finish(list(sources), input_names, spec, pass1, pass2, run_dir, input_sha256)
-    except BaseException:
-        for name in OUTPUT_DIRS:
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        raise
 
 
 def _finish(
@@ -592,13 +586,8 @@ def run_sharded(
         plan.check_shards(shards)
     sources = as_sources(inputs)
     names = tuple(input_names) if input_names is not None else tuple(s.label for s in sources)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with leaving_nothing_on_failure(run_dir):
         return _run_sharded(sources, names, run_dir, spec, shards)
-    except BaseException:
-        for name in OUTPUT_DIRS:
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        raise
 
 
 def _run_sharded(

@@ -254,14 +254,15 @@ class ShardStep:
             warnings=result.warnings,
         )
         manifest["sharding"] = {k: plan.get(k) for k in ("shards", "requested", "sized_by")}
-        manifest["shards"] = self._shard_entries(plan, first_pass)
+        records = self._records()  # one listing per step, for the shards' entries and the cost
+        manifest["shards"] = self._shard_entries(plan, first_pass, records)
         manifest["cost"] = task_cost(
             self.task.store,
             self.run_id,
             self.task.attempt,
             self.task.compute,
             self.task.environ,
-            earlier=self.earlier_usage,
+            earlier=lambda: self.earlier_usage(records),
         )
         code = self.task.commit(manifest, len(artifacts), result.rows, started)
         self._drop_parts()
@@ -335,14 +336,11 @@ class ShardStep:
         return artifacts
 
     def _records(self) -> dict[str, Any]:
-        """Each step's launch, stop and partial records (from one listing per step; never read)."""
+        """Each step's launch, stop and partial records (from one listing; none of them read)."""
         from q4_contract import shard_records
 
         with aws.aws_errors(f"list the shard records of run {self.run_id}"):
-            return {
-                step: shard_records.step_records(self.task.store, self.run_id, step)
-                for step in plan_rules.STEPS
-            }
+            return shard_records.run_step_records(self.task.store, self.run_id)
 
     def _stop_record(self, step: str, shard: int, attempt: int) -> dict[str, Any] | None:
         try:
@@ -350,27 +348,28 @@ class ShardStep:
         except Exception:  # unreadable or S3 trouble: that attempt is unknown (the cost says incomplete)
             return None
 
-    def earlier_usage(self) -> list[dict[str, Any]]:
+    def earlier_usage(self, records: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Usage entries of every other attempt of every step: its stop record (ECS times and size), or an
         unknown entry for an attempt launched whose STOPPED event the orchestrator has not recorded yet (it
         may still run). This attempt is left out: its own clock counts it (q4.cost.this_attempt)."""
         from q4_contract import cost as costs
 
         entries = []
-        for step, records in self._records().items():
-            for shard, attempts in sorted(records.attempts.items()):
+        for step, step_records in (records if records is not None else self._records()).items():
+            for shard, attempts in sorted(step_records.attempts.items()):
                 for attempt in attempts:
                     if (step, shard, attempt) == (self.step.step, self.step.shard, self.task.attempt):
                         continue  # this attempt: its own clock
-                    stopped = attempt in records.stopped.get(shard, ())
+                    stopped = attempt in step_records.stopped.get(shard, ())
                     record = self._stop_record(step, shard, attempt) if stopped else None
                     entries.append({**costs.usage_of_stopped(record, attempt), "step": step, "shard": shard})
         return entries
 
-    def _shard_entries(self, plan: Mapping[str, Any], first_pass: Sequence[Partial]) -> list[dict[str, Any]]:
+    def _shard_entries(
+        self, plan: Mapping[str, Any], first_pass: Sequence[Partial], records: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
         """MANIFEST.json's ``shards``: per shard its bytes, rows and, per pass, its attempts and the task of
         the latest one (from its stop record: the task does not read launch records)."""
-        records = self._records()
         entries = []
         for index, (slice_, partial) in enumerate(zip(plan["slices"], first_pass, strict=True)):
             steps = {}

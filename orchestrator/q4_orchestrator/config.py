@@ -21,6 +21,20 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _integers(env: Mapping[str, str], names: Mapping[str, str]) -> dict[str, int]:
+    """``{attribute: int}`` of the variables ``names`` (attribute -> variable) that are set; unset ones are
+    left out (the dataclass's defaults apply)."""
+    values: dict[str, int] = {}
+    for attribute, name in names.items():
+        text = env.get(name, "").strip()
+        if text:
+            try:
+                values[attribute] = int(text)
+            except ValueError:
+                raise ConfigurationError(f"{name} is not an integer; set it to a whole number.") from None
+    return values
+
+
 #: The task size limits' variables (Terraform sets them; unset: :class:`SizeLimits`'s defaults).
 SIZE_LIMIT_ENV = {
     "cpu_min": "Q4_TASK_CPU_MIN",
@@ -33,15 +47,7 @@ SIZE_LIMIT_ENV = {
 
 def size_limits_from_env(env: Mapping[str, str]) -> SizeLimits:
     """The deployment's task size limits (docs/contract.md, "Task size")."""
-    values: dict[str, int] = {}
-    for attribute, name in SIZE_LIMIT_ENV.items():
-        text = env.get(name, "").strip()
-        if text:
-            try:
-                values[attribute] = int(text)
-            except ValueError:
-                raise ConfigurationError(f"{name} is not an integer; set it to a whole number.") from None
-    limits = SizeLimits(**values)
+    limits = SizeLimits(**_integers(env, SIZE_LIMIT_ENV))
     problem = limits.problem()
     if problem is not None:
         raise ConfigurationError(
@@ -56,15 +62,7 @@ SHARD_LIMIT_ENV = {"target_bytes": "Q4_SHARD_TARGET_BYTES", "max_shards": "Q4_MA
 
 def shard_limits_from_env(env: Mapping[str, str]) -> ShardLimits:
     """The deployment's sharding settings (docs/contract.md, "Sharded runs")."""
-    values: dict[str, int] = {}
-    for attribute, name in SHARD_LIMIT_ENV.items():
-        text = env.get(name, "").strip()
-        if text:
-            try:
-                values[attribute] = int(text)
-            except ValueError:
-                raise ConfigurationError(f"{name} is not an integer; set it to a whole number.") from None
-    limits = ShardLimits(**values)
+    limits = ShardLimits(**_integers(env, SHARD_LIMIT_ENV))
     problem = limits.problem()
     if problem is not None:
         raise ConfigurationError(

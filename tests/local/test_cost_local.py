@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from support.local_stack import load_bench
+from support.stack_runs import client
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +29,7 @@ def _q4(stack: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _s3(stack: dict[str, Any]) -> Any:
-    aws = stack["aws"]
-    return boto3.client(
-        "s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
-        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"], aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
-    )  # fmt: skip
+    return client(stack["aws"], "s3")
 
 
 def _manifest(stack: dict[str, Any], run_id: str) -> dict[str, Any]:

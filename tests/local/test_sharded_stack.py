@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 from support.local_stack import load_bench
+from support.stack_runs import client
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +42,7 @@ def _q4(stack: dict[str, Any], *args: str, timeout: int = 420) -> subprocess.Com
 
 
 def _s3(stack: dict[str, Any]) -> Any:
-    aws = stack["aws"]
-    return boto3.client(
-        "s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
-        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"], aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
-    )  # fmt: skip
+    return client(stack["aws"], "s3")
 
 
 def _get(stack: dict[str, Any], run_id: str, key: str) -> bytes:

@@ -422,21 +422,26 @@ def test_exit_0_without_the_partial_after_a_cancel_request_is_logged_as_a_stop_f
     assert done["error"]["code"] == "cancelled"
 
 
-def test_exit_2_of_the_step_that_failed_the_run_stops_the_other_tasks(pipeline: Pipeline) -> None:
-    # GIVEN 3 shards in pass 1; shard 0 found bad input: its ERROR.json names it, it exits 2
-    put_parts(pipeline)
-    accept(pipeline, message(shards=3))
-    pass1 = step_tasks(pipeline, "pass1")
+def shard_failed_the_run(pipeline: Pipeline, shard: int = 0, step: str = "pass1") -> None:
+    """A shard's task found bad input: its ERROR.json (details name the shard and step)."""
     error = contract.error_document(
         run_id=RUN_ID,
         code="malformed_csv",
         mode="standard",
         attempts=1,
         message="Row 3 is not CSV.",
-        details={"shard": 0, "shard_step": "pass1"},
+        details={"shard": shard, "shard_step": step},
         retryable=False,
     )
     put(pipeline.artifacts_bucket, contract.error_key(RUN_ID), json.dumps(error).encode())
+
+
+def test_exit_2_of_the_step_that_failed_the_run_stops_the_other_tasks(pipeline: Pipeline) -> None:
+    # GIVEN 3 shards in pass 1; shard 0 found bad input: its ERROR.json names it, it exits 2
+    put_parts(pipeline)
+    accept(pipeline, message(shards=3))
+    pass1 = step_tasks(pipeline, "pass1")
+    shard_failed_the_run(pipeline)
     assert stopped(pipeline, pass1[(0, 1)], 2) == "reported"
     # THEN the other shards' tasks are stopped (not shard 0's: its stop is recorded), naming the failure
     assert stop_reasons(pipeline, pass1[(0, 1)], pass1[(1, 1)], pass1[(2, 1)]) == [
@@ -483,16 +488,7 @@ def test_exit_2_of_a_step_that_found_another_steps_error_stops_nothing(pipeline:
     put_parts(pipeline)
     accept(pipeline, message(shards=3))
     pass1 = step_tasks(pipeline, "pass1")
-    error = contract.error_document(
-        run_id=RUN_ID,
-        code="malformed_csv",
-        mode="standard",
-        attempts=1,
-        message="Row 3 is not CSV.",
-        details={"shard": 0, "shard_step": "pass1"},
-        retryable=False,
-    )
-    put(pipeline.artifacts_bucket, contract.error_key(RUN_ID), json.dumps(error).encode())
+    shard_failed_the_run(pipeline)
     # THEN only the event of the step that failed the run stops the others (one round of StopTask)
     assert stopped(pipeline, pass1[(1, 1)], 2) == "reported"
     assert stop_reasons(pipeline, pass1[(0, 1)], pass1[(1, 1)], pass1[(2, 1)]) == [None, None, None]
@@ -516,16 +512,7 @@ def test_a_crash_of_a_step_whose_partial_exists_counts_as_done(pipeline: Pipelin
     # WHEN the run ended (pass 2 shard 1 failed it), a crash after a partial advances nothing
     put_partial(pipeline, "pass2", 0)
     put_partial(pipeline, "pass2", 1)
-    error = contract.error_document(
-        run_id=RUN_ID,
-        code="malformed_csv",
-        mode="standard",
-        attempts=1,
-        message="Row 3 is not CSV.",
-        details={"shard": 1, "shard_step": "pass2"},
-        retryable=False,
-    )
-    put(pipeline.artifacts_bucket, contract.error_key(RUN_ID), json.dumps(error).encode())
+    shard_failed_the_run(pipeline, 1, "pass2")
     assert stopped(pipeline, pass2[(0, 1)], 137) == "reported"
     assert step_tasks(pipeline, "finish") == {} and len(tasks_of(pipeline)) == 4
     assert drain(pipeline.done_queue_url) == []
@@ -538,16 +525,7 @@ def test_a_crash_after_another_step_failed_the_run_resends_only_that_steps_done_
     put_parts(pipeline)
     accept(pipeline, message(shards=2))
     pass1 = step_tasks(pipeline, "pass1")
-    error = contract.error_document(
-        run_id=RUN_ID,
-        code="malformed_csv",
-        mode="standard",
-        attempts=1,
-        message="Row 3 is not CSV.",
-        details={"shard": 0, "shard_step": "pass1"},
-        retryable=False,
-    )
-    put(pipeline.artifacts_bucket, contract.error_key(RUN_ID), json.dumps(error).encode())
+    shard_failed_the_run(pipeline)
     # WHEN shard 1 crashes: the run already failed by another step's hand; nothing sent, nothing launched
     assert stopped(pipeline, pass1[(1, 1)], 1) == "reported"
     assert drain(pipeline.done_queue_url) == []

@@ -70,6 +70,17 @@ def sqs_event(stack: EnforcingStack, messages: list[dict[str, Any]]) -> dict[str
     return {"Records": [_sqs_record(m, queue_arn, "us-east-1") for m in messages]}
 
 
+def deliver_work(stack: EnforcingStack, body: dict[str, Any], tmp: Path) -> None:
+    """Send ``body`` to the work queue (the administrator) and hand it to the orchestrator as the event source
+    mapping does: received and deleted with the orchestrator role's credentials; no batch item failure."""
+    queue = stack.outputs["work_queue_url"]
+    stack.client("admin", "sqs").send_message(QueueUrl=queue, MessageBody=json.dumps(body))
+    orch_sqs = stack.client("orchestrator", "sqs")
+    messages = orch_sqs.receive_message(QueueUrl=queue, AttributeNames=["All"], WaitTimeSeconds=2)["Messages"]
+    assert run_orchestrator(stack, sqs_event(stack, messages), tmp) == {"batchItemFailures": []}
+    orch_sqs.delete_message(QueueUrl=queue, ReceiptHandle=messages[0]["ReceiptHandle"])
+
+
 def run_task(stack: EnforcingStack, run_id: str, attempt: int = 1) -> tuple[int, str]:
     """``q4-task`` for the task the orchestrator launched, with only the task role's credentials."""
     admin_s3, admin_ecs = stack.client("admin", "s3"), stack.client("admin", "ecs")
@@ -215,16 +226,7 @@ def test_orchestrator_duplicate_and_crash_recovery_with_its_own_role(
     """A resent work message of a committed run (reads MANIFEST.json, sends a duplicate) and a crashed task
     (STOPPED, exit 1: reads the run's records, RunTask attempt 2, writes its launch record)."""
     stack = enforcing_stack
-    admin_sqs = stack.client("admin", "sqs")
-    admin_sqs.send_message(QueueUrl=stack.outputs["work_queue_url"], MessageBody=json.dumps(WORK[0]))
-    orch_sqs = stack.client("orchestrator", "sqs")
-    messages = orch_sqs.receive_message(
-        QueueUrl=stack.outputs["work_queue_url"], AttributeNames=["All"], WaitTimeSeconds=2
-    )["Messages"]
-    assert run_orchestrator(stack, sqs_event(stack, messages), tmp_path) == {"batchItemFailures": []}
-    orch_sqs.delete_message(
-        QueueUrl=stack.outputs["work_queue_url"], ReceiptHandle=messages[0]["ReceiptHandle"]
-    )
+    deliver_work(stack, WORK[0], tmp_path)
     duplicates = done_messages(stack)["sec-1"]
     assert [(m["status"], m.get("duplicate")) for m in duplicates] == [("succeeded", True)]
 
@@ -261,14 +263,7 @@ def test_orchestrator_duplicate_and_crash_recovery_with_its_own_role(
     )["tasks"][0]
     detail = {**event["detail"], "taskArn": second_arn, "overrides": running["overrides"]}
     redriven = {**event, "detail": detail}
-    admin_sqs.send_message(QueueUrl=stack.outputs["work_queue_url"], MessageBody=json.dumps(redriven))
-    messages = orch_sqs.receive_message(
-        QueueUrl=stack.outputs["work_queue_url"], AttributeNames=["All"], WaitTimeSeconds=2
-    )["Messages"]
-    assert run_orchestrator(stack, sqs_event(stack, messages), tmp_path) == {"batchItemFailures": []}
-    orch_sqs.delete_message(
-        QueueUrl=stack.outputs["work_queue_url"], ReceiptHandle=messages[0]["ReceiptHandle"]
-    )
+    deliver_work(stack, redriven, tmp_path)
     attempts = admin_s3.list_objects_v2(
         Bucket=stack.outputs["artifacts_bucket"], Prefix="run=sec-3/attempts/"
     )
@@ -287,21 +282,13 @@ def test_a_sharded_run_advances_with_each_roles_own_permissions(
     role; the task reads the plan and writes and reads a partial with its role."""
     stack = enforcing_stack
     run_id, bucket = "sec-shards", stack.outputs["artifacts_bucket"]
-    admin_s3, admin_sqs = stack.client("admin", "s3"), stack.client("admin", "sqs")
+    admin_s3 = stack.client("admin", "s3")
     rows = "\n".join(f"{i},{i * 7 % 13},{i * 3 % 5}" for i in range(2000))
     admin_s3.put_object(
         Bucket=stack.outputs["archive_bucket"], Key=f"run={run_id}/input/data.csv", Body=f"a,b,c\n{rows}\n"
     )
     body = {"run_id": run_id, "input_key": f"run={run_id}/input/data.csv", "shards": 2}
-    admin_sqs.send_message(QueueUrl=stack.outputs["work_queue_url"], MessageBody=json.dumps(body))
-    orch_sqs = stack.client("orchestrator", "sqs")
-    messages = orch_sqs.receive_message(
-        QueueUrl=stack.outputs["work_queue_url"], AttributeNames=["All"], WaitTimeSeconds=2
-    )["Messages"]
-    assert run_orchestrator(stack, sqs_event(stack, messages), tmp_path) == {"batchItemFailures": []}
-    orch_sqs.delete_message(
-        QueueUrl=stack.outputs["work_queue_url"], ReceiptHandle=messages[0]["ReceiptHandle"]
-    )
+    deliver_work(stack, body, tmp_path)
 
     def record(step: str, shard: int, attempt: int = 1) -> dict[str, Any]:
         key = f"run={run_id}/shards/{step}/{shard:05d}/attempts/{attempt}.json"
