@@ -46,7 +46,7 @@ from q4.errors import InputError, ModelError, RunStateError, contract_errors, na
 from q4.features import FeatureBlock, feature_block, numeric_header_warning, row_id_warnings, select_features
 from q4.model import Q4Model, fit_model, json_number, load_model
 from q4.moments import Moments
-from q4.outputs import OpenSink, Prepared, RowWriters, Sink, content_type
+from q4.outputs import OpenSink, Prepared, RowWriters, Sink, content_type, file_sinks
 from q4.parallel import ordered_map
 from q4.progress import Progress
 from q4.projectors import Standardization, is_degenerate
@@ -311,8 +311,12 @@ def _run(
 
         clock = time.perf_counter()
         streamed: dict[str, Sink] = {}  # the row outputs' sinks, when not files under run_dir
+        hashed: dict[str, Sink] = {}  # the row outputs' files under run_dir, hashed as written
+        (run_dir / "output").mkdir(exist_ok=True)
+        local = _recording(file_sinks(run_dir), hashed)  # keys "output/<name>"
+        open_sink = local if sinks is None else _recording(sinks, streamed)
         projected = _project_pass(
-            run_dir / "output", spec, table, features, model, read, stack, bar, _recording(sinks, streamed)
+            run_dir / "output", spec, table, features, model, read, stack, bar, open_sink
         )
         timings["project"] = time.perf_counter() - clock
 
@@ -338,7 +342,9 @@ def _run(
         timings["finish_writing"] = time.perf_counter() - clock
 
     fingerprints: dict[str, tuple[int, int, int]] = {}
-    artifacts = _listed([*_artifacts(run_dir, spec.run_id, fingerprints), *_streamed_artifacts(streamed)])
+    artifacts = _listed(
+        [*_artifacts(run_dir, spec.run_id, fingerprints, hashed), *_streamed_artifacts(streamed)]
+    )
     return RunResult(
         run_id=spec.run_id,
         mode=spec.mode,
@@ -874,10 +880,26 @@ def _changed(run_id: str, run_dir: Path, what: str) -> RunStateError:
 
 
 def _artifacts(
-    run_dir: Path, run_id: str, fingerprints: dict[str, tuple[int, int, int]]
+    run_dir: Path,
+    run_id: str,
+    fingerprints: dict[str, tuple[int, int, int]],
+    written: Mapping[str, Sink] | None = None,
 ) -> Iterator[Artifact]:
+    """Every file under ``run_dir``'s output directories, hashed; a file in ``written`` (by key) was hashed
+    as it was written (:class:`q4.outputs.HashedFile`) and is only checked to hold the bytes counted."""
+    written = written or {}
+    unseen = set(written)
     for path in _output_files(run_dir):
         key = path.relative_to(run_dir).as_posix()
+        if key in written:
+            unseen.discard(key)
+            counted: Any = written[key]
+            now = _fingerprint(path.stat())
+            if not isinstance(counted.sha256, str) or now[1] != counted.bytes:
+                raise _changed(run_id, run_dir, f"The file {key} changed")
+            fingerprints[key] = now
+            yield Artifact(key=key, bytes=now[1], sha256=counted.sha256, content_type=content_type(path))
+            continue
         with path.open("rb") as f:
             before = _fingerprint(os.fstat(f.fileno()))
             digest = hashlib.file_digest(f, "sha256").hexdigest()
@@ -887,6 +909,8 @@ def _artifacts(
             raise _changed(run_id, run_dir, f"The file {key} changed")
         fingerprints[key] = after
         yield Artifact(key=key, bytes=after[1], sha256=digest, content_type=content_type(path))
+    if unseen:
+        raise _changed(run_id, run_dir, f"The file {sorted(unseen)[0]} disappeared")
 
 
 def _recording(sinks: OpenSink | None, opened: dict[str, Sink]) -> OpenSink | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import io
 import threading
 from collections import deque
@@ -61,9 +62,44 @@ class Sink(Protocol):
 OpenSink = Callable[[str, str], Sink]
 
 
+class HashedFile(io.RawIOBase):
+    """A local output file that counts its bytes and sha256 as they are written (as
+    :class:`q4.s3io.S3Writer` does for an object), so the manifest need not read the file back: the
+    hashing runs on the file's writer thread, beside the other files' and the next chunks' work."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = path.open("wb")  # buffered: the Parquet writer makes many small writes
+        self._sha = hashlib.sha256()
+        self.bytes = 0
+        self.sha256: str | None = None  # set once closed
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._file.write(view)
+        self._sha.update(view)
+        self.bytes += len(view)
+        return len(view)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._file.close()
+        finally:
+            super().close()
+        self.sha256 = self._sha.hexdigest()
+
+
 def file_sinks(output: Path) -> OpenSink:
-    """Row outputs as files under ``output`` (native writes: pyarrow's OSFile)."""
-    return lambda name, _content_type: pa.OSFile(str(output / name), "wb")
+    """Row outputs as files under ``output``, hashed as they are written (:class:`HashedFile`)."""
+    return lambda name, _content_type: HashedFile(output / name)
 
 
 def abort_sink(sink: Sink) -> None:
@@ -385,7 +421,7 @@ class RowWriters:
         worker threads prepare chunks in parallel; :meth:`write_prepared` takes them in chunk order."""
         valid = block.valid
         index = np.arange(first_row, first_row + batch.num_rows, dtype=np.int64)
-        valid_rows = batch if block.all_valid else batch.filter(pa.array(valid))
+        valid_rows = batch if block.all_valid else batch.take(pa.array(np.flatnonzero(valid)))
         columns = list(valid_rows.columns)
         if self.typed_features:
             values = block.values if block.all_valid else block.values[valid]
@@ -393,15 +429,16 @@ class RowWriters:
                 columns[self.feature_index[name]] = pa.array(values[:, j])
         valid_index = index if block.all_valid else index[valid]
         keep = (labels == 1) | (labels == 4)
+        extra = [pa.array(valid_index), pa.array(labels), pa.array(s[:, 0]), pa.array(s[:, 1])]
         parts: list[tuple[TableWriter, list[pa.Array] | None]] = [
-            (self.keep, _split_columns(columns, keep, valid_index, labels, s)),
-            (self.discard, _split_columns(columns, ~keep, valid_index, labels, s)),
+            (self.keep, _rows(columns + extra, np.flatnonzero(keep))),
+            (self.discard, _rows(columns + extra, np.flatnonzero(~keep))),
         ]
         if not block.all_valid:
-            bad = ~valid
-            rejected = batch.filter(pa.array(bad))
+            bad = pa.array(np.flatnonzero(~valid))
+            rejected = batch.take(bad)
             reasons = pa.array(block.reasons, pa.string())
-            parts.append((self.rejected, [*rejected.columns, pa.array(index[bad]), reasons]))
+            parts.append((self.rejected, [*rejected.columns, pa.array(index).take(bad), reasons]))
         if self.svd is not None and svd is not None:
             parts.append(
                 (self.svd, [pa.array(valid_index), *(pa.array(svd[:, i]) for i in range(svd.shape[1]))])
@@ -468,25 +505,14 @@ def _finish(writers: list[TableWriter], abort: bool) -> None:
         raise error
 
 
-def _split_columns(
-    columns: list[pa.Array],
-    mask: NDArray[np.bool_],
-    index: NDArray[np.int64],
-    labels: NDArray[np.int8],
-    s: NDArray[np.float64],
-) -> list[pa.Array] | None:
-    """The rows of ``mask`` with q4's columns (row, quadrant, scores) added; None when there are none."""
-    if not mask.any():
+def _rows(columns: list[pa.Array], rows: NDArray[np.intp]) -> list[pa.Array] | None:
+    """The rows numbered ``rows`` (ascending) of ``columns``; None when there are none.
+
+    Gathered by index (Arrow's ``take``): on a random half of the rows, as the quadrants split them,
+    that is about 3x faster than a boolean filter, whose branches mispredict."""
+    if len(rows) == 0:
         return None
-    if mask.all():
-        picked = columns
-    else:
-        selector = pa.array(mask)
-        picked = [c.filter(selector) for c in columns]
-    return [
-        *picked,
-        pa.array(index[mask]),
-        pa.array(labels[mask]),
-        pa.array(s[mask, 0]),
-        pa.array(s[mask, 1]),
-    ]
+    if len(rows) == len(columns[0]):
+        return columns
+    selector = pa.array(rows)
+    return [c.take(selector) for c in columns]

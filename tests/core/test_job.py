@@ -183,6 +183,9 @@ def test_parquet_in_and_out_and_several_files_as_one_table(tmp_path, rng):
         "output/Q_discard.parquet",
         "output/Q_rejected.parquet",
     }
+    for a in result.artifacts:  # the row outputs were hashed as written: the files hold those bytes
+        data = (run_dir / a.key).read_bytes()
+        assert a.bytes == len(data) and a.sha256 == hashlib.sha256(data).hexdigest(), a.key
     keep = pq.read_table(run_dir / "output/Q_keep.parquet")
     discard = pq.read_table(run_dir / "output/Q_discard.parquet")
     assert keep.schema.field("flag").type == pa.bool_() and keep.schema.field("p").type == pa.float64()

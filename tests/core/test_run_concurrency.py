@@ -184,3 +184,26 @@ def test_a_commit_is_refused_when_the_files_changed_after_hashing(tmp_path):
             verify_unchanged(result)
         assert refused.value.code == "run_changed" and "nothing was committed" in refused.value.message
         (tmp_path / "run=v" / "output" / "stray.csv").unlink(missing_ok=True)
+
+
+def test_a_row_output_hashed_as_written_is_refused_when_the_file_no_longer_holds_those_bytes(tmp_path):
+    from q4.errors import RunStateError
+    from q4.job import _artifacts
+    from q4.outputs import HashedFile
+
+    run_dir = tmp_path / "run=h"
+    (run_dir / "output").mkdir(parents=True)
+    path = run_dir / "output" / "Q_keep.csv"
+    sink = HashedFile(path)
+    sink.write(b"a,b\n")
+    sink.write(memoryview(b"1,2\n"))
+    sink.close()
+    written = {"output/Q_keep.csv": sink}
+    (artifact,) = _artifacts(run_dir, "h", {}, written)
+    assert (artifact.bytes, artifact.sha256) == (8, _sha(path))
+    path.write_bytes(b"a,b\n1,2\n3,4\n")  # another program appended a row
+    with pytest.raises(RunStateError, match=r"Q_keep\.csv changed"):
+        list(_artifacts(run_dir, "h", {}, written))
+    path.unlink()
+    with pytest.raises(RunStateError, match=r"Q_keep\.csv disappeared"):
+        list(_artifacts(run_dir, "h", {}, written))
