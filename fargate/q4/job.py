@@ -423,7 +423,9 @@ def _read_pass(
         stack.callback(spill.close)
     task = bar.add("Reading", total=table.bytes, unit="bytes")
     chunk_rows = effective_chunk_rows(spec.chunk_rows, d)
-    batches = iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests)
+    # A Parquet file's other columns are left for pass 2 (which writes them): pass 1 decodes the features.
+    columns = features if spill is None and table.format == "parquet" else None
+    batches = iter_batches(table, chunk_rows, on_bytes=task.advance, digests=digests, columns=columns)
 
     def reduce(item: tuple[int, pa.RecordBatch]) -> tuple[int, pa.RecordBatch, FeatureBlock, Moments]:
         file, batch = item

@@ -699,17 +699,20 @@ def iter_batches(
     *,
     on_bytes: ProgressCallback | None = None,
     digests: dict[Source, str] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """Yield ``(file_index, batch)`` over all files in order, batches of at most ``chunk_rows`` rows.
 
-    CSV files are hashed as they are read: each file's sha256 lands in ``digests``.
+    CSV files are hashed as they are read: each file's sha256 lands in ``digests``. ``columns``: Parquet
+    files are read for these columns only (their batches hold them in the table's order); a CSV file's
+    lines are parsed whole, every column.
     """
     for index, source in enumerate(table.sources):
         if table.format == "csv":
             batches = _iter_csv(table, source, chunk_rows, on_bytes, digests)
         else:
             groups = table.row_groups[index] if table.row_groups is not None else None
-            batches = _iter_parquet(table, source, chunk_rows, on_bytes, groups)
+            batches = _iter_parquet(table, source, chunk_rows, on_bytes, groups, columns)
         yield from ((index, b) for b in batches)
 
 
@@ -819,10 +822,16 @@ def _iter_parquet(
     chunk_rows: int,
     on_bytes: ProgressCallback | None,
     groups: tuple[int, ...] | None = None,
+    columns: Sequence[str] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """The file's batches; ``groups``: only these row groups (a shard's slice), in file order."""
+    """The file's batches; ``groups``: only these row groups (a shard's slice), in file order;
+    ``columns``: only these columns (the others' pages are neither read nor decoded)."""
     if groups is not None and not groups:
         return
+    schema = table.schema
+    if columns is not None:
+        wanted = set(columns)
+        schema = pa.schema([f for f in table.schema if f.name in wanted])
     pf: pq.ParquetFile | None = None
     file = source.arrow_file()
     try:
@@ -835,12 +844,16 @@ def _iter_parquet(
         total_rows = max(1, declared)
         size = source.size
         read = 0
-        batches = pf.iter_batches(batch_size=chunk_rows, row_groups=None if groups is None else chosen)
+        batches = pf.iter_batches(
+            batch_size=chunk_rows,
+            row_groups=None if groups is None else chosen,
+            columns=None if columns is None else schema.names,
+        )
         for batch in batches:
             read += batch.num_rows
             if on_bytes is not None:
                 on_bytes(int(size * batch.num_rows / total_rows))
-            yield pa.RecordBatch.from_arrays(batch.columns, schema=table.schema)
+            yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
         if read != declared:  # pyarrow stops quietly where the pages end
             raise _parquet_lie(source, f"its footer declares {declared:,} rows but its pages hold {read:,}")
         _check_parquet_values(source, pf.metadata, chosen)

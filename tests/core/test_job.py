@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 
 import numpy as np
@@ -13,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from q4 import JobSpec, Q4Estimator, energy_split, four_quadrants, learn_projectors_linear, run_job
 from q4.errors import InputError, ModelError
+from q4.sources import LocalSource
 from support.tables import matrix_csv, read_json, read_text_csv, split_scores, write_csv
 
 
@@ -255,3 +258,69 @@ def test_constant_column_is_standardized_to_zero(tmp_path, rng):
     assert study["projectors"][0][1] == 0.0 and study["projectors"][1][1] == 0.0
     json.dumps(study, allow_nan=False)
     assert study["study"]["keep_vs_discard"]["effect_size"][1] is None
+
+
+class _CountedFile(io.RawIOBase):
+    """A local file that adds the bytes read from it to ``counter``."""
+
+    def __init__(self, path, counter):
+        self._f, self._counter = path.open("rb", buffering=0), counter
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._f.seek(offset, whence)
+
+    def tell(self):
+        return self._f.tell()
+
+    def readinto(self, buffer):
+        n = self._f.readinto(buffer)
+        self._counter[0] += n or 0
+        return n
+
+    def close(self):
+        self._f.close()
+        super().close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountedSource(LocalSource):
+    """A local input whose reads (by pyarrow, through ``arrow_file``) are counted; hashing is not."""
+
+    read: list[int] = dataclasses.field(default_factory=lambda: [0], compare=False, hash=False)
+
+    def open(self):
+        return _CountedFile(self.path, self.read)
+
+    def arrow_file(self):
+        return pa.PythonFile(self.open(), mode="r")
+
+
+def test_pass_1_reads_only_the_feature_columns_of_a_parquet_file(tmp_path, rng):
+    n = 20_000
+    x = rng.standard_normal((n, 2))
+    notes = [rng.bytes(int(k)).hex() for k in rng.integers(50, 150, n)]  # text pass 1 need not decode
+    src = tmp_path / "wide.parquet"
+    pq.write_table(pa.table({"note": notes, "a": x[:, 0], "b": x[:, 1] + x[:, 0]}), src, row_group_size=5000)
+    meta = pq.ParquetFile(src).metadata
+    chunk_bytes = {
+        name: sum(meta.row_group(i).column(j).total_compressed_size for i in range(meta.num_row_groups))
+        for j, name in enumerate(meta.schema.names)
+    }
+    assert chunk_bytes["note"] > 5 * (chunk_bytes["a"] + chunk_bytes["b"])
+    source = _CountedSource(src)
+    run_dir = tmp_path / "run=w"
+    result = run_job([source], run_dir, JobSpec(run_id="w", output_format="parquet", chunk_rows=4096))
+    # pass 2 reads the whole file, pass 1 the feature columns; each open reads the footer's last 64 KiB
+    features = chunk_bytes["a"] + chunk_bytes["b"]
+    assert source.read[0] < src.stat().st_size + features + 8 * 65536
+    assert source.read[0] >= src.stat().st_size
+    keep = pq.read_table(run_dir / "output/Q_keep.parquet")
+    discard = pq.read_table(run_dir / "output/Q_discard.parquet")
+    both = pa.concat_tables([keep, discard]).sort_by("q4_row")
+    assert both["note"].to_pylist() == notes and result.rows["valid"] == n
