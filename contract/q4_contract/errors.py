@@ -72,6 +72,7 @@ ERROR_CODES: Mapping[str, ErrorCode] = _codes(
     ("invalid_shards", "shards is not an integer from 1 to 1000", (MESSAGE, TASK, SUBMIT)),
     ("shards_not_allowed", "shards is above the deployment's max_shards", (MESSAGE,)),
     ("invalid_chunk_rows", "--chunk-rows is below 1", (RUN,)),
+    ("invalid_cpus", "Q4_CPUS is set but is not a positive whole number", (TASK, RUN)),
     # the orchestrator, before launching
     (
         "input_not_found",

@@ -145,14 +145,23 @@ def plan_shards(plan: Mapping[str, Any]) -> int:
 
 
 def progress(store: S3Store, run_id: str, plan: Mapping[str, Any], committed: bool) -> dict[str, Any]:
-    """``{shards, steps: {pass1: {done, total}, pass2: …, finish: …}}``: partials written per step (the finish
-    step is done when the run committed, ``committed``: MANIFEST.json exists)."""
+    """``{shards, steps: {pass1: {done, total, tasks}, pass2: …, finish: …}}``: per step the partials written
+    (the finish step is done when the run committed, ``committed``: MANIFEST.json exists) and the tasks
+    launched (relaunches included), from one listing."""
     shards = plan_shards(plan)
+    keys = list(listed_keys(store, shards_prefix(run_id)))
     steps: dict[str, dict[str, int]] = {}
-    for step in (PASS1, PASS2):
-        records = step_records(store, run_id, step)
-        steps[step] = {"done": len(records.partials & set(range(shards))), "total": shards}
-    steps[FINISH] = {"done": 1 if committed else 0, "total": 1}
+    for step in STEPS:
+        records = step_records_from_keys(run_id, step, keys)
+        tasks = sum(len(attempts) for attempts in records.attempts.values())
+        if step == FINISH:
+            steps[step] = {"done": 1 if committed else 0, "total": 1, "tasks": tasks}
+        else:
+            steps[step] = {
+                "done": len(records.partials & set(range(shards))),
+                "total": shards,
+                "tasks": tasks,
+            }
     return {"shards": shards, "steps": steps}
 
 
@@ -166,16 +175,20 @@ class LaunchRecord:
     task_arn: str | None
 
 
+def launched(store: S3Store, run_id: str) -> list[tuple[str, int, int]]:
+    """``(step, shard, attempt)`` of every launch record of a sharded run, step by step, from one listing."""
+    keys = list(listed_keys(store, shards_prefix(run_id)))
+    return [
+        (step, shard, attempt)
+        for step in STEPS
+        for shard, attempts in sorted(step_records_from_keys(run_id, step, keys).attempts.items())
+        for attempt in attempts
+    ]
+
+
 def launch_records(store: S3Store, run_id: str) -> list[LaunchRecord]:
     """Every launch record of every step of a sharded run (none for an unsharded run), step by step."""
-    keys = list(listed_keys(store, shards_prefix(run_id)))
-    found = []
-    for step in STEPS:
-        records = step_records_from_keys(run_id, step, keys)
-        for shard, attempts in sorted(records.attempts.items()):
-            for attempt in attempts:
-                found.append(_launch_record(store, run_id, step, shard, attempt))
-    return found
+    return [launch_record(store, run_id, *which) for which in launched(store, run_id)]
 
 
 def unstopped_launch_records(store: S3Store, run_id: str) -> list[LaunchRecord]:
@@ -183,13 +196,14 @@ def unstopped_launch_records(store: S3Store, run_id: str) -> list[LaunchRecord]:
     the tasks that may still run), from one listing; only those records are read."""
     keys = list(listed_keys(store, shards_prefix(run_id)))
     return [
-        _launch_record(store, run_id, step, shard, attempt)
+        launch_record(store, run_id, step, shard, attempt)
         for step in STEPS
         for shard, attempt in step_records_from_keys(run_id, step, keys).unstopped()
     ]
 
 
-def _launch_record(store: S3Store, run_id: str, step: str, shard: int, attempt: int) -> LaunchRecord:
+def launch_record(store: S3Store, run_id: str, step: str, shard: int, attempt: int) -> LaunchRecord:
+    """The launch record of one attempt of one shard's step (its task ARN None when unreadable)."""
     doc = store.read_json(step_attempt_key(run_id, step, shard, attempt)) or {}
     arn = doc.get("task_arn")
     return LaunchRecord(step, shard, attempt, arn if isinstance(arn, str) else None)

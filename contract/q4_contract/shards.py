@@ -236,8 +236,7 @@ def step_from_env(env: Mapping[str, str]) -> Step | None:
     step = env.get(ENV_SHARD_STEP, "").strip()
     if step not in STEPS:
         return None
-    try:
-        shard = int(env.get(ENV_SHARD, "0") or 0)
-    except ValueError:
+    text = env.get(ENV_SHARD, "").strip() or "0"
+    if not (text.isascii() and text.isdigit()):  # int() would also take "٣" or "1_0"
         return None
-    return Step(step, shard) if shard >= 0 else None
+    return Step(step, int(text))

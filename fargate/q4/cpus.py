@@ -10,7 +10,8 @@ takes the smallest of:
 - the ECS task size (the task metadata endpoint v4's ``Limits.CPU``, in vCPUs, rounded up) when
   ``ECS_CONTAINER_METADATA_URI_V4`` is set;
 
-and at least 1. ``Q4_CPUS`` (a positive integer) overrides it all: tests and benchmarks use it.
+and at least 1. ``Q4_CPUS`` (a positive integer) overrides it all: tests and benchmarks use it; any other
+value is refused (``invalid_cpus``) rather than guessed at.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+
+from q4.errors import InputError
 
 CPUS_ENV = "Q4_CPUS"
 METADATA_ENV = "ECS_CONTAINER_METADATA_URI_V4"
@@ -35,7 +38,12 @@ def available_cpus(
     override = env.get(CPUS_ENV, "").strip()
     if override:
         if not (override.isascii() and override.isdigit() and int(override) >= 1):
-            raise ValueError(f"{CPUS_ENV} must be a positive whole number of CPUs, not {override!r}.")
+            raise InputError(
+                "invalid_cpus",
+                f"{CPUS_ENV} must be a positive whole number of CPUs, not {override!r}; "
+                f"unset it to use every CPU this process may use.",
+                {"value": override},
+            )
         return int(override)
     limits = [len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1]
     quota = cgroup_cpu_limit(cgroup_root, proc_self or Path("/proc/self/cgroup"))

@@ -92,3 +92,6 @@ def test_the_step_comes_back_from_the_environment() -> None:
     assert rules.step_from_env({}) is None
     assert rules.step_from_env({"Q4_SHARD_STEP": "pass3", "Q4_SHARD": "1"}) is None
     assert rules.step_from_env({"Q4_SHARD_STEP": "pass1", "Q4_SHARD": "-1"}) is None
+    for odd in ("٣", "1_0", "+2", "2.0", "x"):  # what int() would take or turn into another shard
+        assert rules.step_from_env({"Q4_SHARD_STEP": "pass1", "Q4_SHARD": odd}) is None, odd
+    assert rules.step_from_env({"Q4_SHARD_STEP": "finish", "Q4_SHARD": " 0 "}) == rules.Step("finish", 0)

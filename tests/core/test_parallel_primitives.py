@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from q4.cpus import available_cpus, cgroup_cpu_limit
+from q4.errors import InputError
 from q4.parallel import ordered_map
 
 AFFINITY = len(os.sched_getaffinity(0))
@@ -76,8 +79,26 @@ def test_workers_must_be_positive() -> None:
 
 def test_q4_cpus_overrides(tmp_path: Path) -> None:
     assert available_cpus({"Q4_CPUS": "3"}, cgroup_root=tmp_path) == 3
-    with pytest.raises(ValueError, match="positive whole number"):
-        available_cpus({"Q4_CPUS": "0"}, cgroup_root=tmp_path)
+    for value in ("0", "two", "٣", "-1", "1.5"):  # "٣": an Arabic-Indic 3, a digit to str.isdigit
+        with pytest.raises(InputError, match="positive whole number") as refused:
+            available_cpus({"Q4_CPUS": value}, cgroup_root=tmp_path)
+        assert refused.value.code == "invalid_cpus"
+
+
+def test_q4_run_with_an_invalid_q4_cpus_says_so_in_one_sentence(tmp_path: Path) -> None:
+    src = tmp_path / "t.csv"
+    src.write_text("a,b\n1,2\n2,1\n3,5\n", encoding="utf-8")
+    env = {**os.environ, "Q4_CPUS": "all"}
+    q4 = str(Path(sys.executable).with_name("q4"))
+    done = subprocess.run(
+        [q4, "run", str(src), "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "q4: error: Q4_CPUS must be a positive whole number of CPUs, not 'all'; unset it to use every CPU "
+        "this process may use. [invalid_cpus]"
+    )
+    assert not list((tmp_path / "out").rglob("MANIFEST.json"))
 
 
 def _proc(tmp_path: Path, text: str) -> Path:

@@ -12,6 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from q4.cli import main
+from q4_contract.shards import step_attempt_key
 
 RUN = "logs-cli-1"
 #: A minute ago, to the second (CloudWatch refuses events older than 14 days).
@@ -104,4 +105,45 @@ def test_follow_of_an_ended_run_prints_it_and_ends(deployed, capsys):
     assert main(["logs", "--follow", RUN]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "[attempt 1] 2026-12-04T10:00:00.000+00:00 INFO    Run succeeded."
+    ]
+
+
+def test_logs_of_a_sharded_run_print_every_step_shard_by_shard(deployed, capsys):
+    # GIVEN a sharded run: pass 1 of shards 0 and 1 (shard 1 ran twice), pass 2 of shard 0, the finish
+    def step(name: str, shard: int, number: int, task_id: str, message: str) -> None:
+        record = {"run_id": RUN, "attempt": number, "task_arn": f"{CLUSTER}/{task_id}"}
+        key = step_attempt_key(RUN, name, shard, number)
+        deployed["s3"].put_object(Bucket=deployed["bucket"], Key=key, Body=json.dumps(record))
+        stream = f"q4/q4-task/{task_id}"
+        deployed["logs"].create_log_stream(logGroupName=deployed["group"], logStreamName=stream)
+        deployed["logs"].put_log_events(
+            logGroupName=deployed["group"],
+            logStreamName=stream,
+            logEvents=[{"timestamp": BASE_MS, "message": _line("INFO", message)}],
+        )
+
+    step("finish", 0, 1, "ffff0001", "Run succeeded.")  # written first, printed last
+    step("pass2", 0, 1, "eeee0001", "Pass 2 of shard 0.")
+    step("pass1", 1, 2, "dddd0002", "Pass 1 of shard 1, again.")
+    step("pass1", 1, 1, "dddd0001", "Pass 1 of shard 1.")
+    step("pass1", 0, 1, "cccc0001", "Pass 1 of shard 0.")
+    # WHEN `q4 logs` prints the run
+    assert main(["logs", RUN]) == 0
+    # THEN step by step, shard by shard, attempt by attempt, each line labelled with its step and shard
+    when = "2026-12-04T10:00:00.000+00:00 INFO   "
+    assert capsys.readouterr().out.splitlines() == [
+        f"[pass1 shard 0 attempt 1] {when} Pass 1 of shard 0.",
+        f"[pass1 shard 1 attempt 1] {when} Pass 1 of shard 1.",
+        f"[pass1 shard 1 attempt 2] {when} Pass 1 of shard 1, again.",
+        f"[pass2 shard 0 attempt 1] {when} Pass 2 of shard 0.",
+        f"[finish shard 0 attempt 1] {when} Run succeeded.",
+    ]
+    assert main(["logs", RUN, "--json"]) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["step"], d["shard"], d["attempt"]) for d in docs] == [
+        ("pass1", 0, 1),
+        ("pass1", 1, 1),
+        ("pass1", 1, 2),
+        ("pass2", 0, 1),
+        ("finish", 0, 1),
     ]

@@ -757,15 +757,16 @@ def test_status_shows_each_steps_partials(user_env: Pipeline, capsys: pytest.Cap
     assert doc["shards"] == {
         "shards": 3,
         "steps": {
-            "pass1": {"done": 3, "total": 3},
-            "pass2": {"done": 1, "total": 3},
-            "finish": {"done": 0, "total": 1},
+            "pass1": {"done": 3, "total": 3, "tasks": 3},
+            "pass2": {"done": 1, "total": 3, "tasks": 3},
+            "finish": {"done": 0, "total": 1, "tasks": 0},
         },
     }
+    assert doc["tasks"] == 6 and "attempts" not in doc  # the run's tasks are its steps' tasks
     assert (doc["phase"]["phase"], doc["phase"]["step"]) == ("running", "pass2")
     assert main(["status", RUN_ID]) == 0
     text = capsys.readouterr().out
-    assert "shards:    3 (pass1 3/3, pass2 1/3, finish 0/1)" in text
+    assert "shards:    3 (pass1 3/3, pass2 1/3, finish 0/1)" in text and "tasks:     6" in text
     assert "phase:     running" in text and "step pass2: 1 of 3 done" in text
 
 

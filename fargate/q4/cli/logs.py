@@ -1,11 +1,13 @@
 """``q4 logs RUN_ID [--follow] [--json]``: what a run's tasks wrote, every attempt, in order.
 
-Each attempt's launch record (``run=<id>/attempts/<n>.json`` in ``$Q4_ARTIFACTS_BUCKET``) names its task;
+Each attempt's launch record (``run=<id>/attempts/<n>.json`` in ``$Q4_ARTIFACTS_BUCKET``; a sharded run's
+steps: ``run=<id>/shards/<step>/<shard>/attempts/<n>.json``) names its task;
 the task's output is in the task log group (``$Q4_TASK_LOG_GROUP``, Terraform output ``task_log_group``),
 stream ``<awslogs-stream-prefix>/<container>/<task id>`` as ECS's awslogs driver names it. The stream is
 found by the task id: first under the prefix the group's streams share, else among the group's
 :data:`SCAN_PAGES` pages of most recent streams. The task's JSON log lines are shown as time, level,
-message and their other fields; other lines as they are, after CloudWatch's time.
+message and their other fields; other lines as they are, after CloudWatch's time. A sharded run's lines
+come step by step (pass 1, pass 2, finish), shard by shard, each labelled ``[pass1 shard 3 attempt 1]``.
 
 ``--follow`` polls until the run has MANIFEST.json or ERROR.json and its streams have been quiet for
 :data:`QUIET_S` seconds (at most :data:`DRAIN_LIMIT_S` after the run ended). A run that is never accepted
@@ -25,7 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import q4_contract as contract
-from q4_contract import S3Store
+from q4_contract import S3Store, shard_records
+from q4_contract.shards import STEPS
 
 from q4 import aws
 from q4.errors import EXIT_OK, InputError
@@ -50,10 +53,27 @@ class Attempt:
     task_arn: str
     stream: str | None = None
     token: str | None = None
+    step: str | None = None  # a sharded run's step (pass1, pass2, finish) and shard
+    shard: int | None = None
 
     @property
     def task_id(self) -> str:
         return self.task_arn.rsplit("/", 1)[-1]
+
+    @property
+    def label(self) -> str:
+        """``attempt 2``, or a shard step's ``pass1 shard 3 attempt 2``."""
+        return (
+            f"attempt {self.number}"
+            if self.step is None
+            else f"{self.step} shard {self.shard} attempt {self.number}"
+        )
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        """The run's own attempts first, then step by step, shard by shard."""
+        step = -1 if self.step is None else STEPS.index(self.step)
+        return step, self.shard or 0, self.number
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,9 @@ class LogLine:
     stream: str
     timestamp_ms: int
     message: str
+    label: str = ""  # the attempt's label (Attempt.label); "attempt N" when not given
+    step: str | None = None
+    shard: int | None = None
 
     @property
     def fields(self) -> dict[str, Any] | None:
@@ -80,11 +103,12 @@ class LogLine:
     def render(self) -> str:
         """``[attempt N] time LEVEL message  key=value ...`` (an exception's lines follow, indented)."""
         doc = self.fields
+        label = self.label or f"attempt {self.attempt}"
         if doc is None:
-            return f"[attempt {self.attempt}] {_iso(self.timestamp_ms)} {self.message}"
+            return f"[{label}] {_iso(self.timestamp_ms)} {self.message}"
         extras = "".join(f"  {key}={_value(value)}" for key, value in doc.items() if key not in _SHOWN_APART)
         when = doc.get("timestamp") or _iso(self.timestamp_ms)
-        text = f"[attempt {self.attempt}] {when} {doc.get('level', '')!s:<7} {doc.get('message', '')}{extras}"
+        text = f"[{label}] {when} {doc.get('level', '')!s:<7} {doc.get('message', '')}{extras}"
         if doc.get("exception"):
             text += "".join(f"\n    {line}" for line in str(doc["exception"]).splitlines())
         return text
@@ -92,6 +116,8 @@ class LogLine:
     def public(self) -> dict[str, Any]:
         return {
             "attempt": self.attempt,
+            "step": self.step,
+            "shard": self.shard,
             "task_arn": self.task_arn,
             "log_stream": self.stream,
             "timestamp": _iso(self.timestamp_ms),
@@ -116,7 +142,7 @@ class RunLogs:
     logs: Any
     group: str
     run_id: str
-    attempts: dict[int, Attempt] = field(default_factory=dict)
+    attempts: dict[tuple[str | None, int | None, int], Attempt] = field(default_factory=dict)
     prefixes: set[str] = field(default_factory=set)
 
     def ended(self) -> bool:
@@ -128,13 +154,17 @@ class RunLogs:
     def poll(self) -> list[LogLine]:
         """Lines written since the last poll, attempt after attempt (new attempts and streams looked up)."""
         for number in self.store.attempts(self.run_id):
-            if number not in self.attempts:
+            if (None, None, number) not in self.attempts:
                 record = self.store.attempt_record(self.run_id, number) or {}
-                self.attempts[number] = Attempt(number, str(record.get("task_arn") or ""))
+                self.attempts[None, None, number] = Attempt(number, str(record.get("task_arn") or ""))
+        for step, shard, number in shard_records.launched(self.store, self.run_id):
+            if (step, shard, number) not in self.attempts:
+                arn = shard_records.launch_record(self.store, self.run_id, step, shard, number).task_arn
+                self.attempts[step, shard, number] = Attempt(number, arn or "", step=step, shard=shard)
         self._find_streams([a for a in self.attempts.values() if a.stream is None and a.task_arn])
         lines: list[LogLine] = []
-        for number in sorted(self.attempts):
-            lines.extend(self._read(self.attempts[number]))
+        for attempt in sorted(self.attempts.values(), key=lambda a: a.order):
+            lines.extend(self._read(attempt))
         return lines
 
     @property
@@ -180,7 +210,16 @@ class RunLogs:
             request.update({"nextToken": attempt.token} if attempt.token else {"startFromHead": True})
             response = self.logs.get_log_events(**request)
             lines.extend(
-                LogLine(attempt.number, attempt.task_arn, attempt.stream, int(e["timestamp"]), e["message"])
+                LogLine(
+                    attempt.number,
+                    attempt.task_arn,
+                    attempt.stream,
+                    int(e["timestamp"]),
+                    e["message"],
+                    attempt.label,
+                    attempt.step,
+                    attempt.shard,
+                )
                 for e in response.get("events", [])
             )
             token = response.get("nextForwardToken")

@@ -137,6 +137,9 @@ def handle_status(args: argparse.Namespace) -> int:
         plan = shard_records.read_plan(pipeline.store, run_id) if state.state != "submitted" else None
         if plan is not None:
             doc["shards"] = shard_records.progress(pipeline.store, run_id, plan, state.manifest is not None)
+            # a sharded run's tasks are its steps' (the run itself has no attempts of its own)
+            del doc["attempts"]
+            doc["tasks"] = sum(step["tasks"] for step in doc["shards"]["steps"].values())
         doc["phase"] = (
             sharded_phase(pipeline, state, doc["shards"])
             if plan is not None and state.state == "accepted"
@@ -145,7 +148,7 @@ def handle_status(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps(doc, indent=2))
         return EXIT_OK
-    for name in ("run_id", "state", "mode", "input", "attempts"):
+    for name in ("run_id", "state", "mode", "input", "attempts", "tasks"):
         if doc.get(name) is not None:
             out(f"{name.replace('_', ' ') + ':':<10} {printable(doc[name])}")
     out(f"{'phase:':<10} {printable(describe_phase(doc['phase']))}")
