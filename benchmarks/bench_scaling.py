@@ -63,6 +63,8 @@ LIBRARIES = ("q4-pipeline", "numpy", "pyarrow", "duckdb", "matplotlib")
 WARM_UP_ROWS = 1000
 #: Goals of issue #11 for q4 standard (wall time): speed-up over one core at 2 and 16 cores.
 SPEEDUP_GOALS = {2: 1.8, 16: 10.0}
+#: Issue #11's goal for Parquet: q4 standard's wall time at most this many times the floor's, any core count.
+PARQUET_FLOOR_GOAL = 1.3
 
 
 # ---------------------------------------------------------------- children (one process per case)
@@ -341,6 +343,14 @@ def goals(runs: dict[str, dict[str, dict[str, float]]], r: dict[str, Any]) -> di
                     "target": f">= {bound}",
                     "met": value >= bound,
                 }
+        floor = r["wall_ratio"].get(fmt, {}).get("floor_over_q4_standard")
+        if floor and fmt == "parquet":
+            over = {k: round(1 / v, 3) for k, v in floor.items()}
+            out[f"{fmt}_standard_over_floor"] = {
+                "value": over,
+                "target": f"q4's wall / the floor's <= {PARQUET_FLOOR_GOAL} at every core count",
+                "met": all(v <= PARQUET_FLOOR_GOAL for v in over.values()),
+            }
         duck = r["wall_ratio"].get(fmt, {}).get("duckdb_over_q4_standard")
         if duck:
             out[f"{fmt}_standard_ahead_of_duckdb"] = {
