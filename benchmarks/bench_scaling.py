@@ -247,7 +247,8 @@ def warm_up(cases: list[str], inputs: dict[str, Path], work: Path) -> None:
 def run_all(
     cases: list[str], inputs: dict[str, Path], work: Path, cores: list[int], repeat: int
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """``{case: {cores: {wall, cpu, rss, runs}}}``, the repeats interleaved (median wall and CPU)."""
+    """``{case: {cores: {wall, cpu, rss, runs, walls}}}``, the repeats interleaved (median wall and CPU, each
+    run's wall time in ``walls``)."""
     allowed = sorted(os.sched_getaffinity(0))
     runs: dict[str, dict[str, dict[str, float]]] = {case: {} for case in cases}
     for n in cores:
@@ -268,6 +269,8 @@ def run_all(
                 "cpu": round(statistics.median(g["cpu"] for g in got), 3),
                 "rss": round(max(g["rss"] for g in got), 1),
                 "runs": len(got),
+                # every run's wall time, in order: how much the machine moved the median
+                "walls": [round(g["wall"], 3) for g in got],
             }
     return runs
 

@@ -54,6 +54,7 @@ def test_result_file_shape(bench: tuple[dict, Path]) -> None:
     for case in CASES:
         got = figures["runs"][case]["1"]
         assert got["wall"] > 0 and got["cpu"] > 0 and got["rss"] > 0 and got["runs"] == 1, case
+        assert got["walls"] == [got["wall"]], case
         assert figures["speedup_over_1_core"][case] == {"1": 1.0}
     assert set(figures["wall_ratio"]["csv"]) == {"duckdb_over_q4_standard", "floor_over_q4_standard"}
     assert set(figures["wall_ratio"]["parquet"]) == {"duckdb_over_q4_standard"}
