@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,15 +192,20 @@ def launch_records(store: S3Store, run_id: str) -> list[LaunchRecord]:
     return [launch_record(store, run_id, *which) for which in launched(store, run_id)]
 
 
-def unstopped_launch_records(store: S3Store, run_id: str) -> list[LaunchRecord]:
+def unstopped_launch_records(store: S3Store, run_id: str, workers: int = 1) -> list[LaunchRecord]:
     """The launch records of every step's attempts that have no stop record (:meth:`StepRecords.unstopped`:
-    the tasks that may still run), from one listing; only those records are read."""
+    the tasks that may still run), from one listing; only those records are read, ``workers`` at once
+    (in order either way)."""
     keys = list(listed_keys(store, shards_prefix(run_id)))
-    return [
-        launch_record(store, run_id, step, shard, attempt)
+    which = [
+        (step, shard, attempt)
         for step in STEPS
         for shard, attempt in step_records_from_keys(run_id, step, keys).unstopped()
     ]
+    if workers <= 1 or len(which) <= 1:
+        return [launch_record(store, run_id, *w) for w in which]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="q4-records") as pool:
+        return list(pool.map(lambda w: launch_record(store, run_id, *w), which))
 
 
 def launch_record(store: S3Store, run_id: str, step: str, shard: int, attempt: int) -> LaunchRecord:

@@ -770,9 +770,13 @@ def test_status_shows_each_steps_partials(user_env: Pipeline, capsys: pytest.Cap
     assert "phase:     running" in text and "step pass2: 1 of 3 done" in text
 
 
+@pytest.mark.parametrize("batch", [100, 2])  # ECS's limit; 2: three tasks take two DescribeTasks calls
 def test_cancel_stops_every_task_of_a_sharded_run(
-    user_env: Pipeline, capsys: pytest.CaptureFixture[str]
+    user_env: Pipeline, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, batch: int
 ) -> None:
+    from q4.cli import cancel
+
+    monkeypatch.setattr(cancel, "DESCRIBE_BATCH", batch)
     pipeline = user_env
     put_parts(pipeline)
     accept(pipeline, message(shards=3))

@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import q4_contract as contract
@@ -23,6 +24,10 @@ from q4.cli.common import Pipeline, check_run_id, out, printable
 from q4.errors import EXIT_OK, InputError
 
 STOP_REASON = "Cancelled by q4 cancel"
+#: Launch records read, and StopTask calls made, at once.
+PARALLEL = 8
+#: Tasks per DescribeTasks call (ECS's limit).
+DESCRIBE_BATCH = 100
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,14 +57,16 @@ def request_cancel(pipeline: Pipeline, run_id: str) -> tuple[bool, dict[str, Any
 
 
 def launched_tasks(pipeline: Pipeline, run_id: str, attempts: list[int]) -> list[dict[str, Any]]:
-    """Every task the run's launch records name: ``{attempt, task_arn}``, and for a sharded run's steps
-    (``run=<id>/shards/<step>/<k>/attempts/<n>.json``) also ``shard_step`` and ``shard``."""
+    """Every task the run's launch records name that may still run: ``{attempt, task_arn}``, and for a
+    sharded run's steps (``run=<id>/shards/<step>/<k>/attempts/<n>.json``) also ``shard_step`` and
+    ``shard``. A shard step's attempt with a stop record has stopped: its launch record is not read, so a
+    run of 1000 shards costs one listing and a read per task still running (:data:`PARALLEL` at once)."""
     found: list[dict[str, Any]] = []
     with aws.aws_errors(f"read the launch records of run {run_id}"):
         for attempt in attempts:
             record = pipeline.store.attempt_record(run_id, attempt) or {}
             found.append({"attempt": attempt, "task_arn": record.get("task_arn")})
-        for step in shard_records.launch_records(pipeline.store, run_id):
+        for step in shard_records.unstopped_launch_records(pipeline.store, run_id, workers=PARALLEL):
             found.append(
                 {
                     "attempt": step.attempt,
@@ -72,24 +79,40 @@ def launched_tasks(pipeline: Pipeline, run_id: str, attempts: list[int]) -> list
 
 
 def stop_tasks(pipeline: Pipeline, run_id: str, launched: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stop every task of ``launched`` (:func:`launched_tasks`) that ECS has not stopped; what was stopped."""
+    """Stop every task of ``launched`` (:func:`launched_tasks`) that ECS has not stopped; what was stopped.
+
+    ECS is asked about the tasks :data:`DESCRIBE_BATCH` at a time per cluster, and the StopTask calls go
+    :data:`PARALLEL` at once; the result keeps ``launched``'s order."""
     if not launched:
         return []
     ecs = aws.client("ecs")
-    stopped: list[dict[str, Any]] = []
+    by_cluster: dict[str, list[dict[str, Any]]] = {}
     for item in launched:
-        arn = item["task_arn"]
-        cluster = arn.split(":task/", 1)[1].rsplit("/", 1)[0]  # arn:...:task/<cluster>/<id>
+        cluster = item["task_arn"].split(":task/", 1)[1].rsplit("/", 1)[0]  # arn:...:task/<cluster>/<id>
+        by_cluster.setdefault(cluster, []).append(item)
+    described: dict[str, dict[str, Any]] = {}
+    with aws.aws_errors(f"describe the tasks of run {run_id}"):
+        for cluster, items in by_cluster.items():
+            for start in range(0, len(items), DESCRIBE_BATCH):
+                arns = [item["task_arn"] for item in items[start : start + DESCRIBE_BATCH]]
+                for task in ecs.describe_tasks(cluster=cluster, tasks=arns).get("tasks") or []:
+                    described[str(task.get("taskArn"))] = task
+    # desiredStatus, not lastStatus: it is STOPPED as soon as anyone stopped the task (lastStatus lags
+    # behind on ECS, and the emulator moves it through a cycle of its own)
+    running = [
+        item
+        for item in launched
+        if item["task_arn"] in described and described[item["task_arn"]].get("desiredStatus") != "STOPPED"
+    ]
+
+    def stop(item: dict[str, Any]) -> dict[str, Any]:
+        cluster = item["task_arn"].split(":task/", 1)[1].rsplit("/", 1)[0]
         with aws.aws_errors(f"stop the task of run {run_id} attempt {item['attempt']}"):
-            tasks = ecs.describe_tasks(cluster=cluster, tasks=[arn]).get("tasks") or []
-            task = next((t for t in tasks if t.get("taskArn") == arn), None)
-            # desiredStatus, not lastStatus: it is STOPPED as soon as anyone stopped the task (lastStatus lags
-            # behind on ECS, and the emulator moves it through a cycle of its own)
-            if task is None or task.get("desiredStatus") == "STOPPED":
-                continue
-            ecs.stop_task(cluster=cluster, task=arn, reason=STOP_REASON)
-        stopped.append({**item, "last_status": task.get("lastStatus")})
-    return stopped
+            ecs.stop_task(cluster=cluster, task=item["task_arn"], reason=STOP_REASON)
+        return {**item, "last_status": described[item["task_arn"]].get("lastStatus")}
+
+    with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="q4-cancel") as pool:
+        return list(pool.map(stop, running))
 
 
 def handle_cancel(args: argparse.Namespace) -> int:
