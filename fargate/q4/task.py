@@ -48,6 +48,7 @@ from q4_contract import shards as shard_rules
 from q4 import aws
 from q4.cost import task_cost
 from q4.errors import EXIT_CRASH, EXIT_OK, EXIT_PERMANENT, InputError, ModelError, Q4Error, TransientError
+from q4.nopandas import keep_pandas_out
 from q4.s3io import S3Source, S3Writer
 
 logger = logging.getLogger("q4.task")
@@ -628,7 +629,8 @@ def _reject_environment(rejection: Rejection, settings: TaskSettings, context: d
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``q4-task``: the job comes from the environment, not from arguments."""
-    if argv is None:
+    if argv is None:  # the console script: its own process (q4.nopandas)
+        keep_pandas_out()
         argv = sys.argv[1:]
     if argv:
         print(

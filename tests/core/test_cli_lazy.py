@@ -37,3 +37,49 @@ def test_help_and_unknown_commands_list_every_command() -> None:
         assert f"    {command} " in listed
     wrong = subprocess.run([Q4, "bogus"], capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "'cancel'" in wrong.stderr and "'demo'" in wrong.stderr
+
+
+KEPT_OUT = """
+import sys
+sys.argv = ["q4", "run", sys.argv[1], "--out", sys.argv[2], "--mode", "full", "--output-format", "parquet"]
+from q4.cli import main
+code = main()  # as the console script calls it
+try:
+    import pandas  # noqa: F401
+except ModuleNotFoundError as exc:
+    print(code, "refused" if "q4.nopandas" in str(exc) else "missing")
+else:
+    print(code, "imported")
+"""
+
+LIBRARY = """
+import sys
+from q4.cli import main
+code = main(["run", sys.argv[1], "--out", sys.argv[2]])  # q4 called from Python code
+import pandas
+print(code, "pandas" in sys.modules)
+"""
+
+
+def test_the_console_script_keeps_pandas_out_and_library_callers_keep_it(tmp_path: Path) -> None:
+    src = tmp_path / "t.csv"
+    src.write_text("a,b,c\n" + "".join(f"{i},{(i * 7) % 11},{(i * 5) % 13}\n" for i in range(200)))
+    # the console script (q4 run, full mode: plots and report too) runs without importing pandas ...
+    done = subprocess.run(
+        [sys.executable, "-c", KEPT_OUT, str(src), str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["0", "refused"]
+    assert list((tmp_path / "a").glob("run=*/MANIFEST.json"))
+    # ... while q4 called from Python leaves the import to its caller
+    done = subprocess.run(
+        [sys.executable, "-c", LIBRARY, str(src), str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == ["0", "True"]

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from q4.errors import Q4Error
+from q4.nopandas import keep_pandas_out
 
 # Sub-command modules, in the order `q4 --help` lists them. `q4 local` and `q4 demo` come from the local
 # stack (local/q4_local), which only a clone of the repository has (it needs moto, a dev dependency).
@@ -79,6 +80,8 @@ def _no_local_stack(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the console script: its own process (q4.nopandas)
+        keep_pandas_out()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)
