@@ -860,9 +860,13 @@ def _step_details(step: shards.Step) -> dict[str, Any]:
 
 
 def _step_bytes(plan: Mapping[str, Any], step: shards.Step) -> int:
-    """The input bytes a step's task is sized from: its shard's slice, the finish task the whole input."""
+    """The input bytes a step's task is sized from: its shard's slice; the finish task, the largest slice.
+
+    The finish task merges d x d partials one at a time, assembles CSV outputs inside S3 and streams Parquet
+    outputs from S3 to S3 (one file at a time, memory bounded by a row group), so the whole input's size
+    would only buy it cores and disk it does not use."""
     if step.step == shards.FINISH:
-        return sum(int(item.get("size", 0)) for item in plan.get("inputs") or [])
+        return max((int(item.get("bytes", 0)) for item in plan.get("slices") or []), default=0)
     for item in plan.get("slices") or []:
         if item.get("index") == step.shard:
             return int(item.get("bytes", 0))
