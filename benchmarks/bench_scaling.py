@@ -25,8 +25,8 @@ For every core count N, each case runs as its own process pinned to the first N 
 (``os.sched_setaffinity``) with OMP/OPENBLAS/MKL/NUMEXPR/ARROW thread limits of N, pyarrow's CPU and I/O
 pools set to N (``pa.set_cpu_count``, ``pa.set_io_thread_count``), ``Q4_CPUS=N`` (q4 sizes its worker
 threads and pyarrow's pool from it; it would find N from the affinity mask anyway) and DuckDB's
-``threads`` set to N. The children cannot import pandas, as in the task image: pandas is a development
-dependency only, and pyarrow imports it (~0.8 s) on its first ``pa.array`` when it is installed.
+``threads`` set to N. The children cannot import pandas (``q4.nopandas``, as in q4's own commands and the
+task image): pyarrow would import it on its first ``pa.array`` where it is installed, as in a clone.
 Every case first runs once, unmeasured, on a 1,000-row input (so bytecode is written and the libraries
 are in the page cache). Wall time, CPU time (user + sys) and peak RSS come from ``os.wait4`` on the
 child; with ``--repeat`` the cases are interleaved and the median kept. DuckDB's answer is checked
@@ -47,7 +47,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -59,6 +59,8 @@ ARROW_VARS = ("ARROW_IO_THREADS",)
 #: DuckDB must agree with q4's er.json to this relative difference.
 AGREEMENT_RTOL = 1e-9
 LIBRARIES = ("q4-pipeline", "numpy", "pyarrow", "duckdb", "matplotlib")
+#: ``{case: {cores: {wall, cpu, rss, runs, walls}}}``: medians, peak, run count, every run's wall time.
+Runs: TypeAlias = dict[str, dict[str, dict[str, Any]]]
 #: Rows of the inputs each case runs on once, unmeasured, before the measured runs.
 WARM_UP_ROWS = 1000
 #: Goals of issue #11 for q4 standard (wall time): speed-up over one core at 2 and 16 cores.
@@ -70,19 +72,12 @@ PARQUET_FLOOR_GOAL = 1.3
 # ---------------------------------------------------------------- children (one process per case)
 
 
-class _NoPandas:
-    """A meta path finder that makes ``import pandas`` fail, as it does in the task image."""
-
-    @staticmethod
-    def find_spec(name: str, path: Any = None, target: Any = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ModuleNotFoundError("No module named 'pandas' (as in the task image)", name="pandas")
-
-
 def child(argv: list[str]) -> int:
     """``_child CONTENDER FORMAT SRC OUT CORES [MODE]``: set the thread pools, then run one contender."""
     contender, fmt, src, out, cores = argv[0], argv[1], Path(argv[2]), Path(argv[3]), int(argv[4])
-    sys.meta_path.insert(0, _NoPandas)  # type: ignore[arg-type]
+    from q4.nopandas import keep_pandas_out  # as q4's own commands: no pandas, as in the task image
+
+    keep_pandas_out()
     import pyarrow as pa
 
     pa.set_cpu_count(cores)
@@ -244,13 +239,11 @@ def warm_up(cases: list[str], inputs: dict[str, Path], work: Path) -> None:
         print(f"  warm-up {case:<20} {got['wall']:8.2f} s wall", flush=True)
 
 
-def run_all(
-    cases: list[str], inputs: dict[str, Path], work: Path, cores: list[int], repeat: int
-) -> dict[str, dict[str, dict[str, float]]]:
+def run_all(cases: list[str], inputs: dict[str, Path], work: Path, cores: list[int], repeat: int) -> Runs:
     """``{case: {cores: {wall, cpu, rss, runs, walls}}}``, the repeats interleaved (median wall and CPU, each
     run's wall time in ``walls``)."""
     allowed = sorted(os.sched_getaffinity(0))
-    runs: dict[str, dict[str, dict[str, float]]] = {case: {} for case in cases}
+    runs: Runs = {case: {} for case in cases}
     for n in cores:
         samples: dict[str, list[dict[str, float]]] = {case: [] for case in cases}
         for _ in range(repeat):
@@ -314,7 +307,7 @@ def agreement(work: Path, fmt: str) -> dict[str, Any]:
     }
 
 
-def ratios(runs: dict[str, dict[str, dict[str, float]]], cores: list[int]) -> dict[str, Any]:
+def ratios(runs: Runs, cores: list[int]) -> dict[str, Any]:
     """Speed-up over one core per case, DuckDB's and the floor's wall time over q4 standard's."""
     speedup: dict[str, dict[str, float]] = {}
     for case, by_n in runs.items():
@@ -333,7 +326,7 @@ def ratios(runs: dict[str, dict[str, dict[str, float]]], cores: list[int]) -> di
     return {"speedup_over_1_core": speedup, "wall_ratio": versus}
 
 
-def goals(runs: dict[str, dict[str, dict[str, float]]], r: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def goals(runs: Runs, r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Issue #11's goals for q4 standard that this run measured: value, target, met."""
     out: dict[str, dict[str, Any]] = {}
     for fmt in FORMATS:
@@ -346,9 +339,10 @@ def goals(runs: dict[str, dict[str, dict[str, float]]], r: dict[str, Any]) -> di
                     "target": f">= {bound}",
                     "met": value >= bound,
                 }
-        floor = r["wall_ratio"].get(fmt, {}).get("floor_over_q4_standard")
-        if floor and fmt == "parquet":
-            over = {k: round(1 / v, 3) for k, v in floor.items()}
+        q4, floor = runs.get(f"{fmt}/q4-standard", {}), runs.get(f"{fmt}/floor", {})
+        shared = [n for n in q4 if n in floor]
+        if shared and fmt == "parquet":
+            over = {n: round(q4[n]["wall"] / floor[n]["wall"], 3) for n in shared}
             out[f"{fmt}_standard_over_floor"] = {
                 "value": over,
                 "target": f"q4's wall / the floor's <= {PARQUET_FLOOR_GOAL} at every core count",
@@ -364,7 +358,7 @@ def goals(runs: dict[str, dict[str, dict[str, float]]], r: dict[str, Any]) -> di
     return out
 
 
-def print_table(runs: dict[str, dict[str, dict[str, float]]], r: dict[str, Any]) -> None:
+def print_table(runs: Runs, r: dict[str, Any]) -> None:
     print()
     print("| case | cores | wall (s) | CPU (s) | peak RSS (MB) | speed-up over 1 core |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")

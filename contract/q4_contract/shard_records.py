@@ -187,21 +187,24 @@ def launched(store: S3Store, run_id: str) -> list[tuple[str, int, int]]:
     ]
 
 
-def launch_records(store: S3Store, run_id: str) -> list[LaunchRecord]:
-    """Every launch record of every step of a sharded run (none for an unsharded run), step by step."""
-    return [launch_record(store, run_id, *which) for which in launched(store, run_id)]
-
-
 def unstopped_launch_records(store: S3Store, run_id: str, workers: int = 1) -> list[LaunchRecord]:
     """The launch records of every step's attempts that have no stop record (:meth:`StepRecords.unstopped`:
-    the tasks that may still run), from one listing; only those records are read, ``workers`` at once
-    (in order either way)."""
+    the tasks that may still run), from one listing; only those records are read
+    (:func:`read_launch_records`)."""
     keys = list(listed_keys(store, shards_prefix(run_id)))
     which = [
         (step, shard, attempt)
         for step in STEPS
         for shard, attempt in step_records_from_keys(run_id, step, keys).unstopped()
     ]
+    return read_launch_records(store, run_id, which, workers)
+
+
+def read_launch_records(
+    store: S3Store, run_id: str, which: Iterable[tuple[str, int, int]], workers: int = 1
+) -> list[LaunchRecord]:
+    """The launch records of ``which`` (``(step, shard, attempt)``), in that order, ``workers`` at once."""
+    which = list(which)
     if workers <= 1 or len(which) <= 1:
         return [launch_record(store, run_id, *w) for w in which]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="q4-records") as pool:

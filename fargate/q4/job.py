@@ -669,7 +669,7 @@ def _write_documents(
             projected.quadrant_stats, model.std, model.eigenvalues, model.projectors
         )
     output = run_dir / "output"
-    output.mkdir(exist_ok=True)  # row outputs streamed to sinks leave it uncreated
+    output.mkdir(exist_ok=True)  # a caller whose row outputs went to S3 sinks has not created it
     _write_json(output / "er.json", er)
     _write_json(output / "Q_study.json", study)
     if projected.enhanced:
@@ -888,7 +888,8 @@ def _artifacts(
     written: Mapping[str, Sink] | None = None,
 ) -> Iterator[Artifact]:
     """Every file under ``run_dir``'s output directories, hashed; a file in ``written`` (by key) was hashed
-    as it was written (:class:`q4.outputs.HashedFile`) and is only checked to hold the bytes counted."""
+    as it was written (:class:`q4.outputs.HashedFile`) and is checked, by one stat, to be the file it
+    closed (the same inode, size and mtime)."""
     written = written or {}
     unseen = set(written)
     for path in _output_files(run_dir):
@@ -897,7 +898,7 @@ def _artifacts(
             unseen.discard(key)
             counted: Any = written[key]
             now = _fingerprint(path.stat())
-            if not isinstance(counted.sha256, str) or now[1] != counted.bytes:
+            if not isinstance(counted.sha256, str) or now != counted.fingerprint or now[1] != counted.bytes:
                 raise _changed(run_id, run_dir, f"The file {key} changed")
             fingerprints[key] = now
             yield Artifact(key=key, bytes=now[1], sha256=counted.sha256, content_type=content_type(path))

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -69,10 +70,12 @@ class HashedFile(io.RawIOBase):
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = path.open("wb")  # buffered: the Parquet writer makes many small writes
         self._sha = hashlib.sha256()
         self.bytes = 0
         self.sha256: str | None = None  # set once closed
+        #: ``(inode, size, mtime_ns)`` of the file once its last byte was written (set once closed)
+        self.fingerprint: tuple[int, int, int] | None = None
+        self._file = path.open("wb")  # buffered: the Parquet writer makes many small writes
 
     def writable(self) -> bool:
         return True
@@ -87,11 +90,19 @@ class HashedFile(io.RawIOBase):
         self.bytes += len(view)
         return len(view)
 
+    def flush(self) -> None:
+        if hasattr(self, "_file") and not self._file.closed:
+            self._file.flush()
+
     def close(self) -> None:
         if self.closed:
             return
         try:
-            self._file.close()
+            if hasattr(self, "_file"):  # (not when opening the file failed)
+                self._file.flush()
+                st = os.fstat(self._file.fileno())
+                self.fingerprint = (st.st_ino, st.st_size, st.st_mtime_ns)
+                self._file.close()
         finally:
             super().close()
         self.sha256 = self._sha.hexdigest()
@@ -438,7 +449,7 @@ class RowWriters:
             bad = pa.array(np.flatnonzero(~valid))
             rejected = batch.take(bad)
             reasons = pa.array(block.reasons, pa.string())
-            parts.append((self.rejected, [*rejected.columns, pa.array(index).take(bad), reasons]))
+            parts.append((self.rejected, [*rejected.columns, pa.array(index[~valid]), reasons]))
         if self.svd is not None and svd is not None:
             parts.append(
                 (self.svd, [pa.array(valid_index), *(pa.array(svd[:, i]) for i in range(svd.shape[1]))])

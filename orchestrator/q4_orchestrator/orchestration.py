@@ -249,7 +249,7 @@ class Orchestrator:
         record = self.store.read_json(shards.step_attempt_key(run_id, step.step, step.shard, attempt))
         if record is not None:
             return str(record.get("task_arn"))
-        size = self._size(job, attempt, _step_bytes(plan, step), step)
+        size = self._size(job, attempt, _step_bytes(plan, step, job.output_format), step)
         return self._run_task(
             job,
             what=f"run {run_id!r} step {step.step} shard {step.shard} attempt {attempt}",
@@ -859,13 +859,17 @@ def _step_details(step: shards.Step) -> dict[str, Any]:
     return {"shard": step.shard, "shard_step": step.step}
 
 
-def _step_bytes(plan: Mapping[str, Any], step: shards.Step) -> int:
-    """The input bytes a step's task is sized from: its shard's slice; the finish task, the largest slice.
+def _step_bytes(plan: Mapping[str, Any], step: shards.Step, output_format: str) -> int:
+    """The input bytes a step's task is sized from: its shard's slice; the finish task, the largest slice
+    when the outputs are CSV, else the whole input.
 
-    The finish task merges d x d partials one at a time, assembles CSV outputs inside S3 and streams Parquet
-    outputs from S3 to S3 (one file at a time, memory bounded by a row group), so the whole input's size
-    would only buy it cores and disk it does not use."""
+    The finish task merges d x d partials one at a time and assembles CSV outputs inside S3
+    (``UploadPartCopy``): the whole input's size would only buy it cores and disk it does not use. Parquet
+    outputs are decoded and written again through it (every row of the input), so it keeps the size (and
+    the network bandwidth that comes with it) of an unsharded run's task."""
     if step.step == shards.FINISH:
+        if output_format == "parquet":
+            return sum(int(item.get("size", 0)) for item in plan.get("inputs") or [])
         return max((int(item.get("bytes", 0)) for item in plan.get("slices") or []), default=0)
     for item in plan.get("slices") or []:
         if item.get("index") == step.shard:

@@ -20,7 +20,14 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-CASES = ("csv/q4-standard", "csv/duckdb", "csv/floor", "parquet/q4-standard", "parquet/duckdb")
+CASES = (
+    "csv/q4-standard",
+    "csv/duckdb",
+    "csv/floor",
+    "parquet/q4-standard",
+    "parquet/duckdb",
+    "parquet/floor",
+)
 ROWS = 3000
 
 
@@ -57,8 +64,14 @@ def test_result_file_shape(bench: tuple[dict, Path]) -> None:
         assert got["walls"] == [got["wall"]], case
         assert figures["speedup_over_1_core"][case] == {"1": 1.0}
     assert set(figures["wall_ratio"]["csv"]) == {"duckdb_over_q4_standard", "floor_over_q4_standard"}
-    assert set(figures["wall_ratio"]["parquet"]) == {"duckdb_over_q4_standard"}
+    assert set(figures["wall_ratio"]["parquet"]) == {"duckdb_over_q4_standard", "floor_over_q4_standard"}
     assert figures["goals"]["csv_standard_ahead_of_duckdb"]["value"].keys() == {"1"}
+    over = figures["goals"]["parquet_standard_over_floor"]
+    runs = figures["runs"]
+    assert over["value"] == {
+        "1": round(runs["parquet/q4-standard"]["1"]["wall"] / runs["parquet/floor"]["1"]["wall"], 3)
+    }
+    assert over["met"] == (over["value"]["1"] <= 1.3)
     assert doc["machine"]["libraries"]["duckdb"] and doc["load_average"]["after"]
     assert doc["git"]["commit"]
 

@@ -186,7 +186,7 @@ def test_a_commit_is_refused_when_the_files_changed_after_hashing(tmp_path):
         (tmp_path / "run=v" / "output" / "stray.csv").unlink(missing_ok=True)
 
 
-def test_a_row_output_hashed_as_written_is_refused_when_the_file_no_longer_holds_those_bytes(tmp_path):
+def test_a_row_output_hashed_as_written_is_refused_once_the_file_it_closed_changed(tmp_path):
     from q4.errors import RunStateError
     from q4.job import _artifacts
     from q4.outputs import HashedFile
@@ -201,7 +201,11 @@ def test_a_row_output_hashed_as_written_is_refused_when_the_file_no_longer_holds
     written = {"output/Q_keep.csv": sink}
     (artifact,) = _artifacts(run_dir, "h", {}, written)
     assert (artifact.bytes, artifact.sha256) == (8, _sha(path))
-    path.write_bytes(b"a,b\n1,2\n3,4\n")  # another program appended a row
+    time.sleep(0.01)  # the file systems' mtime ticks
+    path.write_bytes(b"a,b\n9,9\n")  # another program rewrote it: the same size, other bytes
+    with pytest.raises(RunStateError, match=r"Q_keep\.csv changed"):
+        list(_artifacts(run_dir, "h", {}, written))
+    path.write_bytes(b"a,b\n1,2\n3,4\n")  # ... or appended a row
     with pytest.raises(RunStateError, match=r"Q_keep\.csv changed"):
         list(_artifacts(run_dir, "h", {}, written))
     path.unlink()

@@ -142,7 +142,7 @@ def handle_cancel(args: argparse.Namespace) -> int:
             f"Stopped {len(stopped)} task(s); the run ends failed (cancelled) once the stop is reported. "
             f"`q4 status {run_id}` shows it."
         )
-    elif launched:
+    elif launched or state.attempts or shard_records.launched(pipeline.store, run_id):
         doc["note"] = (
             "No task of the run is running; the run ends failed (cancelled) when its stopped task's event "
             f"is handled (see `q4 status {run_id}` and `q4 dlq`)."

@@ -39,6 +39,8 @@ POLL_S = 2.0
 QUIET_S = 5.0
 #: ... or this long after the run ended, whatever still comes (a task that never started has no stream).
 DRAIN_LIMIT_S = 60.0
+#: A sharded run's launch records read at once (each is read once).
+RECORD_READERS = 8
 #: Pages of streams (50 each, most recent first) looked through for a stream not under a known prefix.
 SCAN_PAGES = 10
 #: Fields of a task's JSON line shown in their own place, or not repeated on every line.
@@ -157,10 +159,11 @@ class RunLogs:
             if (None, None, number) not in self.attempts:
                 record = self.store.attempt_record(self.run_id, number) or {}
                 self.attempts[None, None, number] = Attempt(number, str(record.get("task_arn") or ""))
-        for step, shard, number in shard_records.launched(self.store, self.run_id):
-            if (step, shard, number) not in self.attempts:
-                arn = shard_records.launch_record(self.store, self.run_id, step, shard, number).task_arn
-                self.attempts[step, shard, number] = Attempt(number, arn or "", step=step, shard=shard)
+        new = [w for w in shard_records.launched(self.store, self.run_id) if w not in self.attempts]
+        for step in shard_records.read_launch_records(self.store, self.run_id, new, workers=RECORD_READERS):
+            self.attempts[step.step, step.shard, step.attempt] = Attempt(
+                step.attempt, step.task_arn or "", step=step.step, shard=step.shard
+            )
         self._find_streams([a for a in self.attempts.values() if a.stream is None and a.task_arn])
         lines: list[LogLine] = []
         for attempt in sorted(self.attempts.values(), key=lambda a: a.order):
