@@ -806,6 +806,22 @@ def test_cancel_stops_every_task_of_a_sharded_run(
     assert done["error"]["code"] == "cancelled"
 
 
+def test_cancel_of_a_sharded_run_whose_tasks_all_stopped_says_none_is_running(
+    user_env: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = user_env
+    put_parts(pipeline)
+    accept(pipeline, message(shards=2))
+    # GIVEN every launched task has a stop record (their STOPPED events were handled; nothing relaunched yet)
+    for shard, attempt in step_tasks(pipeline, "pass1"):
+        key = shards.step_stopped_key(RUN_ID, "pass1", shard, attempt)
+        boto3.client("s3").put_object(Bucket=pipeline.artifacts_bucket, Key=key, Body=b"{}")
+    # WHEN the run is cancelled, THEN nothing is stopped, and the note says no task of it is running
+    doc = q4_json(capsys, "cancel", RUN_ID)
+    assert doc["cancelled"] is True and doc["stopped_tasks"] == []
+    assert doc["note"].startswith("No task of the run is running")
+
+
 def test_submit_sends_shards(user_env: Pipeline, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     from q4.cli import main
 

@@ -88,8 +88,7 @@ def stop_tasks(pipeline: Pipeline, run_id: str, launched: list[dict[str, Any]]) 
     ecs = aws.client("ecs")
     by_cluster: dict[str, list[dict[str, Any]]] = {}
     for item in launched:
-        cluster = item["task_arn"].split(":task/", 1)[1].rsplit("/", 1)[0]  # arn:...:task/<cluster>/<id>
-        by_cluster.setdefault(cluster, []).append(item)
+        by_cluster.setdefault(_cluster(item["task_arn"]), []).append(item)
     described: dict[str, dict[str, Any]] = {}
     with aws.aws_errors(f"describe the tasks of run {run_id}"):
         for cluster, items in by_cluster.items():
@@ -106,13 +105,25 @@ def stop_tasks(pipeline: Pipeline, run_id: str, launched: list[dict[str, Any]]) 
     ]
 
     def stop(item: dict[str, Any]) -> dict[str, Any]:
-        cluster = item["task_arn"].split(":task/", 1)[1].rsplit("/", 1)[0]
         with aws.aws_errors(f"stop the task of run {run_id} attempt {item['attempt']}"):
-            ecs.stop_task(cluster=cluster, task=item["task_arn"], reason=STOP_REASON)
+            ecs.stop_task(cluster=_cluster(item["task_arn"]), task=item["task_arn"], reason=STOP_REASON)
         return {**item, "last_status": described[item["task_arn"]].get("lastStatus")}
 
     with ThreadPoolExecutor(max_workers=PARALLEL, thread_name_prefix="q4-cancel") as pool:
         return list(pool.map(stop, running))
+
+
+def _cluster(task_arn: str) -> str:
+    """The cluster of a task ARN (``arn:...:task/<cluster>/<id>``)."""
+    return task_arn.split(":task/", 1)[1].rsplit("/", 1)[0]
+
+
+def _ever_launched(pipeline: Pipeline, run_id: str, attempts: list[int]) -> bool:
+    """Whether any task was launched for the run (a sharded run's steps' launch records included)."""
+    if attempts:
+        return True
+    with aws.aws_errors(f"read the launch records of run {run_id}"):
+        return bool(shard_records.launched(pipeline.store, run_id))
 
 
 def handle_cancel(args: argparse.Namespace) -> int:
@@ -142,7 +153,7 @@ def handle_cancel(args: argparse.Namespace) -> int:
             f"Stopped {len(stopped)} task(s); the run ends failed (cancelled) once the stop is reported. "
             f"`q4 status {run_id}` shows it."
         )
-    elif launched or state.attempts or shard_records.launched(pipeline.store, run_id):
+    elif launched or _ever_launched(pipeline, run_id, state.attempts):
         doc["note"] = (
             "No task of the run is running; the run ends failed (cancelled) when its stopped task's event "
             f"is handled (see `q4 status {run_id}` and `q4 dlq`)."
