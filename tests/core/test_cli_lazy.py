@@ -62,25 +62,20 @@ print(code, "refused" if refused else "importable")
 """
 
 
+def _last_words(script: str, *args: Path) -> list[str]:
+    """Run ``script`` in a fresh interpreter; the last two words it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-2:]
+
+
 def test_the_console_script_keeps_pandas_out_and_library_callers_keep_it(tmp_path: Path) -> None:
     src = tmp_path / "t.csv"
     src.write_text("a,b,c\n" + "".join(f"{i},{(i * 7) % 11},{(i * 5) % 13}\n" for i in range(200)))
     # the console script (q4 run, full mode: plots and report too) runs without importing pandas ...
-    done = subprocess.run(
-        [sys.executable, "-c", KEPT_OUT, str(src), str(tmp_path / "a")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-2:] == ["0", "refused"]
+    assert _last_words(KEPT_OUT, src, tmp_path / "a") == ["0", "refused"]
     assert list((tmp_path / "a").glob("run=*/MANIFEST.json"))
     # ... while q4 called from Python leaves the import to its caller
-    done = subprocess.run(
-        [sys.executable, "-c", LIBRARY, str(src), str(tmp_path / "b")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-2:] == ["0", "importable"]
+    assert _last_words(LIBRARY, src, tmp_path / "b") == ["0", "importable"]
