@@ -108,6 +108,13 @@ def test_cancel_stops_the_running_task_and_its_stop_event_ends_the_run_once(
     assert not contract.S3Store(boto3.client("s3"), pipeline.artifacts_bucket).exists(
         contract.error_key("c-running")
     )
+    # AND until the stop is reported, `q4 status` shows the cancel asked for
+    status = q4(pipeline, aws_env, "status", "c-running", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["cancel"]["requested_at"] == report["requested_at"]
+    text = q4(pipeline, aws_env, "status", "c-running").stdout
+    assert f"cancel:    requested at {report['requested_at']}" in text
+    assert "the run ends failed (cancelled) once nothing of it runs" in text
     # AND its STOPPED event (SIGTERM: exit 143) ends the run failed (cancelled), without a relaunch
     event = stopped_event(
         pipeline, task, 143, stopCode="UserInitiated", stoppedReason="Cancelled by q4 cancel"
@@ -128,6 +135,8 @@ def test_cancel_stops_the_running_task_and_its_stop_event_ends_the_run_once(
     again = q4(pipeline, aws_env, "cancel", "c-running")
     assert again.returncode == 0 and "already ended (failed, cancelled); nothing to cancel" in again.stdout
     assert artifact_keys(pipeline) == keys
+    # AND `q4 status` of the ended run no longer shows a pending cancel
+    assert "cancel" not in json.loads(q4(pipeline, aws_env, "status", "c-running", "--json").stdout)
 
 
 def test_a_run_that_committed_first_stays_succeeded_when_cancelled(

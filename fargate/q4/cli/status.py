@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from q4_contract import RunState, shard_records, shards
+from q4_contract import RunState, cancel_requested, shard_records, shards
 
 from q4 import aws
 from q4.cli.common import Pipeline, check_run_id, out, printable
@@ -140,6 +140,13 @@ def handle_status(args: argparse.Namespace) -> int:
             # a sharded run's tasks are its steps' (the run itself has no attempts of its own)
             del doc["attempts"]
             doc["tasks"] = sum(step["tasks"] for step in doc["shards"]["steps"].values())
+        if state.state in ("submitted", "accepted"):  # a cancel asked for, not yet carried out
+            request = cancel_requested(pipeline.store, run_id)
+            if request is not None:
+                doc["cancel"] = {
+                    "requested_at": request.get("requested_at"),
+                    "requested_by": request.get("requested_by"),
+                }
         doc["phase"] = (
             sharded_phase(pipeline, state, doc["shards"])
             if plan is not None and state.state == "accepted"
@@ -152,6 +159,15 @@ def handle_status(args: argparse.Namespace) -> int:
         if doc.get(name) is not None:
             out(f"{name.replace('_', ' ') + ':':<10} {printable(doc[name])}")
     out(f"{'phase:':<10} {printable(describe_phase(doc['phase']))}")
+    if "cancel" in doc:
+        by = f" by {doc['cancel']['requested_by']}" if doc["cancel"].get("requested_by") else ""
+        out(
+            f"{'cancel:':<10} "
+            + printable(
+                f"requested at {doc['cancel']['requested_at']}{by}; the run ends failed (cancelled) once "
+                "nothing of it runs"
+            )
+        )
     if "shards" in doc:
         out(f"{'shards:':<10} {printable(describe_shards(doc['shards']))}")
     if "cost" in doc:
