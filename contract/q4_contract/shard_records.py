@@ -150,10 +150,8 @@ def progress(store: S3Store, run_id: str, plan: Mapping[str, Any], committed: bo
     (the finish step is done when the run committed, ``committed``: MANIFEST.json exists) and the tasks
     launched (relaunches included), from one listing."""
     shards = plan_shards(plan)
-    keys = list(listed_keys(store, shards_prefix(run_id)))
     steps: dict[str, dict[str, int]] = {}
-    for step in STEPS:
-        records = step_records_from_keys(run_id, step, keys)
+    for step, records in run_step_records(store, run_id).items():
         tasks = sum(len(attempts) for attempts in records.attempts.values())
         if step == FINISH:
             steps[step] = {"done": 1 if committed else 0, "total": 1, "tasks": tasks}
@@ -178,11 +176,10 @@ class LaunchRecord:
 
 def launched(store: S3Store, run_id: str) -> list[tuple[str, int, int]]:
     """``(step, shard, attempt)`` of every launch record of a sharded run, step by step, from one listing."""
-    keys = list(listed_keys(store, shards_prefix(run_id)))
     return [
         (step, shard, attempt)
-        for step in STEPS
-        for shard, attempts in sorted(step_records_from_keys(run_id, step, keys).attempts.items())
+        for step, records in run_step_records(store, run_id).items()
+        for shard, attempts in sorted(records.attempts.items())
         for attempt in attempts
     ]
 
@@ -191,11 +188,10 @@ def unstopped_launch_records(store: S3Store, run_id: str, workers: int = 1) -> l
     """The launch records of every step's attempts that have no stop record (:meth:`StepRecords.unstopped`:
     the tasks that may still run), from one listing; only those records are read
     (:func:`read_launch_records`)."""
-    keys = list(listed_keys(store, shards_prefix(run_id)))
     which = [
         (step, shard, attempt)
-        for step in STEPS
-        for shard, attempt in step_records_from_keys(run_id, step, keys).unstopped()
+        for step, records in run_step_records(store, run_id).items()
+        for shard, attempt in records.unstopped()
     ]
     return read_launch_records(store, run_id, which, workers)
 
@@ -225,10 +221,8 @@ def stopped_step_usage(store: S3Store, run_id: str) -> list[dict[str, Any]]:
     :func:`q4_contract.cost.run_cost`. An attempt without a stop record (its task may still run, or its
     STOPPED event was not handled yet) or with an unreadable one is an unknown entry (``complete`` false):
     the cost never claims to be complete while a launched task's time is unknown."""
-    keys = list(listed_keys(store, shards_prefix(run_id)))
     entries = []
-    for step in STEPS:
-        records = step_records_from_keys(run_id, step, keys)
+    for step, records in run_step_records(store, run_id).items():
         for shard in sorted(set(records.attempts) | set(records.stopped)):
             stopped = records.stopped.get(shard, ())
             for attempt in sorted(set(records.attempts.get(shard, ())) | set(stopped)):

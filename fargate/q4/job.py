@@ -312,9 +312,11 @@ def _run(
         clock = time.perf_counter()
         streamed: dict[str, Sink] = {}  # the row outputs' sinks, when not files under run_dir
         hashed: dict[str, Sink] = {}  # the row outputs' files under run_dir, hashed as written
-        (run_dir / "output").mkdir(exist_ok=True)
-        local = _recording(file_sinks(run_dir), hashed)  # keys "output/<name>"
-        open_sink = local if sinks is None else _recording(sinks, streamed)
+        if sinks is None:
+            (run_dir / "output").mkdir(exist_ok=True)
+            open_sink = _recording(file_sinks(run_dir), hashed)  # keys "output/<name>"
+        else:
+            open_sink = _recording(sinks, streamed)
         projected = _project_pass(
             run_dir / "output", spec, table, features, model, read, stack, bar, open_sink
         )
@@ -669,7 +671,7 @@ def _write_documents(
             projected.quadrant_stats, model.std, model.eigenvalues, model.projectors
         )
     output = run_dir / "output"
-    output.mkdir(exist_ok=True)  # a caller whose row outputs went to S3 sinks has not created it
+    output.mkdir(exist_ok=True)  # row outputs streamed to sinks leave it uncreated
     _write_json(output / "er.json", er)
     _write_json(output / "Q_study.json", study)
     if projected.enhanced:
