@@ -63,15 +63,6 @@ class Attempt:
         return self.task_arn.rsplit("/", 1)[-1]
 
     @property
-    def label(self) -> str:
-        """``attempt 2``, or a shard step's ``pass1 shard 3 attempt 2``."""
-        return (
-            f"attempt {self.number}"
-            if self.step is None
-            else f"{self.step} shard {self.shard} attempt {self.number}"
-        )
-
-    @property
     def order(self) -> tuple[int, int, int]:
         """The run's own attempts first, then step by step, shard by shard."""
         step = -1 if self.step is None else STEPS.index(self.step)
@@ -87,8 +78,7 @@ class LogLine:
     stream: str
     timestamp_ms: int
     message: str
-    label: str = ""  # the attempt's label (Attempt.label); "attempt N" when not given
-    step: str | None = None
+    step: str | None = None  # a sharded run's step and shard
     shard: int | None = None
 
     @property
@@ -103,9 +93,14 @@ class LogLine:
         return doc if isinstance(doc, dict) else None
 
     def render(self) -> str:
-        """``[attempt N] time LEVEL message  key=value ...`` (an exception's lines follow, indented)."""
+        """``[attempt N] time LEVEL message  key=value ...`` (a shard step's ``[pass1 shard 3 attempt N]``; an
+        exception's lines follow, indented)."""
         doc = self.fields
-        label = self.label or f"attempt {self.attempt}"
+        label = (
+            f"attempt {self.attempt}"
+            if self.step is None
+            else f"{self.step} shard {self.shard} attempt {self.attempt}"
+        )
         if doc is None:
             return f"[{label}] {_iso(self.timestamp_ms)} {self.message}"
         extras = "".join(f"  {key}={_value(value)}" for key, value in doc.items() if key not in _SHOWN_APART)
@@ -219,7 +214,6 @@ class RunLogs:
                     attempt.stream,
                     int(e["timestamp"]),
                     e["message"],
-                    attempt.label,
                     attempt.step,
                     attempt.shard,
                 )
